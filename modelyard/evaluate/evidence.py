@@ -38,10 +38,22 @@ MEASUREMENTS: dict[str, tuple[str, str]] = {
     "quality.macro_f1": ("fraction", "macro-averaged F1 on the test split, 95% bootstrap interval"),
     "quality.cosine_mean": ("cosine", "mean cosine similarity to the baseline's embeddings"),
     "quality.cosine_p5": ("cosine", "5th percentile of cosine similarity to the baseline's embeddings"),
-    "quality.top10_agreement": ("fraction", "mean overlap of each item's 10 nearest neighbours with the baseline's"),
-    "quality.paraphrase_recall_at_1": ("fraction", "fraction of paraphrase pairs whose partner is the nearest neighbour"),
-    "compare.accuracy_drop": ("points", "baseline accuracy minus candidate accuracy, percentage points, paired 95% interval"),
-    "compare.flip_rate": ("fraction", "fraction of test items whose predicted class differs from the baseline's"),
+    "quality.top10_agreement": (
+        "fraction",
+        "mean overlap of each item's 10 nearest neighbours with the baseline's",
+    ),
+    "quality.paraphrase_recall_at_1": (
+        "fraction",
+        "fraction of paraphrase pairs whose partner is the nearest neighbour",
+    ),
+    "compare.accuracy_drop": (
+        "points",
+        "baseline accuracy minus candidate accuracy, percentage points, paired 95% interval",
+    ),
+    "compare.flip_rate": (
+        "fraction",
+        "fraction of test items whose predicted class differs from the baseline's",
+    ),
     "compare.mcnemar_p": ("p-value", "McNemar's exact test on paired correctness against the baseline"),
     "calibration.ece": ("fraction", "expected calibration error, 15 equal-width bins, top label"),
     "calibration.ece_increase": ("fraction", "candidate ECE minus baseline ECE"),
@@ -51,7 +63,10 @@ MEASUREMENTS: dict[str, tuple[str, str]] = {
     "efficiency.latency_p99_ms": ("ms", "99th percentile latency of one batch-1 call"),
     "efficiency.throughput_b32": ("items/s", "throughput at batch 32"),
     "efficiency.throughput_best": ("items/s", "throughput at the best batch size measured"),
-    "efficiency.peak_rss_bytes": ("bytes", "peak resident memory of a fresh process that loads and runs the model"),
+    "efficiency.peak_rss_bytes": (
+        "bytes",
+        "peak resident memory of a fresh process that loads and runs the model",
+    ),
     "efficiency.size_bytes": ("bytes", "artifact size on disk"),
     "efficiency.load_time_s": ("s", "time to load the artifact into a ready Runner"),
     "efficiency.cost_usd_per_1m": ("USD", "hardware cost of 1 million predictions at the best throughput"),
@@ -95,7 +110,9 @@ class Measurement:
         )
 
 
-def measure(name: str, value: float | None, interval: tuple[float, float] | None = None, **details: Any) -> Measurement:
+def measure(
+    name: str, value: float | None, interval: tuple[float, float] | None = None, **details: Any
+) -> Measurement:
     """Build a Measurement with the unit registered for ``name``; None value means UNKNOWN."""
     unit = MEASUREMENTS[name][0] if name in MEASUREMENTS else details.pop("unit", "")
     status: Status = "unknown" if value is None or not math.isfinite(float(value)) else "ok"

@@ -31,7 +31,7 @@ class PassContext:
     threads: int | None = None
     seed: int = 0
     fidelity: dict[str, float] = field(default_factory=dict)
-    progress: Progress = lambda msg: None  # noqa: E731
+    progress: Progress = lambda msg: None
     is_gpu: bool = False
 
 
@@ -125,12 +125,16 @@ def parse_recipe(recipe: str) -> list[tuple[str, Any]]:
     """Parse ``"prune(0.5) > int8-static(calibration='percentile')"`` into (name, config) steps."""
     steps = [s for s in recipe.split(">")]
     if not recipe.strip() or any(not s.strip() for s in steps):
-        raise ConfigError(f"empty step in recipe {recipe!r}; write passes separated by '>', e.g. 'onnx > int8-static'")
+        raise ConfigError(
+            f"empty step in recipe {recipe!r}; write passes separated by '>', e.g. 'onnx > int8-static'"
+        )
     out = []
     for step in steps:
         m = _STEP.match(step)
         if not m:
-            raise ConfigError(f"cannot parse recipe step {step.strip()!r}; write it as name or name(arg, key=value)")
+            raise ConfigError(
+                f"cannot parse recipe step {step.strip()!r}; write it as name or name(arg, key=value)"
+            )
         name, argtext = m.group(1), m.group(2)
         args, kwargs = _parse_args(argtext, step.strip()) if argtext and argtext.strip() else ([], {})
         out.append((name, build_config(name, args, kwargs)))

@@ -1,0 +1,428 @@
+"""The ship-a-model flow: baseline -> passes -> candidates -> checks -> evidence -> policy -> champion,
+then report, model card and registry. The CLI and tests call ``run_pipeline``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard import gate
+from modelyard.config import PRICE_SOURCE, Policy, Settings
+from modelyard.data.dataset import Dataset
+from modelyard.errors import DataError, ModelyardError, PassSkipped
+from modelyard.evaluate.evidence import Measurement
+from modelyard.optimize.candidate import Candidate
+from modelyard.optimize.registry import PassContext, config_to_dict, get_pass, parse_recipe
+from modelyard.runtime.device import cpu_info, cuda_available
+from modelyard.runtime.preprocess import predict
+
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(msg: str, advance: float = 0.0) -> None:
+    return None
+
+
+@dataclass
+class EvalOptions:
+    """How hard to measure. Tests shrink these; the defaults are what users get."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    latency_calls: int = 200
+    min_time_s: float = 0.5
+    measure_rss: bool = True
+    n_resamples: int = 2000
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    evidence: dict[str, Any]
+    champion: str | None
+    versions: dict[str, int] = field(default_factory=dict)
+    model_name: str = ""
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        return {n: self.run_dir / n for n in ("evidence.json", "report.html", "MODEL_CARD.md")}
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80] or "candidate"
+
+
+def _step_label(step: str) -> str:
+    return re.sub(r"\s+", "", step)
+
+
+def _validate_candidate(cand: Candidate, parent: Candidate, dataset: Dataset) -> str:
+    """Load the produced candidate, run it on a few training inputs and compare with its parent."""
+    sample = dataset.calibration_sample(16, seed=1)
+    try:
+        runner = cand.load()
+        out = predict(runner, cand.preprocessor(), sample, batch_size=8)
+    except ModelyardError as exc:
+        raise PassSkipped(f"the produced model fails to load or run: {exc}") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PassSkipped(f"the produced model fails to load or run: {first}") from None
+    ref = predict(parent.load(), parent.preprocessor(), sample, batch_size=8)
+    if out.shape != ref.shape:
+        raise PassSkipped(f"the produced model gives outputs of shape {out.shape}, its parent {ref.shape}")
+    if not np.all(np.isfinite(out)):
+        raise PassSkipped("the produced model gives NaN or infinite outputs")
+    if cand.spec.task == "classification":
+        agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
+        return f"checked against its parent on {len(sample)} training inputs: top-1 agreement {agree:.3f}"
+    a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+    b = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    return f"checked against its parent on {len(sample)} training inputs: mean cosine {float(np.mean(np.sum(a * b, 1))):.4f}"
+
+
+def build_candidates(
+    baseline: Candidate,
+    dataset: Dataset,
+    recipes: list[str],
+    workdir: Path,
+    *,
+    policy: Policy,
+    threads: int | None,
+    progress: Progress = _no_progress,
+) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """Apply every recipe; shared prefixes are built once. Returns candidates and skipped steps with reasons."""
+    parsed = [(r, parse_recipe(r)) for r in recipes]  # validates every recipe before any work
+    built: dict[str, Candidate] = {}
+    skipped: list[dict[str, str]] = []
+    failed_prefixes: set[str] = set()
+    out: list[Candidate] = []
+    is_gpu = policy.hardware.target == "gpu" and cuda_available()
+    for recipe, steps in parsed:
+        parent = baseline
+        prefix = ""
+        labels = [_step_label(s) for s in recipe.split(">")]
+        for (name, config), label in zip(steps, labels, strict=True):
+            prefix = f"{prefix}>{label}" if prefix else label
+            if prefix in failed_prefixes:
+                break
+            if prefix in built:
+                parent = built[prefix]
+                continue
+            progress(f"{prefix}: running pass {name}", 0.0)
+            info = get_pass(name)
+            step_dir = workdir / _slug(prefix)
+            if step_dir.exists():
+                shutil.rmtree(step_dir)
+            step_dir.mkdir(parents=True)
+            ctx = PassContext(
+                workdir=step_dir,
+                dataset=dataset,
+                threads=threads,
+                fidelity=policy.fidelity_floors(),
+                progress=lambda m, p=prefix: progress(f"{p}: {m}", 0.0),
+                is_gpu=is_gpu,
+            )
+            try:
+                t0 = time.perf_counter()
+                made = info.fn(parent, config, ctx)
+                made = replace(
+                    made,
+                    name=prefix,
+                    parent=parent.name,
+                    passes=[*parent.passes, config_to_dict(name, config)],
+                    tokenizer_dir=made.tokenizer_dir or parent.tokenizer_dir,
+                )
+                made.notes.append(_validate_candidate(made, parent, dataset))
+                made.meta["pass_seconds"] = round(time.perf_counter() - t0, 2)
+            except PassSkipped as exc:
+                skipped.append({"recipe": recipe, "pass": prefix, "reason": str(exc)})
+                failed_prefixes.add(prefix)
+                progress(f"{prefix}: skipped ({exc})", 1.0)
+                break
+            except ModelyardError as exc:
+                skipped.append({"recipe": recipe, "pass": prefix, "reason": f"failed: {exc}"})
+                failed_prefixes.add(prefix)
+                progress(f"{prefix}: failed ({exc})", 1.0)
+                break
+            except Exception as exc:  # a pass bug must not sink the run; the reason is reported
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                skipped.append(
+                    {"recipe": recipe, "pass": prefix, "reason": f"failed: {type(exc).__name__}: {first}"}
+                )
+                failed_prefixes.add(prefix)
+                if os.environ.get("MODELYARD_DEBUG"):
+                    traceback.print_exc()
+                progress(f"{prefix}: failed ({type(exc).__name__})", 1.0)
+                break
+            built[prefix] = made
+            out.append(made)
+            parent = made
+            progress(f"{prefix}: done", 1.0)
+    return out, skipped
+
+
+def _predictions(cand: Candidate, dataset: Dataset) -> np.ndarray:
+    return predict(cand.load(), cand.preprocessor(), dataset.x_test, batch_size=64)
+
+
+def evaluate_candidates(
+    baseline: Candidate,
+    candidates: list[Candidate],
+    dataset: Dataset,
+    *,
+    price_usd_per_hour: float,
+    options: EvalOptions,
+    threads: int | None,
+    progress: Progress = _no_progress,
+) -> dict[str, dict[str, Measurement]]:
+    """Every check on every candidate (baseline included), each candidate's test predictions computed once."""
+    from modelyard.evaluate.efficiency import measure_efficiency
+    from modelyard.evaluate.quality import classification_evidence, embedding_evidence
+
+    task = baseline.spec.task
+    everyone = [baseline, *candidates]
+    progress("baseline: predicting the test split", 0.0)
+    ref = _predictions(baseline, dataset)
+    results: dict[str, dict[str, Measurement]] = {}
+    sample = dataset.x_test[:64]
+    for cand in everyone:
+        progress(f"{cand.name}: quality", 0.0)
+        preds = ref if cand is baseline else _predictions(cand, dataset)
+        if task == "classification":
+            if dataset.y_test is None:
+                raise DataError("a classifier needs test labels")
+            k = int(baseline.spec.num_classes or dataset.num_classes or preds.shape[1])
+            ms = classification_evidence(
+                dataset.y_test, ref, preds, num_classes=k, n_resamples=options.n_resamples
+            )
+        else:
+            ms = embedding_evidence(ref, preds, dataset.pairs)
+        progress(f"{cand.name}: speed and memory", 0.0)
+        ms.update(
+            measure_efficiency(
+                cand,
+                sample,
+                price_usd_per_hour=price_usd_per_hour,
+                batch_sizes=options.batch_sizes,
+                latency_calls=options.latency_calls,
+                min_time_s=options.min_time_s,
+                threads=threads,
+                measure_rss=options.measure_rss,
+            )
+        )
+        results[cand.name] = ms
+        progress(f"{cand.name}: evaluated", 1.0)
+    return results
+
+
+def assemble_evidence(
+    *,
+    run_id: str,
+    model_name: str,
+    model_source: str,
+    baseline: Candidate,
+    candidates: list[Candidate],
+    dataset: Dataset,
+    measurements: dict[str, dict[str, Measurement]],
+    skipped: list[dict[str, str]],
+    policy: Policy,
+    price_usd_per_hour: float,
+    price_source: str,
+) -> dict[str, Any]:
+    task = baseline.spec.task
+    hw = cpu_info()
+    rows = []
+    for cand in [baseline, *candidates]:
+        ms = {k: m.to_dict() for k, m in measurements[cand.name].items()}
+        rows.append(
+            {
+                "name": cand.name,
+                "parent": cand.parent,
+                "format": cand.format,
+                "passes": cand.passes,
+                "artifact_sha256": cand.artifact_sha256(),
+                "size_bytes": cand.size_bytes(),
+                "notes": cand.notes,
+                "meta": {k: v for k, v in cand.meta.items() if k not in ("factory_kwargs",)},
+                "measurements": ms,
+                "verdict": gate.verdict(ms, task, policy),
+            }
+        )
+    champion, reason = gate.choose_champion(rows, task, policy)
+    return {
+        "schema": "modelyard.evidence/1",
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {"name": model_name, "task": task, "source": model_source, "spec": baseline.spec.to_dict()},
+        "dataset": dataset.describe(),
+        "hardware": {
+            "cpu": hw["cpu"],
+            "cores": hw["cores"],
+            "machine": hw["machine"],
+            "isa": hw["isa"],
+            "int8_note": hw["int8_note"],
+            "price_usd_per_hour": price_usd_per_hour,
+            "price_source": price_source,
+        },
+        "policy": policy.to_dict(),
+        "candidates": rows,
+        "skipped": skipped,
+        "champion": champion,
+        "champion_reason": reason,
+        "pareto": gate.pareto_front(rows, task),
+    }
+
+
+def _int8_verdict_note(evidence: dict[str, Any]) -> None:
+    """Say plainly whether int8 paid off on this CPU, from the measured throughput of int8 vs their parents."""
+    by_name = {c["name"]: c for c in evidence["candidates"]}
+    lines = []
+    for c in evidence["candidates"]:
+        if not any(p["pass"].startswith("int8") for p in c["passes"][-1:]):
+            continue
+        parent = by_name.get(c["parent"] or "")
+        t = c["measurements"].get("efficiency.throughput_best", {}).get("value")
+        tp = parent["measurements"].get("efficiency.throughput_best", {}).get("value") if parent else None
+        if t and tp:
+            ratio = t / tp
+            verdict = "pays off" if ratio >= 1.1 else "does not pay off"
+            lines.append(
+                f"{c['name']}: {ratio:.2f}x the throughput of its fp32 parent {c['parent']} ({verdict} here)"
+            )
+    if lines:
+        evidence["hardware"]["int8_measured"] = lines
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def run_pipeline(
+    baseline: Candidate,
+    dataset: Dataset,
+    *,
+    model_name: str,
+    model_source: str,
+    recipes: list[str],
+    policy: Policy,
+    settings: Settings,
+    options: EvalOptions | None = None,
+    register: bool = True,
+    progress: Progress = _no_progress,
+) -> RunResult:
+    """Build candidates, measure them all, gate, choose the champion, write outputs, register versions."""
+    from modelyard.gate import gates_for
+    from modelyard.registry import Registry, VersionEntry
+    from modelyard.report import write_evidence, write_model_card, write_report
+
+    options = options or EvalOptions()
+    gates_for(policy)  # validate waivers before any work
+    for r in recipes:
+        parse_recipe(r)
+    home = settings.home
+    run_id = new_run_id()
+    price = settings.price_usd_per_hour or policy.hardware.price_usd_per_hour
+    price_source = (
+        "MODELYARD_PRICE_USD_PER_HOUR"
+        if settings.price_usd_per_hour
+        else (
+            "policy [hardware] price_usd_per_hour"
+            if policy.hardware.price_usd_per_hour != 0.10
+            else PRICE_SOURCE
+        )
+    )
+    work = home / "tmp" / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    staging = home / "runs" / f".{run_id}.partial"
+    try:
+        candidates, skipped = build_candidates(
+            baseline, dataset, recipes, work, policy=policy, threads=settings.threads, progress=progress
+        )
+        measurements = evaluate_candidates(
+            baseline,
+            candidates,
+            dataset,
+            price_usd_per_hour=price,
+            options=options,
+            threads=settings.threads,
+            progress=progress,
+        )
+        evidence = assemble_evidence(
+            run_id=run_id,
+            model_name=model_name,
+            model_source=model_source,
+            baseline=baseline,
+            candidates=candidates,
+            dataset=dataset,
+            measurements=measurements,
+            skipped=skipped,
+            policy=policy,
+            price_usd_per_hour=price,
+            price_source=price_source,
+        )
+        _int8_verdict_note(evidence)
+        # Outputs are written into a temporary folder and renamed into place: all or nothing.
+        staging.mkdir(parents=True, exist_ok=True)
+        write_evidence(evidence, staging)
+        write_report(evidence, staging)
+        write_model_card(evidence, staging)
+        versions: dict[str, int] = {}
+        if register:
+            progress("registering versions", 0.0)
+            rows = {c["name"]: c for c in evidence["candidates"]}
+            entries = []
+            for cand in [baseline, *candidates]:
+                base = cand.path if cand.path.is_dir() else cand.path.parent
+                files = {str(p.relative_to(base)): p for p in cand.files()}
+                if cand.tokenizer_dir is not None and cand.tokenizer_dir != cand.path:
+                    for p in sorted(cand.tokenizer_dir.glob("*")):
+                        if p.is_file() and p.suffix in (".json", ".txt"):
+                            files.setdefault(f"tokenizer/{p.name}", p)
+                row = rows[cand.name]
+                entries.append(
+                    VersionEntry(
+                        name=cand.name,
+                        files=files,
+                        manifest=cand.to_dict(),
+                        evidence={
+                            "measurements": row["measurements"],
+                            "verdict": row["verdict"],
+                            "run_id": run_id,
+                        },
+                        parent=cand.parent,
+                        passes=cand.passes,
+                        data_sha256=evidence["dataset"]["fingerprint_sha256"],
+                        artifact_sha256=row["artifact_sha256"],
+                    )
+                )
+            versions = Registry(home).register_run(
+                model_name,
+                entries,
+                run_id=run_id,
+                champion=evidence["champion"],
+                reason=f"run {run_id}: {evidence['champion_reason']}",
+            )
+        final = home / "runs" / run_id
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(home / "tmp")
+    return RunResult(run_id, final, evidence, evidence["champion"], versions, model_name)

