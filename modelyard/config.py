@@ -149,10 +149,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
+def _section(name: str, base: Any, raw: Any, problems: list[str]) -> Any:
+    cls = type(base)
     if not isinstance(raw, dict):
         problems.append(f"[{name}] must be a table, got {type(raw).__name__}")
-        return cls()
+        return base
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -176,7 +177,7 @@ def _section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
             problems.append(f"[{name}] {key} is a fraction and must be in [0, 1], got {value!r}")
             continue
         values[key] = float(value)
-    return cls(**values)
+    return replace(base, **values)
 
 
 def policy_from_dict(raw: dict[str, Any], *, name: str = "custom", base: Policy | None = None) -> Policy:
@@ -186,8 +187,7 @@ def policy_from_dict(raw: dict[str, Any], *, name: str = "custom", base: Policy 
     updates: dict[str, Any] = {"name": name}
     for key, value in raw.items():
         if key in _SECTIONS:
-            merged = {**asdict(getattr(base, key)), **value} if isinstance(value, dict) else value
-            updates[key] = _section(key, _SECTIONS[key], merged, problems)
+            updates[key] = _section(key, getattr(base, key), value, problems)
         elif key == "waive":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 problems.append("waive must be a list of gate names")

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models and datasets built in code, and an isolated home folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("MODELYARD_HOME", str(h))
+    return h
+
+
+def make_blobs(
+    n: int = 240, features: int = 6, classes: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(classes, features))
+    y = np.arange(n) % classes
+    x = centers[y] + rng.normal(size=(n, features))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def onnx_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A user's own small MLP classifier, trained and exported to ONNX here, with its .npz dataset."""
+    import torch
+
+    from modelyard.zoo.train import train_classifier
+
+    d = tmp_path_factory.mktemp("user")
+    x, y = make_blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    train_classifier(model, x, y, epochs=20, lr=1e-2, seed=0)
+    path = d / "classifier.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 6),),
+        str(path),
+        dynamo=False,
+        input_names=["features"],
+        output_names=["logits"],
+        dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    data = d / "data.npz"
+    np.savez(data, x=x, y=y)
+    return path, data

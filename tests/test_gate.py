@@ -1,0 +1,111 @@
+from typing import Any
+
+import pytest
+
+from modelyard.config import policy_from_dict
+from modelyard.errors import ConfigError
+from modelyard.gate import choose_champion, gates_for, pareto_front, verdict
+
+
+def m(value: float | None) -> dict[str, Any]:
+    return {"value": value, "unit": "", "interval": None, "status": "ok" if value is not None else "unknown"}
+
+
+def cls_measurements(
+    drop: float, p: float, flips: float, ece_inc: float, cost: float, acc: float = 0.97, size: float = 1000
+) -> dict[str, Any]:
+    return {
+        "compare.accuracy_drop": m(drop),
+        "compare.mcnemar_p": m(p),
+        "compare.flip_rate": m(flips),
+        "calibration.ece_increase": m(ece_inc),
+        "efficiency.cost_usd_per_1m": m(cost),
+        "efficiency.size_bytes": m(size),
+        "quality.accuracy": m(acc),
+    }
+
+
+def test_passing_candidate() -> None:
+    v = verdict(cls_measurements(0.5, 0.6, 0.01, 0.0, 1.0), "classification", policy_from_dict({}))
+    assert v["passed"]
+    assert {g["gate"] for g in v["gates"]} == {
+        "accuracy_drop",
+        "accuracy_drop_significance",
+        "flip_rate",
+        "ece_increase",
+    }
+
+
+def test_each_failed_gate_has_a_reason() -> None:
+    v = verdict(cls_measurements(2.0, 0.01, 0.05, 0.03, 1.0), "classification", policy_from_dict({}))
+    assert not v["passed"]
+    failed = {g["gate"]: g["reason"] for g in v["gates"] if not g["passed"]}
+    assert set(failed) == {"accuracy_drop", "accuracy_drop_significance", "flip_rate", "ece_increase"}
+    assert "violates <= 1 points" in failed["accuracy_drop"]
+
+
+def test_significance_gate_only_applies_to_a_drop() -> None:
+    v = verdict(cls_measurements(-1.0, 0.001, 0.01, 0.0, 1.0), "classification", policy_from_dict({}))
+    assert v["passed"]
+
+
+def test_unknown_fails_unless_waived() -> None:
+    ms = cls_measurements(0.0, 1.0, 0.0, 0.0, 1.0)
+    ms["calibration.ece_increase"] = m(None)
+    assert not verdict(ms, "classification", policy_from_dict({}))["passed"]
+    assert verdict(ms, "classification", policy_from_dict({"waive": ["ece_increase"]}))["passed"]
+
+
+def test_waiving_an_unknown_gate_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="waives unknown gate"):
+        gates_for(policy_from_dict({"waive": ["nope"]}))
+
+
+def test_budgets_in_mb() -> None:
+    pol = policy_from_dict({"budgets": {"max_size_mb": 1.0}})
+    ms = cls_measurements(0, 1, 0, 0, 1, size=2 * 2**20)
+    v = verdict(ms, "classification", pol)
+    assert (
+        not v["passed"]
+        and "size budget: 2 MB violates <= 1 MB"
+        in [g for g in v["gates"] if g["gate"] == "size"][0]["reason"]
+    )
+
+
+def test_embedding_gates() -> None:
+    ms = {"quality.cosine_mean": m(0.995), "quality.cosine_p5": m(0.97), "quality.top10_agreement": m(0.96)}
+    v = verdict(ms, "embedding", policy_from_dict({}))
+    assert [g["gate"] for g in v["gates"] if not g["passed"]] == ["cosine_p5"]
+
+
+def _cand(name: str, cost: float, acc: float, passed: bool = True, size: float = 1000) -> dict[str, Any]:
+    return {
+        "name": name,
+        "measurements": cls_measurements(0, 1, 0, 0, cost, acc, size),
+        "verdict": {"passed": passed},
+    }
+
+
+def test_champion_is_cheapest_passing() -> None:
+    cands = [_cand("base", 10, 0.97), _cand("a", 2, 0.96), _cand("b", 1, 0.95, passed=False)]
+    name, reason = choose_champion(cands, "classification", policy_from_dict({}))
+    assert name == "a" and "lowest cost" in reason
+
+
+def test_near_tie_goes_to_quality_then_size() -> None:
+    cands = [_cand("fp32", 1.00, 0.978, size=160_000), _cand("int8", 0.98, 0.975, size=50_000)]
+    name, reason = choose_champion(cands, "classification", policy_from_dict({}))
+    assert name == "fp32" and "tie" in reason
+    strict = policy_from_dict({"objective": {"tie_tolerance": 0.0}})
+    assert choose_champion(cands, "classification", strict)[0] == "int8"
+
+
+def test_no_champion_when_nothing_passes() -> None:
+    assert (
+        choose_champion([_cand("a", 1, 0.9, passed=False)], "classification", policy_from_dict({}))[0] is None
+    )
+
+
+def test_pareto_front() -> None:
+    cands = [_cand("a", 1, 0.90), _cand("b", 2, 0.95), _cand("c", 3, 0.94), _cand("d", 0.5, 0.80)]
+    assert set(pareto_front(cands, "classification")) == {"a", "b", "d"}
