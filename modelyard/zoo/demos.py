@@ -74,7 +74,7 @@ def tabular_dataset() -> Dataset:
 
 def sentences_dataset() -> Dataset:
     path = Path(__file__).with_name("minilm_sentences.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     sents = list(data["sentences"])
     return Dataset(
         name="modelyard-sentences",
