@@ -1,0 +1,270 @@
+"""report.html: one self-contained page (inline CSS, plots as inline PNG) rendered from evidence.
+
+``report_context`` turns evidence into plain rows and strings (data); the jinja2 template with
+autoescape turns those into HTML (rendering). Nothing appears in the page that is not in the evidence.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from modelyard.errors import DataError
+from modelyard.report import plots
+from modelyard.report import view as v
+
+REPORT_FILE = "report.html"
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def write_report(evidence: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/report.html`` (atomically) from ``evidence`` and return its path."""
+    return v.atomic_write_text(Path(out_dir) / REPORT_FILE, render_report(evidence))
+
+
+def render_report(evidence: dict[str, Any]) -> str:
+    """The report as an HTML string."""
+    return _env().get_template("report.html.j2").render(**report_context(evidence))
+
+
+def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Everything the template shows, as plain strings, lists and dicts."""
+    ev = v.check_evidence(evidence)
+    kind = v.task_kind(ev)
+    cands = v.candidates(ev)
+    champion = ev.get("champion") if isinstance(ev.get("champion"), str) else None
+    return {
+        "title": f"modelyard report: {v.section(ev, 'model').get('name') or 'unnamed model'}",
+        "run": _run(ev),
+        "model": _pairs(v.section(ev, "model"), ["name", "task", "source", "license"])
+        + v.spec_rows(v.section(ev, "model")),
+        "dataset": _dataset(v.section(ev, "dataset")),
+        "hardware": v.hardware_rows(v.section(ev, "hardware")),
+        "policy": v.flatten(v.section(ev, "policy")),
+        "table": _candidates_table(cands, kind, champion, [str(n) for n in ev.get("pareto") or []]),
+        "champion": champion,
+        "champion_reason": str(ev.get("champion_reason") or ""),
+        "failures": [
+            {"name": c["name"], "gates": [v.gate_row(g) for g in v.failed_gates(c)]}
+            for c in cands
+            if v.failed_gates(c)
+        ],
+        "skipped": v.skipped_rows(ev),
+        "plots": _plots(ev, kind, champion),
+        "lineage": [_lineage(c, (v.baseline(ev) or {}).get("name")) for c in cands],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+def _run(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("run id", str(ev.get("run_id") or v.UNKNOWN)),
+        ("created", str(ev.get("created") or v.UNKNOWN)),
+        ("evidence schema", str(ev.get("schema") or v.UNKNOWN)),
+    ]
+
+
+def _pairs(data: dict[str, Any], keys: list[str]) -> list[tuple[str, str]]:
+    return [(k, "not recorded" if data.get(k) in (None, "") else str(data[k])) for k in keys]
+
+
+def _dataset(ds: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = _pairs(ds, ["name", "modality", "n_train", "n_test", "num_classes", "fingerprint_sha256"])
+    if ds.get("paraphrase_pairs"):
+        rows.append(("paraphrase pairs", str(ds["paraphrase_pairs"])))
+    rows += _pairs(ds, ["source", "license"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ candidates
+
+
+def _candidates_table(
+    cands: list[dict[str, Any]], kind: str, champion: str | None, pareto: list[str]
+) -> dict[str, Any]:
+    metrics = v.KEY_METRICS[kind] + v.EFFICIENCY_METRICS
+    header = []
+    for name, label in metrics:
+        unit = v.MEASUREMENTS.get(name, ("", ""))[0]
+        header.append(f"{label} ({unit})" if unit and unit != "bytes" else label)
+    rows = []
+    for c in cands:
+        cells = []
+        for name, _ in metrics:
+            text = v.cell_text(c, name)
+            cells.append({"text": text, "unknown": text.startswith((v.UNKNOWN, v.NOT_MEASURED))})
+        n_failed = len(v.failed_gates(c))
+        verdict = v.verdict_label(c)
+        rows.append(
+            {
+                "name": c["name"],
+                "champion": c["name"] == champion,
+                "pareto": c["name"] in pareto,
+                "cells": cells,
+                "verdict": verdict,
+                "verdict_detail": f"{n_failed} gate(s) not passed" if n_failed else "",
+            }
+        )
+    return {"header": header, "rows": rows}
+
+
+def _lineage(c: dict[str, Any], baseline: str | None) -> dict[str, Any]:
+    ms = c.get("measurements") or {}
+    chain = [p["pass"] for p in v.pass_chain(c)]
+    return {
+        "name": c["name"],
+        "parent": str(c.get("parent")) if c.get("parent") is not None else "none (baseline)",
+        "format": str(c.get("format") or "not recorded"),
+        "chain": " → ".join([str(baseline or "baseline"), *chain])
+        if c.get("parent") is not None
+        else "baseline",
+        "passes": [{"pass": p["pass"], "config": v.config_text(p["config"])} for p in v.pass_chain(c)],
+        "sha256": str(c.get("artifact_sha256") or "not recorded"),
+        "notes": [str(n) for n in c.get("notes") or []],
+        "gates": [v.gate_row(g) for g in v.gates(c)],
+        "measurements": [
+            {
+                "name": str(name),
+                "value": v.fmt_measurement(ms[name], str(name)),
+                "status": str(ms[name].get("status", "ok")),
+                "meaning": v.meaning_of(str(name)),
+            }
+            for name in sorted(ms, key=str)
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def _plots(ev: dict[str, Any], kind: str, champion: str | None) -> list[dict[str, str]]:
+    cands = v.candidates(ev)
+    out = [_pareto_plot(ev, kind, champion)]
+    if kind == "classification":
+        panels = []
+        for c in cands:
+            m = v.measurement(c, "calibration.ece")
+            bins = (
+                (m or {}).get("details", {}).get("bins")
+                if isinstance((m or {}).get("details"), dict)
+                else None
+            )
+            if isinstance(bins, list) and bins:
+                panels.append(
+                    (f"{c['name']}: ECE {v.fmt_bare(v.value(c, 'calibration.ece'), 'fraction')}", bins)
+                )
+        out.append(
+            _plot(
+                "Reliability diagrams",
+                "Accuracy per confidence bin (bars), gap to mean confidence (shaded), perfect calibration (dashed).",
+                plots.reliability_png,
+                panels,
+                missing="No candidate has calibration bins in the evidence.",
+            )
+        )
+    samples = {}
+    for c in cands:
+        m = v.measurement(c, "efficiency.latency_p50_ms")
+        details = (m or {}).get("details")
+        s = details.get("samples_ms") if isinstance(details, dict) else None
+        if isinstance(s, list) and s:
+            samples[c["name"]] = s
+    out.append(
+        _plot(
+            "Latency distributions",
+            "Batch-1 latency samples per candidate (box: quartiles, line: median, whiskers: 1.5 IQR).",
+            plots.latency_png,
+            samples,
+            missing="No candidate has latency samples in the evidence.",
+        )
+    )
+    curves = {}
+    for c in cands:
+        m = v.measurement(c, "efficiency.throughput_best")
+        details = (m or {}).get("details")
+        curve = details.get("curve") if isinstance(details, dict) else None
+        if isinstance(curve, dict) and curve:
+            curves[c["name"]] = curve
+    out.append(
+        _plot(
+            "Throughput by batch size",
+            "Items per second at each batch size measured.",
+            plots.throughput_png,
+            curves,
+            missing="No candidate has a throughput curve in the evidence.",
+        )
+    )
+    return out
+
+
+def _pareto_plot(ev: dict[str, Any], kind: str, champion: str | None) -> dict[str, str]:
+    cands = v.candidates(ev)
+    y_name = v.MAIN_METRIC[kind]
+    # x: cost per 1M predictions (the axis modelyard.gate computes the frontier on) when any candidate has
+    # it; otherwise batch-1 latency, and then the cost frontier is not drawn as a line.
+    on_cost = any(v.value(c, "efficiency.cost_usd_per_1m") is not None for c in cands)
+    x_name = "efficiency.cost_usd_per_1m" if on_cost else "efficiency.latency_p50_ms"
+    x_label = "cost per 1M predictions (USD)" if on_cost else "batch-1 latency p50 (ms)"
+    y_label = f"{y_name.split('.', 1)[1].replace('_', ' ')} ({v.MEASUREMENTS[y_name][0]})"
+    points, left_out = [], []
+    for c in cands:
+        x, y = v.value(c, x_name), v.value(c, y_name)
+        if x is None or y is None:
+            left_out.append(c["name"])
+        else:
+            points.append((c["name"], x, y))
+    frontier = [str(n) for n in ev.get("pareto") or []]
+    caption = f"x: {x_label}; y: {y_label}. Star: champion; crosses: candidates that failed a gate"
+    caption += "; dashed line: Pareto frontier recorded in the evidence." if on_cost else "."
+    if frontier and not on_cost:
+        caption += " The Pareto frontier (" + ", ".join(frontier) + ") is on cost, which is unknown here."
+    if left_out:
+        caption += " Not plotted (unknown x or y): " + ", ".join(left_out) + "."
+    failed = [c["name"] for c in cands if v.verdict_label(c) == "FAIL"]
+    return _plot(
+        "Pareto: quality against " + ("cost" if on_cost else "latency"),
+        caption,
+        lambda pts: plots.pareto_png(
+            pts,
+            x_label=x_label,
+            y_label=y_label,
+            champion=champion,
+            frontier=frontier if on_cost else (),
+            failed=failed,
+        ),
+        points,
+        missing="No candidate has both measurements known, so there is nothing to plot.",
+    )
+
+
+def _plot(title: str, caption: str, fn: Callable[[Any], bytes], data: Any, *, missing: str) -> dict[str, str]:
+    if not data:
+        return {"title": title, "caption": missing, "src": ""}
+    try:
+        png = fn(data)
+    except DataError:  # the evidence had the field but no usable numbers in it
+        return {"title": title, "caption": missing, "src": ""}
+    return {
+        "title": title,
+        "caption": caption,
+        "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+    }

@@ -1,0 +1,624 @@
+"""Tests for modelyard.report: evidence.json, report.html and MODEL_CARD.md rendered from synthetic evidence."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from modelyard.errors import DataError
+from modelyard.evaluate.evidence import measure
+from modelyard.report import (
+    CARD_FILE,
+    EVIDENCE_FILE,
+    REPORT_FILE,
+    plots,
+    render_model_card,
+    render_report,
+    write_evidence,
+    write_model_card,
+    write_outputs,
+    write_report,
+)
+from modelyard.report.card import card_metadata, md_escape, risks
+from modelyard.report.view import fmt_measurement, fmt_number
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAILED_REASON = "accuracy drop upper bound 3.10 points exceeds the 1.00 point margin"
+SKIPPED_REASON = "fp16 needs a GPU; none was found"
+
+
+def _bins(shift: float) -> list[dict[str, float]]:
+    out = []
+    for m in range(15):
+        lo, hi = m / 15, (m + 1) / 15
+        conf = (lo + hi) / 2
+        out.append(
+            {
+                "lo": lo,
+                "hi": hi,
+                "count": 0 if m < 5 else 10 + m,
+                "confidence": conf,
+                "accuracy": min(1.0, conf + shift),
+            }
+        )
+    return out
+
+
+def _classifier_measurements(i: int, *, baseline: bool) -> dict[str, Any]:
+    acc = 0.96 - 0.01 * i
+    ms = [
+        measure("quality.accuracy", acc, (acc - 0.02, acc + 0.015)),
+        measure("quality.macro_f1", acc - 0.01, (acc - 0.035, acc + 0.01)),
+        measure("calibration.ece", 0.02 + 0.01 * i, (0.01, 0.04 + 0.01 * i), bins=_bins(0.02 * i)),
+        measure("calibration.brier", 0.07 + 0.01 * i),
+        measure("calibration.nll", 0.15 + 0.02 * i),
+        measure(
+            "efficiency.latency_p50_ms",
+            2.0 / (i + 1),
+            samples_ms=[2.0 / (i + 1) + 0.01 * k for k in range(30)],
+        ),
+        measure("efficiency.latency_p99_ms", 3.0 / (i + 1)),
+        measure("efficiency.throughput_b32", 4000.0 * (i + 1)),
+        measure(
+            "efficiency.throughput_best",
+            5000.0 * (i + 1),
+            curve={"1": 500.0 * (i + 1), "8": 3000.0, "32": 5000.0 * (i + 1)},
+        ),
+        measure("efficiency.size_bytes", 4_000_000 / (i + 1)),
+        measure("efficiency.peak_rss_bytes", 150_000_000.0),
+        measure("efficiency.load_time_s", 0.3),
+        measure("efficiency.cost_usd_per_1m", 0.02 / (i + 1)),
+    ]
+    if not baseline:
+        ms += [
+            measure("compare.accuracy_drop", 1.0 * i, (0.2 * i, 1.0 * i + 1.1)),
+            measure("compare.flip_rate", 0.01 * i),
+            measure("compare.mcnemar_p", 0.5 / i),
+        ]
+    return {m.name: m.to_dict() for m in ms}
+
+
+def _gate(
+    gate: str, check: str, passed: bool | None, value: float | None, threshold: float, reason: str
+) -> dict:
+    return {
+        "gate": gate,
+        "check": check,
+        "passed": passed,
+        "value": value,
+        "threshold": threshold,
+        "reason": reason,
+    }
+
+
+def classifier_evidence(*, source: str | None = None, license: str | None = None) -> dict[str, Any]:
+    names = ["baseline", "onnx", "int8-dynamic", "int8-static"]
+    passes = [
+        [],
+        [{"pass": "export-onnx", "config": {"opset": 17}}],
+        [
+            {"pass": "export-onnx", "config": {"opset": 17}},
+            {"pass": "int8-dynamic", "config": {"per_channel": True}},
+        ],
+        [
+            {"pass": "export-onnx", "config": {"opset": 17}},
+            {"pass": "int8-static", "config": {"calibration_size": 128}},
+        ],
+    ]
+    cands = []
+    for i, name in enumerate(names):
+        ok = name != "int8-static"
+        gates = [
+            _gate(
+                "accuracy non-inferiority",
+                "compare.accuracy_drop",
+                ok,
+                0.3 * i if ok else 3.1,
+                1.0,
+                "within margin" if ok else FAILED_REASON,
+            ),
+            _gate("calibration", "calibration.ece", True, 0.02 + 0.01 * i, 0.1, "ECE within limit"),
+        ]
+        cands.append(
+            {
+                "name": name,
+                "parent": None if i == 0 else "baseline" if i == 1 else "onnx",
+                "format": "torch" if i == 0 else "onnx",
+                "passes": passes[i],
+                "artifact_sha256": f"{i:x}" * 64,
+                "size_bytes": int(4_000_000 / (i + 1)),
+                "notes": ["Softmax kept in fp32"] if i == 3 else [],
+                "measurements": _classifier_measurements(i, baseline=i == 0),
+                "verdict": {"passed": ok, "gates": gates},
+            }
+        )
+    return {
+        "schema": "modelyard.evidence/1",
+        "run_id": "run-20250101-abc",
+        "created": "2025-01-01T12:00:00+00:00",
+        "model": {"name": "digits-cnn", "task": "classification", "source": "modelyard zoo"},
+        "dataset": {
+            "name": "digits",
+            "modality": "image",
+            "n_train": 1437,
+            "n_test": 360,
+            "num_classes": 10,
+            "classes": [str(k) for k in range(10)],
+            "paraphrase_pairs": 0,
+            "fingerprint_sha256": "f" * 64,
+            "source": source,
+            "license": license,
+        },
+        "hardware": {
+            "cpu": "Test CPU 3000",
+            "cores": 2,
+            "isa": {"avx2": True, "avx512": False, "vnni": False, "amx": False},
+            "int8_note": "no VNNI: int8 matmuls are emulated and may be slower than fp32",
+            "price_usd_per_hour": 0.0416,
+            "price_source": "on-demand 2-vCPU instance",
+        },
+        "policy": {"objective": "cheapest", "gates": {"accuracy_drop_points": 1.0, "ece_max": 0.1}},
+        "candidates": cands,
+        "skipped": [{"recipe": "fp16", "pass": "fp16", "reason": SKIPPED_REASON}],
+        "champion": "int8-dynamic",
+        "pareto": ["baseline", "int8-dynamic"],
+        "champion_reason": "cheapest candidate that passed every gate (0.0067 USD per 1M predictions)",
+    }
+
+
+def embedder_evidence() -> dict[str, Any]:
+    cands = []
+    for i, name in enumerate(["minilm", "minilm-int8"]):
+        ms = [
+            measure("quality.cosine_mean", 1.0 - 0.004 * i, (0.99 - 0.004 * i, 1.0)),
+            measure("quality.cosine_p5", 1.0 - 0.02 * i),
+            measure("quality.top10_agreement", 1.0 - 0.05 * i),
+            measure("quality.paraphrase_recall_at_1", 0.9, (0.85, 0.94)),
+            measure("efficiency.latency_p50_ms", 8.0 / (i + 1), samples_ms=[8.0 / (i + 1)] * 5 + [9.0]),
+            measure("efficiency.throughput_best", 300.0 * (i + 1), curve={"1": 100.0, "16": 300.0 * (i + 1)}),
+            measure("efficiency.size_bytes", 90_000_000 / (i + 1) ** 2),
+            measure("efficiency.cost_usd_per_1m", 0.04 / (i + 1)),
+        ]
+        cands.append(
+            {
+                "name": name,
+                "parent": None if i == 0 else "minilm",
+                "format": "hf" if i == 0 else "onnx",
+                "passes": [] if i == 0 else [{"pass": "int8-dynamic", "config": {}}],
+                "artifact_sha256": "a" * 64,
+                "size_bytes": 1,
+                "notes": [],
+                "measurements": {m.name: m.to_dict() for m in ms},
+                "verdict": {
+                    "passed": True,
+                    "gates": [_gate("cosine", "quality.cosine_mean", True, 0.996, 0.99, "ok")],
+                },
+            }
+        )
+    return {
+        "schema": "modelyard.evidence/1",
+        "run_id": "run-emb",
+        "created": "2025-01-02T00:00:00+00:00",
+        "model": {
+            "name": "all-MiniLM-L6-v2",
+            "task": "embedding",
+            "source": "sentence-transformers",
+            "license": "Apache-2.0",
+        },
+        "dataset": {
+            "name": "paraphrases",
+            "modality": "text",
+            "n_train": 0,
+            "n_test": 2000,
+            "num_classes": None,
+            "classes": None,
+            "paraphrase_pairs": 1000,
+            "fingerprint_sha256": "e" * 64,
+            "source": "built-in demo",
+            "license": "CC-BY-4.0",
+        },
+        "hardware": {
+            "cpu": "Test CPU",
+            "cores": 2,
+            "isa": {"avx2": True},
+            "int8_note": "",
+            "price_usd_per_hour": 0.04,
+            "price_source": "x",
+        },
+        "policy": {},
+        "candidates": cands,
+        "skipped": [],
+        "champion": "minilm-int8",
+        "pareto": ["minilm", "minilm-int8"],
+        "champion_reason": "cheapest passing candidate",
+    }
+
+
+def unknown_evidence() -> dict[str, Any]:
+    """One candidate with unknown measurements, missing sections and a failed-closed gate."""
+    ms = [
+        measure("quality.accuracy", None, reason="predictions failed: runner crashed"),
+        measure("calibration.ece", float("nan")),
+        measure("efficiency.latency_p50_ms", 1.5, samples_ms=["fast", None, float("nan")]),
+        measure("efficiency.throughput_best", None, curve={"b": "x"}),
+    ]
+    return {
+        "schema": "modelyard.evidence/1",
+        "run_id": "run-unknown",
+        "model": {"name": "mystery", "task": "classification"},
+        "dataset": {"name": "tiny", "modality": "tabular", "n_test": 40},
+        "candidates": [
+            {
+                "name": "baseline",
+                "parent": None,
+                "passes": [],
+                "measurements": {m.name: m.to_dict() for m in ms},
+                "verdict": {
+                    "passed": False,
+                    "gates": [
+                        _gate(
+                            "accuracy floor",
+                            "quality.accuracy",
+                            None,
+                            None,
+                            0.9,
+                            "accuracy is unknown: fails closed",
+                        )
+                    ],
+                },
+            }
+        ],
+        "champion": None,
+        "pareto": [],
+        "champion_reason": "no candidate passed every gate",
+    }
+
+
+def _front_matter(text: str) -> dict[str, Any]:
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    assert match, "card has no YAML front matter"
+    data = yaml.safe_load(match.group(1))
+    assert isinstance(data, dict)
+    return data
+
+
+def _risks_section(text: str) -> str:
+    return text.split("## Limitations and risks", 1)[1]
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def test_write_outputs_writes_three_files_atomically(tmp_path: Path) -> None:
+    ev = classifier_evidence()
+    out = tmp_path / "runs" / "r1"
+    paths = write_outputs(ev, out)
+    assert set(paths) == {EVIDENCE_FILE, REPORT_FILE, CARD_FILE}
+    for name, path in paths.items():
+        assert path == out / name and path.stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [EVIDENCE_FILE, REPORT_FILE, CARD_FILE]
+    )  # no temp files left
+
+
+def test_evidence_json_sorted_indented_and_round_trips(tmp_path: Path) -> None:
+    ev = classifier_evidence()
+    ev["candidates"][0]["measurements"]["calibration.nll"]["details"]["odd"] = float("inf")
+    text = write_evidence(ev, tmp_path).read_text()
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    loaded = json.loads(text)
+    assert loaded["candidates"][0]["measurements"]["calibration.nll"]["details"]["odd"] is None
+    assert loaded["champion"] == "int8-dynamic"
+    assert loaded["candidates"][2]["measurements"]["quality.accuracy"]["value"] == pytest.approx(0.94)
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    ev = classifier_evidence()
+    path = write_evidence(ev, tmp_path)
+    before = path.read_text()
+    bad = copy.deepcopy(ev)
+    bad["policy"]["weird"] = object()
+    with pytest.raises(DataError, match=r"evidence\.policy\.weird is a object, which is not JSON data"):
+        write_evidence(bad, tmp_path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [EVIDENCE_FILE]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda ev: ev.update(champion="nobody"), r"champion 'nobody' is not one of the candidates"),
+        (lambda ev: ev.update(schema="other/2"), r"schema is 'other/2', expected 'modelyard.evidence/1'"),
+        (lambda ev: ev.update(candidates={}), r"'candidates' is a dict, expected a list"),
+        (lambda ev: ev["candidates"][1].pop("name"), r"candidates\[1\] has no name"),
+    ],
+)
+def test_invalid_evidence_raises_data_error(tmp_path: Path, mutate: Any, match: str) -> None:
+    ev = classifier_evidence()
+    mutate(ev)
+    with pytest.raises(DataError, match=match):
+        write_report(ev, tmp_path)
+    with pytest.raises(DataError, match=match):
+        write_model_card(ev, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_dict_evidence_is_refused() -> None:
+    with pytest.raises(DataError, match=r"evidence must be a dict .* got list"):
+        render_report([])  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------------------------- report
+
+
+def test_report_contents_classifier(tmp_path: Path) -> None:
+    html = write_report(classifier_evidence(), tmp_path).read_text()
+    assert "int8-dynamic" in html and "(champion)" in html
+    assert "cheapest candidate that passed every gate" in html
+    assert FAILED_REASON in html
+    assert SKIPPED_REASON in html
+    assert "no VNNI: int8 matmuls are emulated" in html
+    assert "0.0416 USD per hour (source: on-demand 2-vCPU instance)" in html
+    assert "avx2: yes, avx512: no" in html
+    assert "f" * 64 in html  # dataset fingerprint
+    assert "baseline → export-onnx → int8-dynamic" in html
+    assert "{&#34;per_channel&#34;: true}" in html  # configs, escaped
+    # accuracy of int8-dynamic with its interval, unit in the header
+    assert "0.9400 [0.9200 – 0.9550]" in html and "Accuracy (fraction)" in html
+    # self-contained: no external resources of any kind
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "url(" not in html and "<script" not in html.lower() and "<link" not in html.lower()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 4  # pareto, reliability, latency, throughput
+    assert all(base64.b64decode(img).startswith(PNG_MAGIC) for img in images)
+
+
+def test_report_embedder_has_no_reliability_plot(tmp_path: Path) -> None:
+    html = write_report(embedder_evidence(), tmp_path).read_text()
+    assert "Cosine mean (cosine)" in html and "Paraphrase recall@1" in html
+    assert "Reliability diagrams" not in html
+    assert "cosine mean (cosine)" in html  # pareto y axis label in the caption
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 3
+
+
+def test_report_unknown_measurements_render_unknown(tmp_path: Path) -> None:
+    html = write_report(unknown_evidence(), tmp_path).read_text()
+    assert "unknown (predictions failed: runner crashed)" in html
+    assert "not measured" in html
+    assert "No champion:" in html
+    assert "accuracy is unknown: fails closed" in html and ">UNKNOWN<" in html
+    assert "No candidate has calibration bins in the evidence." in html
+    assert "No candidate has latency samples in the evidence." in html  # samples present but unusable
+    assert "No candidate has a throughput curve in the evidence." in html
+    assert "Not plotted (unknown x or y): baseline." in html or "nothing to plot" in html
+    assert "The evidence records no policy." in html
+
+
+def test_report_escapes_script(tmp_path: Path) -> None:
+    ev = classifier_evidence()
+    evil = "<script>alert(1)</script>"
+    ev["model"]["name"] = evil
+    ev["skipped"][0]["reason"] = evil
+    ev["candidates"][3]["verdict"]["gates"][0]["reason"] = evil
+    html = write_report(ev, tmp_path).read_text()
+    assert "<script" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_report_renders_a_dollar_in_a_candidate_name() -> None:
+    ev = embedder_evidence()
+    ev["candidates"][1]["name"] = "cost$ $x^2$"
+    ev["champion"] = "cost$ $x^2$"
+    ev["pareto"] = ["minilm"]
+    assert "cost$ $x^2$" in render_report(ev)
+
+
+# ---------------------------------------------------------------------------------------------- card
+
+
+def test_card_front_matter_parses_with_yaml_and_huggingface_hub(tmp_path: Path) -> None:
+    text = write_model_card(classifier_evidence(), tmp_path).read_text()
+    meta = _front_matter(text)
+    assert "license" not in meta  # neither model nor dataset declares one
+    assert meta["tags"] == ["modelyard", "image-classification", "onnx"]
+    result = meta["model-index"][0]["results"][0]
+    assert meta["model-index"][0]["name"] == "digits-cnn"
+    assert result["task"] == {"type": "image-classification"}
+    assert result["dataset"] == {"name": "digits", "type": "digits", "split": "test"}
+    accuracy = next(m for m in result["metrics"] if m["type"] == "accuracy")
+    assert accuracy["value"] == pytest.approx(0.94)  # the champion's, not the baseline's 0.96
+    assert "0.9200 – 0.9550" in accuracy["name"]
+
+    card = ModelCard(text)
+    assert card.data.model_name == "digits-cnn"
+    hf_acc = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert hf_acc.metric_value == pytest.approx(0.94)
+    assert hf_acc.task_type == "image-classification"
+    assert card.data.license is None
+    assert "## Limitations and risks" in card.text
+    assert yaml.safe_load(str(card).split("---")[1])["model-index"] == meta["model-index"]  # hub round trip
+
+
+def test_card_license_from_model_declaration() -> None:
+    meta = card_metadata(embedder_evidence())
+    assert meta["license"] == "apache-2.0"
+    assert meta["pipeline_tag"] == "feature-extraction"
+    card = ModelCard(render_model_card(embedder_evidence()))
+    assert card.data.license == "apache-2.0"
+    metric = next(r for r in card.data.eval_results if r.metric_type == "cosine_similarity")
+    assert metric.metric_value == pytest.approx(0.996)
+    ev = embedder_evidence()
+    ev["model"]["license"] = "Custom Research Licence v2"
+    meta = card_metadata(ev)
+    assert (meta["license"], meta["license_name"]) == ("other", "Custom Research Licence v2")
+
+
+def test_card_sections_and_values() -> None:
+    text = render_model_card(classifier_evidence())
+    for heading in (
+        "## Model details",
+        "### Lineage",
+        "## Data",
+        "## Evaluation results",
+        "## Gates",
+        "## Efficiency",
+    ):
+        assert heading in text
+    assert "(the champion chosen by the policy)" in text
+    assert '| 2 | int8-dynamic | `{"per_channel": true}` |' in text
+    assert "`" + "2" * 64 + "`" in text  # artifact sha256 of the champion
+    assert "| `calibration.ece` | 0.0400 | 0.0100 – 0.0600 | fraction |" in text
+    assert "| `efficiency.latency_p50_ms` | 0.667 | — | ms |" in text
+    assert "0.0416 USD per hour (source: on-demand 2-vCPU instance)" in text
+    assert "| int8-static | accuracy non-inferiority | FAIL | 3.1 | 1 |" in text
+    assert SKIPPED_REASON in text
+    assert "| Test examples | 360 |" in text
+    assert "- **Artifact size:** 1,333,333 bytes (1.27 MiB)" in text
+
+
+def test_gate_values_keep_the_gates_own_scale() -> None:
+    # modelyard.gate stores budget gates scaled (size in MB), not in the measurement's unit (bytes).
+    ev = classifier_evidence()
+    ev["candidates"][3]["verdict"]["gates"].append(
+        _gate("size", "efficiency.size_bytes", False, 1.27, 1.0, "size budget: 1.27 MB violates <= 1 MB")
+    )
+    text = render_model_card(ev)
+    assert "| int8-static | size | FAIL | 1.27 | 1 | size budget: 1.27 MB violates &lt;= 1 MB |" in text
+    html = render_report(ev)
+    assert '<td class="num">1.27</td><td class="num">1</td>' in html
+    assert "1 bytes" not in html and "1 bytes" not in text
+
+
+def test_pipeline_extras_are_rendered() -> None:
+    ev = classifier_evidence()
+    ev["hardware"]["machine"] = "x86_64"
+    ev["hardware"]["int8_measured"] = [
+        "int8-dynamic: 1.50x the throughput of its fp32 parent onnx (pays off here)"
+    ]
+    ev["model"]["spec"] = {
+        "inputs": [{"name": "pixels", "dtype": "float32", "shape": [None, 1, 8, 8]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [None, 10]}],
+        "task": "classification",
+        "value_range": [0.0, 1.0],
+    }
+    text = render_model_card(ev)
+    assert "- **Inputs:** pixels: float32 \\[?, 1, 8, 8\\]" in text
+    assert (
+        "| int8 measured | int8-dynamic: 1.50x the throughput of its fp32 parent onnx (pays off here) |"
+        in text
+    )
+    assert "| Machine | x86\\_64 |" in text
+    html = render_report(ev)
+    assert "logits: float32 [?, 10]" in html and "(pays off here)" in html
+
+
+def test_card_risks_derived_from_evidence() -> None:
+    risk_text = _risks_section(render_model_card(classifier_evidence()))
+    assert "The dataset's source is not recorded" in risk_text
+    assert "The dataset's licence is not recorded" in risk_text
+    assert "The test split has 360 examples" in risk_text
+    assert "no VNNI: int8 matmuls are emulated" in risk_text
+    assert "int8-static did not pass gate accuracy non-inferiority" in risk_text
+    assert "Unknown measurements" not in risk_text
+
+    with_provenance = _risks_section(
+        render_model_card(classifier_evidence(source="sklearn.datasets", license="BSD-3-Clause"))
+    )
+    assert "source is not recorded" not in with_provenance
+    assert "licence is not recorded" not in with_provenance
+
+
+def test_card_unknown_measurements_and_no_champion() -> None:
+    ev = unknown_evidence()
+    text = render_model_card(ev)
+    meta = _front_matter(text)
+    assert "model-index" not in meta  # nothing known to claim
+    assert meta["tags"] == ["modelyard", "tabular-classification"]
+    card = ModelCard(text)
+    assert card.data.eval_results is None
+    assert "| `quality.accuracy` | unknown (predictions failed: runner crashed) |" in text
+    found = risks(ev)
+    assert any(
+        r.startswith(
+            "No candidate passed the policy's gates; this card describes the baseline (candidate baseline)"
+        )
+        for r in found
+    )
+    assert (
+        "Unknown measurements (the check ran but gave no value): calibration.ece, efficiency.throughput_best, "
+        "quality.accuracy." in found
+    )
+    assert any(r.startswith("Not measured: quality.macro_f1, calibration.ece_increase") for r in found)
+    assert "The artifact's SHA-256 is not recorded, so the file cannot be matched to this card." in found
+    assert "The model's source is not recorded in the evidence." in found
+
+
+def test_card_escapes_script_and_markdown() -> None:
+    ev = classifier_evidence()
+    ev["model"]["name"] = "<script>alert(1)</script>"
+    ev["candidates"][2]["notes"] = ["x | y <img src=x onerror=alert(1)> [link](javascript:alert(1))"]
+    text = render_model_card(ev)
+    body = text.split("\n---\n", 1)[1]
+    assert "<script" not in body and "<img" not in body
+    assert "&lt;script&gt;alert\\(1\\)" not in body  # parentheses are left alone
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "x \\| y &lt;img src=x onerror=alert(1)&gt; \\[link\\](javascript:alert(1))" in body
+    assert ModelCard(text).data.model_name == "<script>alert(1)</script>"  # YAML keeps the literal name
+
+
+def test_md_escape_cases() -> None:
+    assert md_escape("a_b*c`d|e\nf") == "a\\_b\\*c\\`d\\|e f"
+    assert md_escape("AT&T <b>") == "AT&amp;T &lt;b&gt;"
+    assert md_escape(None) == ""
+
+
+def test_empty_candidates_do_not_crash(tmp_path: Path) -> None:
+    ev = {"schema": "modelyard.evidence/1", "candidates": [], "champion": None}
+    paths = write_outputs(ev, tmp_path)
+    assert "The evidence holds no candidates" in paths[CARD_FILE].read_text()
+    assert "No champion:" in paths[REPORT_FILE].read_text()
+
+
+# ------------------------------------------------------------------------------------ formats + plots
+
+
+def test_formatting() -> None:
+    assert fmt_number(None, "ms") == "unknown"
+    assert fmt_number(1234567.0, "bytes") == "1.18 MiB"
+    assert fmt_number(512.0, "bytes") == "512 bytes"
+    assert fmt_number(0.006667, "USD") == "0.00667 USD"
+    assert fmt_number(12.345, "ms") == "12.3 ms"
+    assert fmt_number(15000.0, "items/s") == "15,000 items/s"
+    assert fmt_number(3e-6, "p-value") == "3.00e-06 p-value"
+    assert fmt_measurement(None, "quality.accuracy") == "not measured"
+    m = measure("quality.accuracy", 0.5, (0.25, 0.75)).to_dict()
+    assert fmt_measurement(m, "quality.accuracy") == "0.5000 [0.2500 – 0.7500]"
+
+
+def test_plots_return_png_and_refuse_empty_data() -> None:
+    assert plots.pareto_png(
+        [("a", 1.0, 0.9), ("b", 2.0, 0.95)], x_label="x", y_label="y", champion="a", frontier=["a", "b"]
+    ).startswith(PNG_MAGIC)
+    assert plots.reliability_png([("a", _bins(0.0))]).startswith(PNG_MAGIC)
+    assert plots.latency_png({"a": [1.0, 2.0, 3.0]}).startswith(PNG_MAGIC)
+    assert plots.throughput_png({"a": {"1": 10.0, "4": 30.0}}).startswith(PNG_MAGIC)
+    with pytest.raises(DataError, match="needs at least one"):
+        plots.pareto_png([], x_label="x", y_label="y")
+    with pytest.raises(DataError, match="needs at least one candidate with latency samples"):
+        plots.latency_png({"a": [float("nan")]})
+
+
+def test_plots_leave_no_pyplot_figures() -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plots.latency_png({"a": [1.0, 2.0]})
+    assert plt.get_fignums() == before
