@@ -22,7 +22,10 @@ def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tupl
     if n < 4:
         raise DataError(f"dataset has {n} examples; at least 4 are needed to hold out a test split")
     idx = np.arange(n)
-    strat = y if y is not None and np.min(np.bincount(y)) >= 2 else None
+    n_test = int(np.ceil(n * test_size))
+    k = int(len(np.unique(y))) if y is not None else 0
+    stratify = y is not None and np.min(np.bincount(y)[np.unique(y)]) >= 2 and n_test >= k and n - n_test >= k
+    strat = y if stratify else None
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
     take = (lambda a, i: a[i]) if isinstance(x, np.ndarray) else (lambda a, i: [a[j] for j in i])
     return (
