@@ -1,0 +1,584 @@
+"""Efficiency evidence: latency, throughput, peak memory, size, load time and cost of one candidate.
+
+How the figures are taken (the same code serves the pipeline and the benchmarks):
+
+- Raw inputs go through ``candidate.preprocessor()`` once, before any timing: tokenization is not timed.
+  Inputs are tiled from ``sample_inputs`` to fill each batch size.
+- Latency: batch-1 calls, after warm-up calls, each timed with ``time.perf_counter``; p50 and p99 with
+  distribution-free order-statistic 95% intervals (which assume independent calls).
+- Throughput: per batch size, timed calls for at least ``min_time_s`` in all, split over interleaved rounds
+  (every batch size takes its turn in each round, so all share the machine's drift); the value is the median
+  of the per-call rates (items / call time).
+- Peak memory: a fresh process (``python -m modelyard.evaluate._rss_probe``) loads the candidate and runs one
+  batch of 32; its ``ru_maxrss``. An empty probe's figure is reported beside it.
+- Cost: ``price_usd_per_hour / 3600 / best items-per-second * 1e6``, one instance fully busy at the best
+  batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import ConfigError, DataError
+from modelyard.evaluate.evidence import Measurement, measure
+from modelyard.optimize.candidate import Candidate
+from modelyard.runtime.base import Runner
+from modelyard.runtime.device import default_threads
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+ProgressFn = Callable[[str, float], None]
+
+B32 = 32
+THROUGHPUT_ROUNDS = 3
+MIN_CALLS_PER_WINDOW = 3
+LOAD_REPEATS = 3
+MAX_SAMPLES_KEPT = 500
+MAX_DISTINCT_LATENCY_INPUTS = 64
+PROBE_TIMEOUT_S = 300.0
+PROBE_BATCH = 32
+
+COST_ASSUMPTION = (
+    "one instance kept fully busy at the best batch size measured; excludes idle time, "
+    "preprocessing (e.g. tokenization) and network"
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs
+
+
+def _as_texts(x: Any) -> list[str] | None:
+    """The inputs as a list of texts, or None when they are numeric."""
+    if isinstance(x, np.ndarray):
+        return [str(t) for t in x.tolist()] if x.dtype.kind in "US" else None
+    if isinstance(x, Sequence) and not isinstance(x, str | bytes) and len(x) and isinstance(x[0], str):
+        return [str(t) for t in x]
+    return None
+
+
+def _normalize_inputs(sample_inputs: Any) -> np.ndarray | list[str]:
+    if isinstance(sample_inputs, str | bytes):
+        raise DataError(
+            "sample_inputs must be an array or a list of texts, got a single string; wrap it in a list"
+        )
+    texts = _as_texts(sample_inputs)
+    if texts is not None:
+        return texts
+    try:
+        arr = np.asarray(sample_inputs)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"sample_inputs must be an array or a list of texts; numpy cannot read it: {exc}"
+        ) from None
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise DataError(
+            f"sample_inputs must hold at least one example along axis 0, got shape {arr.shape}; "
+            "pass a few test examples"
+        )
+    return arr
+
+
+def _tile(inputs: np.ndarray | list[str], n: int, start: int = 0) -> np.ndarray | list[str]:
+    """``n`` examples taken cyclically from ``inputs``, beginning at index ``start``."""
+    idx = (start + np.arange(n)) % len(inputs)
+    if isinstance(inputs, list):
+        return [inputs[int(i)] for i in idx]
+    return np.take(inputs, idx, axis=0)
+
+
+def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
+    if not feeds:
+        raise ConfigError("feeds must name at least one input array; got an empty dict")
+    first = np.asarray(next(iter(feeds.values())))
+    if first.ndim == 0:
+        raise ConfigError("feeds must be batched arrays (batch on axis 0); got a 0-d array")
+    return int(first.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# timing primitives shared by measure_efficiency, interleaved_throughput and the benchmarks
+
+
+def _call_s(runner: Runner, feeds: Feeds) -> float:
+    t0 = time.perf_counter()
+    runner.run(feeds)
+    return time.perf_counter() - t0
+
+
+def _rate_window(runner: Runner, feeds: Feeds, items: int, min_time_s: float) -> list[float]:
+    """Per-call rates (items/s) of calls repeated for at least ``min_time_s`` (and a few calls)."""
+    rates: list[float] = []
+    start = time.perf_counter()
+    while True:
+        rates.append(items / max(_call_s(runner, feeds), 1e-12))
+        if len(rates) >= MIN_CALLS_PER_WINDOW and time.perf_counter() - start >= min_time_s:
+            return rates
+
+
+def _interleave(
+    entries: Mapping[str, tuple[Runner, Feeds]],
+    *,
+    rounds: int,
+    min_time_s: float,
+    warmup: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, list[list[float]]]:
+    """Per-call rates for every entry, one list per round. Round r starts at entry r (rotating order), so no
+    entry always runs first or last; every entry sees the same stretch of the machine's drift."""
+    names = list(entries)
+    items = {name: _batch_len(feeds) for name, (_, feeds) in entries.items()}
+    for name in names:
+        runner, feeds = entries[name]
+        for _ in range(warmup):
+            runner.run(feeds)
+    out: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            runner, feeds = entries[name]
+            out[name].append(_rate_window(runner, feeds, items[name], min_time_s))
+        if progress is not None:
+            progress(f"throughput round {r + 1}/{rounds}", 0.0)
+    return out
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def interleaved_throughput(
+    runners: Mapping[str, tuple[Runner, Feeds]],
+    *,
+    rounds: int = 5,
+    min_time_s: float = 0.3,
+    warmup: int = 1,
+) -> dict[str, list[float]]:
+    """Items per second of each runner per round, timing the runners in turn, round-robin.
+
+    ``runners`` maps a name to ``(runner, feeds)``; the feeds are already preprocessed and their batch size
+    (axis 0 of the first array) is the number of items per call. Each runner first gets ``warmup`` untimed
+    calls; then in each of ``rounds`` rounds every runner is called repeatedly for at least ``min_time_s``
+    and the round's figure is the median of its per-call rates. Interleaving makes all runners share the
+    machine's drift (noisy neighbours, clock changes), so compare them round by round or by median.
+    """
+    if not runners:
+        raise ConfigError("interleaved_throughput needs at least one runner; got an empty mapping")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
+    _check_positive("min_time_s", min_time_s)
+    per_call = _interleave(runners, rounds=rounds, min_time_s=min_time_s, warmup=warmup)
+    return {name: [float(statistics.median(w)) for w in windows] for name, windows in per_call.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# statistics
+
+
+def _quantile_interval(samples: Sequence[float], q: float, point: float) -> tuple[float, float] | None:
+    """Distribution-free 95% interval for the q-quantile from order statistics (binomial ranks)."""
+    n = len(samples)
+    if n < 2:
+        return None
+    from scipy.stats import binom
+
+    xs = sorted(samples)
+    lo_rank = max(int(binom.ppf(0.025, n, q)), 1)
+    hi_rank = min(int(binom.ppf(0.975, n, q)) + 1, n)
+    return (min(xs[lo_rank - 1], point), max(xs[hi_rank - 1], point))
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory probe
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH for the probe: this package's root, the caller's own PYTHONPATH, and the caller's sys.path
+    entries outside the Python installation (so a user's model factory module imports there too)."""
+    root = str(Path(__file__).resolve().parents[2])
+    prefixes = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    entries = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    for p in sys.path:
+        if not p or not Path(p).is_dir():
+            continue
+        rp = str(Path(p).resolve())
+        if not any(rp == pre or rp.startswith(pre + os.sep) for pre in prefixes):
+            entries.append(rp)
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
+def _run_probe(args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run the probe; its JSON result, or ``{"ok": False, "error": reason}``."""
+    from modelyard.evaluate._rss_probe import MARKER
+
+    cmd = [sys.executable, "-m", "modelyard.evaluate._rss_probe", *args]
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"memory probe timed out after {timeout_s:g} s"}
+    except OSError as exc:
+        return {"ok": False, "error": f"memory probe could not start {sys.executable}: {exc}"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                result = json.loads(line[len(MARKER) :])
+            except json.JSONDecodeError:
+                break
+            if isinstance(result, dict):
+                if not result.get("ok"):
+                    result = {
+                        "ok": False,
+                        "error": f"memory probe failed: {result.get('error', 'no reason')}",
+                    }
+                return result
+            break
+    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+    last = f": {tail[-1][:300]}" if tail else " with no output"
+    return {"ok": False, "error": f"memory probe {how}{last}"}
+
+
+@functools.lru_cache(maxsize=4)
+def _empty_probe_rss(timeout_s: float) -> int | None:
+    result = _run_probe(["--empty"], timeout_s)
+    return int(result["peak_rss_bytes"]) if result.get("ok") else None
+
+
+def measure_peak_rss(
+    candidate: Candidate,
+    sample_inputs: Any,
+    *,
+    threads: int | None = None,
+    batch_size: int = PROBE_BATCH,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> Measurement:
+    """``efficiency.peak_rss_bytes``: peak resident memory of a fresh process that loads ``candidate`` and
+    runs one batch of ``batch_size`` raw inputs (preprocessing included). Never raises for a failing probe:
+    the measurement is then UNKNOWN with the reason in ``details["reason"]``."""
+    name = "efficiency.peak_rss_bytes"
+    _check_positive("timeout_s", timeout_s)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    inputs = _tile(_normalize_inputs(sample_inputs), batch_size)
+    base: dict[str, Any] = {
+        "method": "peak resident memory (VmHWM on Linux) of a fresh Python process: interpreter start, "
+        "imports, load, preprocessing and one batch",
+        "batch": batch_size,
+        "threads": threads or default_threads(),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="modelyard-rss-") as tmp:
+            manifest = candidate.to_dict()
+            manifest["path"] = str(Path(candidate.path).resolve())
+            if candidate.tokenizer_dir is not None:
+                manifest["tokenizer_dir"] = str(Path(candidate.tokenizer_dir).resolve())
+            man_path = Path(tmp) / "manifest.json"
+            man_path.write_text(json.dumps(manifest), encoding="utf-8")
+            if isinstance(inputs, list):
+                in_path = Path(tmp) / "inputs.json"
+                in_path.write_text(json.dumps(inputs), encoding="utf-8")
+            else:
+                in_path = Path(tmp) / "inputs.npz"
+                np.savez(in_path, inputs=np.asarray(inputs))
+            args = [str(man_path), str(in_path)]
+            if threads:
+                args += ["--threads", str(int(threads))]
+            result = _run_probe(args, timeout_s)
+    except (OSError, TypeError, ValueError) as exc:
+        result = {"ok": False, "error": f"memory probe could not be prepared: {_first_line(exc)}"}
+    if not result.get("ok"):
+        reason = str(result.get("error"))
+        log.warning("peak memory of %s is UNKNOWN: %s", candidate.name, reason)
+        return measure(name, None, reason=reason, **base)
+    empty = _empty_probe_rss(timeout_s)
+    peak = int(result["peak_rss_bytes"])
+    return measure(
+        name,
+        peak,
+        **base,
+        source=str(result.get("source", "")),
+        ru_maxrss_bytes=result.get("ru_maxrss_bytes"),
+        ru_maxrss_note="not used on Linux: the kernel carries the parent's ru_maxrss across fork+exec, so it "
+        "can show the measuring process's peak instead of the probe's",
+        load_peak_rss_bytes=result.get("load_peak_rss_bytes"),
+        baseline_rss_bytes=empty,
+        above_baseline_bytes=(peak - empty) if empty is not None else None,
+        baseline_note="baseline_rss_bytes = the same probe loading nothing (interpreter, numpy, modelyard); "
+        "subtract it for the model's own cost",
+        modules_imported=result.get("modules", {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# measure_efficiency
+
+
+def _validate(
+    batch_sizes: Sequence[int], latency_calls: int, min_time_s: float, threads: int | None, price: float
+) -> tuple[int, ...]:
+    problems = []
+    sizes = tuple(batch_sizes)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1 for b in sizes):
+        problems.append(f"batch_sizes must be a non-empty sequence of integers >= 1, got {batch_sizes!r}")
+    if isinstance(latency_calls, bool) or not isinstance(latency_calls, int) or latency_calls < 1:
+        problems.append(f"latency_calls must be an integer >= 1, got {latency_calls!r}")
+    if not isinstance(min_time_s, int | float) or not math.isfinite(min_time_s) or min_time_s <= 0:
+        problems.append(f"min_time_s must be a finite number > 0, got {min_time_s!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        problems.append(f"threads must be None or an integer >= 1, got {threads!r}")
+    if not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
+        problems.append(f"price_usd_per_hour must be a finite number >= 0, got {price!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return tuple(sorted({int(b) for b in sizes}))
+
+
+def _effective_threads(candidate: Candidate, threads: int | None) -> int:
+    """Threads the loaded runner computes with: ONNX Runtime uses ``threads`` or all cores; PyTorch runners
+    use the process-wide torch setting (which ``threads`` sets when given)."""
+    if candidate.format != "onnx" and "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    return threads or default_threads()
+
+
+def _silent(msg: str, advance: float = 0.0) -> None:
+    """The default progress callback: says nothing."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def measure_efficiency(
+    candidate: Candidate,
+    sample_inputs: Any,
+    *,
+    price_usd_per_hour: float,
+    batch_sizes: Sequence[int] = (1, 8, 32, 64),
+    latency_calls: int = 200,
+    min_time_s: float = 0.5,
+    threads: int | None = None,
+    measure_rss: bool = True,
+    progress: ProgressFn | None = None,
+) -> dict[str, Measurement]:
+    """Every ``efficiency.*`` measurement of one candidate on this machine.
+
+    ``sample_inputs``: raw inputs (a numeric array, batch on axis 0, or a list of texts), tiled to fill each
+    batch size. Throughput is measured at ``batch_sizes`` and at 32 (``efficiency.throughput_b32``); the
+    curve and ``throughput_best`` cover all of them. A batch size the model cannot run is left out of the
+    curve with its reason. Set ``measure_rss=False`` to skip the fresh-process memory probe (UNKNOWN then).
+    """
+    sizes = _validate(batch_sizes, latency_calls, min_time_s, threads, price_usd_per_hour)
+    inputs = _normalize_inputs(sample_inputs)
+    is_text = isinstance(inputs, list)
+    say: ProgressFn = progress if progress is not None else _silent
+    measured_sizes = tuple(sorted({*sizes, B32}))
+    prep_note = (
+        "inputs tokenized before timing (tokenization not timed); each batch padded to its longest text"
+        if is_text
+        else "inputs converted to the model's input dtype before timing (conversion not timed)"
+    )
+    common: dict[str, Any] = {"preprocessing": prep_note}
+    out: dict[str, Measurement] = {}
+
+    # load time: construct the Runner three times; keep the last one for timing
+    say(f"{candidate.name}: loading", 0.0)
+    load_s: list[float] = []
+    runner: Runner | None = None
+    for _ in range(LOAD_REPEATS):
+        runner = None  # let the previous runner go before the next load
+        t0 = time.perf_counter()
+        runner = candidate.load(threads=threads)
+        load_s.append(time.perf_counter() - t0)
+    if runner is None:  # pragma: no cover - LOAD_REPEATS >= 1
+        raise ConfigError("LOAD_REPEATS must be >= 1")
+    common["threads"] = _effective_threads(candidate, threads)
+    out["efficiency.load_time_s"] = measure(
+        "efficiency.load_time_s",
+        statistics.median(load_s),
+        runs_s=load_s,
+        first_s=load_s[0],
+        note="median of 3 Runner constructions in one process; library imports paid by the first, "
+        "files likely in the page cache",
+    )
+
+    # preprocess once, before any timing; warm-up call per batch size (also finds sizes the model rejects)
+    pre = candidate.preprocessor()
+    batch_feeds: dict[int, Feeds] = {}
+    failed: dict[str, str] = {}
+    for b in measured_sizes:
+        feeds = pre(_tile(inputs, b))
+        try:
+            runner.run(feeds)
+        except Exception as exc:  # a model with a fixed batch size, or out of memory at large batches
+            failed[str(b)] = _first_line(exc)
+            log.warning("%s cannot run at batch %d: %s", candidate.name, b, failed[str(b)])
+            continue
+        batch_feeds[b] = feeds
+
+    # latency: batch-1 calls cycling over distinct examples, after warm-up calls
+    say(f"{candidate.name}: latency", 0.0)
+    warmup_calls = min(10, max(2, latency_calls // 10))
+    single = [
+        pre(_tile(inputs, 1, i)) for i in range(min(len(inputs), latency_calls, MAX_DISTINCT_LATENCY_INPUTS))
+    ]
+    try:
+        for i in range(warmup_calls):
+            runner.run(single[i % len(single)])
+        times_ms = [_call_s(runner, single[i % len(single)]) * 1e3 for i in range(latency_calls)]
+    except Exception as exc:
+        reason = f"batch-1 calls failed: {_first_line(exc)}"
+        out["efficiency.latency_p50_ms"] = measure("efficiency.latency_p50_ms", None, reason=reason)
+        out["efficiency.latency_p99_ms"] = measure("efficiency.latency_p99_ms", None, reason=reason)
+    else:
+        lat: dict[str, Any] = {
+            **common,
+            "calls": latency_calls,
+            "warmup_calls": warmup_calls,
+            "distinct_inputs": len(single),
+            "interval_method": "order-statistic 95% interval (distribution-free, assumes independent calls)",
+        }
+        for q, key in ((50, "efficiency.latency_p50_ms"), (99, "efficiency.latency_p99_ms")):
+            value = float(np.percentile(times_ms, q))
+            extra: dict[str, Any] = (
+                {
+                    "samples_ms": [round(t, 4) for t in times_ms[:MAX_SAMPLES_KEPT]],
+                    "samples_note": f"the first {MAX_SAMPLES_KEPT} calls at most, in call order",
+                }
+                if q == 50
+                else {"samples_in": "efficiency.latency_p50_ms"}
+            )
+            out[key] = measure(key, value, _quantile_interval(times_ms, q / 100, value), **lat, **extra)
+
+    # throughput: interleaved rounds over the batch sizes, median of per-call rates
+    say(f"{candidate.name}: throughput", 0.0)
+    per_call = (
+        _interleave(
+            {str(b): (runner, f) for b, f in batch_feeds.items()},
+            rounds=THROUGHPUT_ROUNDS,
+            min_time_s=min_time_s / THROUGHPUT_ROUNDS,
+            warmup=1,
+            progress=lambda msg, adv: say(f"{candidate.name}: {msg}", adv),
+        )
+        if batch_feeds
+        else {}
+    )
+    curve = {k: float(statistics.median([r for w in windows for r in w])) for k, windows in per_call.items()}
+    repeats = {k: [float(statistics.median(w)) for w in windows] for k, windows in per_call.items()}
+    calls = {k: sum(len(w) for w in windows) for k, windows in per_call.items()}
+    tp: dict[str, Any] = {
+        **common,
+        "method": f"median of per-call rates over {THROUGHPUT_ROUNDS} interleaved rounds, "
+        f">= {min_time_s:g} s per batch size",
+    }
+    key32 = str(B32)
+    if key32 in curve:
+        out["efficiency.throughput_b32"] = measure(
+            "efficiency.throughput_b32", curve[key32], **tp, repeats=repeats[key32], calls=calls[key32]
+        )
+    else:
+        out["efficiency.throughput_b32"] = measure(
+            "efficiency.throughput_b32", None, reason=f"batch 32 failed: {failed.get(key32, 'not run')}"
+        )
+    best_key = max(curve, key=lambda k: curve[k]) if curve else None
+    if best_key is not None:
+        out["efficiency.throughput_best"] = measure(
+            "efficiency.throughput_best",
+            curve[best_key],
+            **tp,
+            curve=curve,
+            best_batch=int(best_key),
+            repeats=repeats,
+            calls=calls,
+            failed_batch_sizes=failed,
+        )
+    else:
+        out["efficiency.throughput_best"] = measure(
+            "efficiency.throughput_best", None, reason="no batch size ran", failed_batch_sizes=failed
+        )
+
+    # size on disk
+    try:
+        files = candidate.files()
+        out["efficiency.size_bytes"] = measure(
+            "efficiency.size_bytes", candidate.size_bytes(), files=[p.name for p in files]
+        )
+    except OSError as exc:
+        out["efficiency.size_bytes"] = measure("efficiency.size_bytes", None, reason=_first_line(exc))
+
+    # peak memory in a fresh process
+    if measure_rss:
+        say(f"{candidate.name}: peak memory (fresh process)", 0.0)
+        out["efficiency.peak_rss_bytes"] = measure_peak_rss(candidate, inputs, threads=threads)
+    else:
+        out["efficiency.peak_rss_bytes"] = measure(
+            "efficiency.peak_rss_bytes", None, reason="not measured (measure_rss=False)"
+        )
+
+    # cost per million predictions
+    best = out["efficiency.throughput_best"].value
+    cost_details: dict[str, Any] = {
+        "price_usd_per_hour": float(price_usd_per_hour),
+        "assumption": COST_ASSUMPTION,
+        "formula": "price_usd_per_hour / 3600 / throughput_best * 1e6",
+    }
+    if best is not None and best > 0:
+        out["efficiency.cost_usd_per_1m"] = measure(
+            "efficiency.cost_usd_per_1m",
+            float(price_usd_per_hour) / 3600.0 / best * 1e6,
+            **cost_details,
+            throughput_items_per_s=best,
+            best_batch=int(best_key) if best_key is not None else None,
+        )
+    else:
+        out["efficiency.cost_usd_per_1m"] = measure(
+            "efficiency.cost_usd_per_1m", None, reason="throughput unknown", **cost_details
+        )
+    say(f"{candidate.name}: efficiency measured", 1.0)
+    return out
+
+
+def compare_speed(results: Mapping[str, Mapping[str, Measurement]], baseline: str) -> dict[str, float]:
+    """Each candidate's ``efficiency.throughput_best`` divided by the baseline's (> 1 = faster).
+
+    A candidate, or the baseline, without a known best throughput gets NaN.
+    """
+    if baseline not in results:
+        raise ConfigError(
+            f"baseline {baseline!r} is not among the results {sorted(results)}; pass the name of one of them"
+        )
+
+    def best(name: str) -> float | None:
+        m = results[name].get("efficiency.throughput_best")
+        return m.value if m is not None and m.status == "ok" and m.value else None
+
+    ref = best(baseline)
+    out: dict[str, float] = {}
+    for name in results:
+        t = best(name)
+        out[name] = t / ref if t is not None and ref is not None else math.nan
+    return out
