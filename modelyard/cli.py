@@ -18,7 +18,8 @@ from modelyard.errors import ModelyardError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 models_app = typer.Typer(no_args_is_help=True, help="Versions, aliases and the audit log in the registry.")
 app.add_typer(models_app, name="models")
-console = Console()
+# Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 RecipesOpt = Annotated[
@@ -413,7 +414,8 @@ def models_show(
     for col in ("version", "candidate", "parent", "verdict", "created"):
         table.add_column(col)
     for v in reg.list_versions(ref):
-        verdict = ((v.get("evidence") or {}).get("verdict") or {}).get("passed")
+        full = reg.get_version(ref, int(v["version"]))
+        verdict = ((full.get("evidence") or {}).get("verdict") or {}).get("passed")
         table.add_row(
             f"v{v['version']}",
             str(v.get("candidate")),

@@ -60,3 +60,69 @@ def onnx_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     data = d / "data.npz"
     np.savez(data, x=x, y=y)
     return path, data
+
+
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "nice",
+    "happy",
+    "bad",
+    "awful",
+    "poor",
+    "sad",
+    "terrible",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "was",
+    "is",
+    "very",
+    "not",
+]
+
+
+def build_tiny_bert(folder: Path, *, classification: bool, seed: int = 0) -> Path:
+    """A tiny BERT (2 layers, hidden 32) with a word-level fast tokenizer, saved as a Hugging Face folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(cfg) if classification else BertModel(cfg)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def sentiment_texts(n: int = 80, seed: int = 0) -> list[tuple[str, int]]:
+    rng = np.random.default_rng(seed)
+    pos, neg = WORDS[:5], WORDS[5:10]
+    out = []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(pos if label else neg, size=3)) + list(rng.choice(WORDS[10:], size=2))
+        rng.shuffle(words)
+        out.append((" ".join(words), label))
+    return out

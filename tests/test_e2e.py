@@ -1,0 +1,116 @@
+"""End to end through the CLI: a user's ONNX classifier, a Hugging Face folder, and the digits demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelyard.cli import main
+from modelyard.registry import Registry
+
+from .conftest import build_tiny_bert, sentiment_texts
+
+
+def _outputs(home: Path) -> tuple[Path, dict]:
+    runs = [p for p in (home / "runs").iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("evidence.json", "report.html", "MODEL_CARD.md"):
+        assert (run / name).is_file(), name
+    evidence = json.loads((run / "evidence.json").read_text())
+    card = (run / "MODEL_CARD.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "model-index" in front
+    return run, evidence
+
+
+def test_user_onnx_classifier_with_npz(
+    home: Path, onnx_classifier: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = onnx_classifier
+    code = main(
+        [
+            "optimize",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--quick",
+            "--recipe",
+            "onnx",
+            "--recipe",
+            "onnx > int8-dynamic(exclude_op_types=())",
+            "--recipe",
+            "int8-static",
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "champion:" in out.out and "outputs:" in out.out
+    _, ev = _outputs(home)
+    names = [c["name"] for c in ev["candidates"]]
+    assert names[0] == "baseline" and "int8-static" in names
+    # an ONNX baseline has nothing to export: the 'onnx' recipe just graph-optimizes it, or is skipped with a reason
+    for s in ev["skipped"]:
+        assert s["reason"]
+    base = ev["candidates"][0]["measurements"]
+    assert base["compare.flip_rate"]["value"] == 0.0
+    assert 0.0 <= base["quality.accuracy"]["interval"][0] <= base["quality.accuracy"]["value"]
+    reg = Registry(home)
+    assert reg.list_models()[0]["name"] == "classifier"
+    versions = reg.list_versions("classifier")
+    assert len(versions) == len(ev["candidates"])
+    if ev["champion"]:
+        name, v = reg.resolve("classifier@champion")
+        assert reg.get_version(name, v)["candidate"] == ev["champion"]
+
+
+def test_hugging_face_folder_with_jsonl(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = build_tiny_bert(tmp_path / "bert", classification=True)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in sentiment_texts()))
+    code = main(
+        [
+            "optimize",
+            "--model",
+            str(folder),
+            "--data",
+            str(data),
+            "--quick",
+            "--name",
+            "tiny-bert",
+            "--recipe",
+            "onnx",
+            "--recipe",
+            "onnx > int8-dynamic",
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    _, ev = _outputs(home)
+    by_name = {c["name"]: c for c in ev["candidates"]}
+    assert {"baseline", "onnx", "onnx>int8-dynamic"} <= set(by_name)
+    assert by_name["onnx"]["measurements"]["compare.flip_rate"]["value"] == 0.0
+    assert by_name["onnx"]["format"] == "onnx"
+
+
+@pytest.mark.slow
+def test_digits_demo_picks_a_measured_cheaper_variant(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "digits", "--quick"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "champion:" in out.out
+    _, ev = _outputs(home)
+    by_name = {c["name"]: c for c in ev["candidates"]}
+    champ = ev["champion"]
+    assert champ is not None and champ != "baseline"
+    cost = lambda n: by_name[n]["measurements"]["efficiency.cost_usd_per_1m"]["value"]  # noqa: E731
+    assert cost(champ) < cost("baseline")
+    assert by_name[champ]["verdict"]["passed"]
+    assert ev["pareto"]
+    assert Registry(home).resolve("digits-cnn@champion")[0] == "digits-cnn"
