@@ -1,5 +1,60 @@
-"""modelyard: ship a trained model cheaply and safely."""
+"""modelyard: ship a trained model cheaply and safely.
+
+The public surface is re-exported here; everything else is internal and may change.
+"""
+
+from modelyard.config import Policy, Settings, load_policy
+from modelyard.data.dataset import Dataset
+from modelyard.data.loaders import load_dataset
+from modelyard.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    GateFailed,
+    ModelyardError,
+    PassSkipped,
+    RegistryError,
+    UnsafeModelError,
+)
+from modelyard.evaluate.evidence import Measurement
+from modelyard.optimize.baseline import load_baseline
+from modelyard.optimize.candidate import Candidate
+from modelyard.optimize.registry import available_passes, parse_recipe
+from modelyard.pipeline import EvalOptions, RunResult, run_pipeline
+from modelyard.registry import Registry
+from modelyard.runtime.base import Runner, RunnerSpec, TensorSpec
+from modelyard.security import scan_file
+from modelyard.zoo.demos import load_demo
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ArtifactError",
+    "Candidate",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "EvalOptions",
+    "GateFailed",
+    "Measurement",
+    "ModelyardError",
+    "PassSkipped",
+    "Policy",
+    "Registry",
+    "RegistryError",
+    "RunResult",
+    "Runner",
+    "RunnerSpec",
+    "Settings",
+    "TensorSpec",
+    "UnsafeModelError",
+    "__version__",
+    "available_passes",
+    "load_baseline",
+    "load_dataset",
+    "load_demo",
+    "load_policy",
+    "parse_recipe",
+    "run_pipeline",
+    "scan_file",
+]
