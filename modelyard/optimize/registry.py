@@ -97,7 +97,7 @@ def _parse_args(text: str, step: str) -> tuple[list[Any], dict[str, Any]]:
         kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
     except ValueError:
         raise ConfigError(
-            f"recipe step {step!r}: arguments must be literals (numbers, strings, true/false)"
+            f"recipe step {step!r}: arguments must be literals (numbers, strings, True/False)"
         ) from None
     return args, kwargs
 
