@@ -420,7 +420,7 @@ def models_show(
             f"v{v['version']}",
             str(v.get("candidate")),
             str(v.get("parent_version") or "-"),
-            {True: "pass", False: "fail"}.get(verdict, "-"),
+            "-" if verdict is None else ("pass" if verdict else "fail"),
             str(v.get("created")),
         )
     console.print(table)

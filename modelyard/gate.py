@@ -232,8 +232,11 @@ def choose_champion(candidates: list[dict[str, Any]], task: str, policy: Policy)
     """The cheapest passing candidate by the policy's objective; near-ties (within tie_tolerance) go to the
     higher-quality, then smaller candidate. Returns (name or None, reason)."""
     minimize = policy.objective.minimize
-    passing = [(c, _objective_value(c, minimize)) for c in candidates if c["verdict"]["passed"]]
-    passing = [(c, v) for c, v in passing if v is not None]
+    passing: list[tuple[dict[str, Any], float]] = []
+    for c in candidates:
+        v = _objective_value(c, minimize)
+        if c["verdict"]["passed"] and v is not None:
+            passing.append((c, v))
     if not passing:
         return None, "no candidate passed every gate"
     best = min(v for _, v in passing)

@@ -96,6 +96,13 @@ def _validate_candidate(cand: Candidate, parent: Candidate, dataset: Dataset) ->
     return f"checked against its parent on {len(sample)} training inputs: mean cosine {float(np.mean(np.sum(a * b, 1))):.4f}"
 
 
+def _prefixed(progress: Progress, prefix: str) -> Callable[[str], None]:
+    def report(msg: str) -> None:
+        progress(f"{prefix}: {msg}", 0.0)
+
+    return report
+
+
 def build_candidates(
     baseline: Candidate,
     dataset: Dataset,
@@ -135,7 +142,7 @@ def build_candidates(
                 dataset=dataset,
                 threads=threads,
                 fidelity=policy.fidelity_floors(),
-                progress=lambda m, p=prefix: progress(f"{p}: {m}", 0.0),
+                progress=_prefixed(progress, prefix),
                 is_gpu=is_gpu,
             )
             try:

@@ -68,7 +68,7 @@ def test_budgets_in_mb() -> None:
     assert (
         not v["passed"]
         and "size budget: 2 MB violates <= 1 MB"
-        in [g for g in v["gates"] if g["gate"] == "size"][0]["reason"]
+        in next(g for g in v["gates"] if g["gate"] == "size")["reason"]
     )
 
 

@@ -23,7 +23,7 @@ def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tupl
         raise DataError(f"dataset has {n} examples; at least 4 are needed to hold out a test split")
     idx = np.arange(n)
     n_test = int(np.ceil(n * test_size))
-    k = int(len(np.unique(y))) if y is not None else 0
+    k = len(np.unique(y)) if y is not None else 0
     stratify = y is not None and np.min(np.bincount(y)[np.unique(y)]) >= 2 and n_test >= k and n - n_test >= k
     strat = y if stratify else None
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
@@ -82,8 +82,7 @@ def load_npz(path: Path, *, test_size: float, seed: int) -> Dataset:
         raise DataError(
             f"{path} must hold arrays 'x' and 'y' (optionally 'x_test', 'y_test'); it has: {sorted(keys)}"
         )
-    modality = "image" if xtr.ndim >= 3 else "tabular"
-    return Dataset(path.stem, modality, xtr, ytr, xte, yte)
+    return Dataset(path.stem, "image" if xtr.ndim >= 3 else "tabular", xtr, ytr, xte, yte)
 
 
 def load_csv(path: Path, *, label_column: str, test_size: float, seed: int) -> Dataset:

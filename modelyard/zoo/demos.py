@@ -89,6 +89,12 @@ def sentences_dataset() -> Dataset:
     )
 
 
+def _labels(ds: Dataset) -> np.ndarray:
+    if ds.y_train is None:
+        raise ConfigError(f"demo dataset {ds.name} has no training labels")
+    return ds.y_train
+
+
 def _atomic_save_safetensors(state: dict, dest: Path) -> None:
     from safetensors.torch import save_file
 
@@ -124,7 +130,7 @@ def _digits(home: Path) -> Demo:
         home,
         "digits",
         digits_cnn,
-        lambda m: train_classifier(m, ds.x_train, ds.y_train, epochs=DIGITS_EPOCHS, lr=2e-3, seed=0),
+        lambda m: train_classifier(m, ds.x_train, _labels(ds), epochs=DIGITS_EPOCHS, lr=2e-3, seed=0),
     )
     spec = RunnerSpec(
         inputs=(TensorSpec("pixels", "float32", (None, 1, 8, 8)),),
@@ -157,7 +163,7 @@ def _tabular(home: Path) -> Demo:
     def fit(m):  # type: ignore[no-untyped-def]
         m.mean.copy_(torch.as_tensor(ds.x_train.mean(0)))
         m.std.copy_(torch.as_tensor(ds.x_train.std(0) + 1e-6))
-        train_classifier(m, ds.x_train, ds.y_train, epochs=60, lr=1e-3, seed=0)
+        train_classifier(m, ds.x_train, _labels(ds), epochs=60, lr=1e-3, seed=0)
 
     path = _trained(home, "tabular", tabular_mlp, fit)
     spec = RunnerSpec(

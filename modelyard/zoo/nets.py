@@ -35,6 +35,9 @@ class DigitsCNN(nn.Module):
 class TabularMLP(nn.Module):
     """Standardize (stored mean/std) then an MLP; takes raw feature values."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self, n_features: int = 30, hidden: int = 64, hidden2: int = 32, num_classes: int = 2
     ) -> None:
