@@ -114,3 +114,15 @@ def test_digits_demo_picks_a_measured_cheaper_variant(home: Path, capsys: pytest
     assert by_name[champ]["verdict"]["passed"]
     assert ev["pareto"]
     assert Registry(home).resolve("digits-cnn@champion")[0] == "digits-cnn"
+
+
+def test_evaluate_measures_without_registering(
+    home: Path, onnx_classifier: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = onnx_classifier
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "outputs:" in out
+    _, ev = _outputs(home)
+    assert [c["name"] for c in ev["candidates"]] == ["baseline"]
+    assert Registry(home).list_models() == []
