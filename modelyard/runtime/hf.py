@@ -78,15 +78,23 @@ def load_hf_module(folder: Path, task: str) -> Any:
             f"{folder} has no .safetensors weights; convert the checkpoint to safetensors "
             "(pickle .bin weights are not loaded)"
         )
+    from transformers.utils import logging as hf_logging
+
     kwargs: dict[str, Any] = {
         "attn_implementation": "eager",
         "local_files_only": True,
         "use_safetensors": True,
     }
-    if task == "classification":
-        inner = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
-    else:
-        inner = AutoModel.from_pretrained(str(folder), **kwargs).eval()
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    try:
+        if task == "classification":
+            inner = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
+        else:
+            inner = AutoModel.from_pretrained(str(folder), **kwargs).eval()
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     normalize = _normalizes(folder)
     with_types = "token_type_ids" in {t.name for t in hf_spec(folder, task).inputs}
 
