@@ -19,7 +19,7 @@ import modelyard.optimize.passes.distill  # noqa: F401  (registers the pass)
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import surgery
+from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.distill import DistillConfig, distill, image_augment, soft_target_loss
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.preprocess import predict
@@ -180,17 +180,17 @@ def text_data() -> Dataset:
 
 
 def test_student_layers_are_every_kth_teacher_layer() -> None:
-    assert surgery.student_layer_indices(6, 3) == [1, 3, 5]
-    assert surgery.student_layer_indices(12, 4) == [2, 5, 8, 11]
-    assert surgery.student_layer_indices(4, 1) == [3]
-    assert surgery.student_layer_indices(4, 4) == [0, 1, 2, 3]
+    assert hf_surgery.student_layer_indices(6, 3) == [1, 3, 5]
+    assert hf_surgery.student_layer_indices(12, 4) == [2, 5, 8, 11]
+    assert hf_surgery.student_layer_indices(4, 1) == [3]
+    assert hf_surgery.student_layer_indices(4, 4) == [0, 1, 2, 3]
 
 
 def test_hf_student_is_initialised_from_teacher_layers(tmp_path: Path) -> None:
     teacher = _tiny_bert(tmp_path / "bert", "classification").torch_module().inner
-    student = surgery.hf_student(teacher, 2)
+    student = hf_surgery.hf_student(teacher, 2)
     assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
-    picked = surgery.student_layer_indices(4, 2)
+    picked = hf_surgery.student_layer_indices(4, 2)
     assert picked == [1, 3]
     t_state = teacher.state_dict()
     for key, value in student.state_dict().items():
@@ -220,7 +220,7 @@ def test_hf_embedder_distill_moves_toward_the_teacher(tmp_path: Path, text_data:
     assert cand.spec.extra == {"normalize": True}  # the Normalize module description travelled with it
     teacher = base.torch_module()
     init = base.torch_module()
-    init.inner = surgery.hf_student(teacher.inner, 2)  # width 0.5 of 4 layers, before training
+    init.inner = hf_surgery.hf_student(teacher.inner, 2)  # width 0.5 of 4 layers, before training
     feeds = {k: torch.from_numpy(v) for k, v in base.preprocessor()(unlabelled.x_test).items()}
     with torch.no_grad():
         t, s0 = teacher(**feeds), init.eval()(**feeds)

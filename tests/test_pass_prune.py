@@ -19,7 +19,7 @@ import modelyard.optimize.passes.prune  # noqa: F401  (registers the pass)
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import surgery
+from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.prune import PruneConfig, prune
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
@@ -346,7 +346,7 @@ def test_hf_ffn_pruning_shrinks_and_reloads_to_the_same_outputs(tmp_path: Path, 
     assert any("attention heads were not pruned" in n for n in cand.notes)
 
     expected = base.torch_module()
-    surgery.prune_hf_ffn(expected.inner, 0.5)
+    hf_surgery.prune_hf_ffn(expected.inner, 0.5)
     feeds = {k: torch.from_numpy(v) for k, v in base.preprocessor()(text_data.x_test).items()}
     with torch.no_grad():
         want = expected.eval()(**feeds).numpy()

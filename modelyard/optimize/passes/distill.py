@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import surgery
+from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.runtime.torch import resolve_factory
 
@@ -345,8 +345,8 @@ def distill(candidate: Candidate, config: DistillConfig, ctx: PassContext) -> Ca
         total = int(getattr(inner.config, "num_hidden_layers", 0) or 0)
         layers = _hf_layers(config, total)
         student = candidate.torch_module()  # a second wrapper (same pooling), whose model we replace
-        student.inner = surgery.hf_student(inner, layers)
-        picked = surgery.student_layer_indices(total, layers)
+        student.inner = hf_surgery.hf_student(inner, layers)
+        picked = hf_surgery.student_layer_indices(total, layers)
         notes.append(f"student: {layers} of {total} layers, initialised from teacher layers {picked}")
     else:
         student, factory, new_kwargs = _torch_student(candidate, config, ctx.seed)
@@ -391,7 +391,7 @@ def distill(candidate: Candidate, config: DistillConfig, ctx: PassContext) -> Ca
         f"({n_teacher / max(n_student, 1):.2f}x fewer); {config.epochs} epochs of {loss}"
     )
     if candidate.format == "hf":
-        return surgery.save_hf_candidate(student.inner, candidate, ctx.workdir, notes=notes)
+        return hf_surgery.save_hf_candidate(student.inner, candidate, ctx.workdir, notes=notes)
     return surgery.save_torch_candidate(
         student, candidate, ctx.workdir, factory=factory, factory_kwargs=new_kwargs, notes=notes
     )

@@ -20,7 +20,7 @@ from torch import nn
 
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import surgery
+from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.distill import fit, require_pytorch, require_train_data, set_threads
 from modelyard.optimize.registry import PassContext, register_pass
 
@@ -149,7 +149,7 @@ def _structured_hf(
     module: nn.Module, candidate: Candidate, config: PruneConfig, ctx: PassContext
 ) -> list[str]:
     before = surgery.param_count(module)
-    kept, n = surgery.prune_hf_ffn(typing.cast(nn.Module, module.inner), config.amount)
+    kept, n = hf_surgery.prune_hf_ffn(typing.cast(nn.Module, module.inner), config.amount)
     how = _finetune(module, candidate, config, ctx)
     after = surgery.param_count(module)
     return [
@@ -175,7 +175,7 @@ def prune(candidate: Candidate, config: PruneConfig, ctx: PassContext) -> Candid
     if not config.structured:
         notes = _unstructured(module, candidate, config, ctx)
         if candidate.format == "hf":
-            return surgery.save_hf_candidate(module.inner, candidate, ctx.workdir, notes=notes)
+            return hf_surgery.save_hf_candidate(module.inner, candidate, ctx.workdir, notes=notes)
         return surgery.save_torch_candidate(
             module,
             candidate,
@@ -186,7 +186,7 @@ def prune(candidate: Candidate, config: PruneConfig, ctx: PassContext) -> Candid
         )
     if candidate.format == "hf":
         notes = _structured_hf(module, candidate, config, ctx)
-        return surgery.save_hf_candidate(module.inner, candidate, ctx.workdir, notes=notes)
+        return hf_surgery.save_hf_candidate(module.inner, candidate, ctx.workdir, notes=notes)
     notes, factory, kwargs = _structured_torch(module, candidate, config, ctx)
     return surgery.save_torch_candidate(
         module, candidate, ctx.workdir, factory=factory, factory_kwargs=kwargs, notes=notes

@@ -136,12 +136,16 @@ def smoothing_scales(
     min_scale: float = MIN_SCALE,
     max_scale: float = MAX_SCALE,
 ) -> np.ndarray:
-    """s_k = x_max_k ** alpha / w_max_k ** (1 - alpha), clipped; 1 where either max is zero."""
+    """s_k = x_max_k ** alpha / w_max_k ** (1 - alpha), clipped to [min_scale, max_scale]. A channel whose
+    weights are all zero does not reach the output, so it gets ``max_scale`` (shrunk as far as allowed);
+    a channel that is always zero (or not finite) keeps 1."""
     x = np.asarray(x_max, dtype=np.float64)
     w = np.asarray(w_max, dtype=np.float64)
-    ok = (x > 0) & (w > 0) & np.isfinite(x) & np.isfinite(w)
+    finite = np.isfinite(x) & np.isfinite(w)
+    ok = (x > 0) & (w > 0) & finite
     s = np.ones_like(x)
     s[ok] = np.power(x[ok], alpha) / np.power(w[ok], 1.0 - alpha)
+    s[(x > 0) & (w == 0) & finite] = max_scale
     return np.clip(s, min_scale, max_scale)
 
 
@@ -175,6 +179,8 @@ def smooth_model(
     report = SmoothReport(alpha=float(alpha))
     lo, hi = np.inf, -np.inf
     node_index = {n.name: n for n in out.graph.node if n.name}
+    taken = {t.name for t in out.graph.initializer} | {n.name for n in out.graph.node}
+    taken |= {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
     new_nodes: dict[str, Any] = {}  # consumer name -> Mul node to insert before it
     for i, (x, members) in enumerate(groups.items()):
         w_max = np.max(
@@ -183,10 +189,11 @@ def smooth_model(
         )
         s = smoothing_scales(stats[x], w_max, alpha, min_scale, max_scale).astype(np.float32)
         lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
-        inv_name = f"smooth_{i}_inv_scale"
-        y_name = f"{x}_smoothed_{i}"
+        inv_name = _fresh(f"smooth_{i}_inv_scale", taken)
+        y_name = _fresh(f"{x}_smoothed", taken)
+        mul_name = _fresh(f"Smooth_{i}_Mul", taken)
         out.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
-        mul = helper.make_node("Mul", [x, inv_name], [y_name], name=f"Smooth_{i}_Mul")
+        mul = helper.make_node("Mul", [x, inv_name], [y_name], name=mul_name)
         first = min(members, key=lambda t: _position(out, t.node))
         new_nodes[first.node] = mul
         for t in members:
@@ -208,6 +215,14 @@ def smooth_model(
     if report.tensors:
         report.scale_range = (lo, hi)
     return out, report
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    out, n = name, 1
+    while out in taken:
+        out, n = f"{name}_{n}", n + 1
+    taken.add(out)
+    return out
 
 
 def _position(model: Any, name: str) -> int:
