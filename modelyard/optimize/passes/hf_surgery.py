@@ -14,7 +14,7 @@ from torch import nn
 
 from modelyard.errors import ArtifactError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes.surgery import sliced_layer, keep_count, l1_keep
+from modelyard.optimize.passes.surgery import keep_count, l1_keep, sliced_layer
 
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face BERT-like models
