@@ -233,6 +233,11 @@ def evaluate_candidates(
                 measure_rss=options.measure_rss,
             )
         )
+        isa = cpu_info()["isa"]
+        isa_text = ", ".join(k for k, v in isa.items() if v) or "no AVX2/AVX-512/VNNI/AMX"
+        for name, m in ms.items():
+            if name.startswith("efficiency."):
+                m.details["cpu_isa"] = isa_text
         results[cand.name] = ms
         progress(f"{cand.name}: evaluated", 1.0)
     if len(everyone) > 1:

@@ -1,14 +1,15 @@
 """int8 passes on ONNX candidates, with ONNX Runtime's quantization tools.
 
 - ``int8-dynamic``: ``quantize_dynamic`` (weights int8 offline, activation scales at run time), per-channel
-  by default. Conv is excluded by default: dynamic ConvInteger is slow and older ONNX Runtime builds had no
+  by default; optionally after SmoothQuant-style smoothing (``smooth_alpha``, see ``smooth.py``). Conv is excluded by default: dynamic ConvInteger is slow and older ONNX Runtime builds had no
   CPU kernel for it (u8 activations x s8 weights; ORT issues #3130, #6430). ``DefaultTensorType`` is always
   passed so fused transformer graphs quantize (cpu-measurements.md, failure 1).
 - ``int8-static``: ``quant_pre_process`` then ``quantize_static`` in QDQ format (S8S8 by default), calibrated
   on training inputs fed one example at a time.
 - ``int8-auto``: quantize (static for CNN/MLP graphs, dynamic for transformer graphs), measure fidelity to
-  the fp32 parent on training inputs, and while it is below the policy floors keep the most sensitive nodes
-  in fp32 (1, 2, 4, ... then bisect), up to ``max_fp32_nodes``.
+  the fp32 parent on training inputs; in dynamic mode also try smoothing with each of ``smooth_alphas`` and
+  keep the best graph; while it is below the policy floors keep the most sensitive nodes in fp32 (1, 2, 4,
+  ... then bisect), up to ``max_fp32_nodes``.
 
 Every produced file is loaded and run once before it is returned; a model ONNX Runtime refuses becomes
 ``PassSkipped`` with ORT's reason.
@@ -31,6 +32,7 @@ import numpy as np
 
 from modelyard.errors import ArtifactError, ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
+from modelyard.optimize.passes.smooth import SmoothReport, channel_max, find_targets, smooth_file
 from modelyard.optimize.passes.sensitivity import (
     Ranking,
     best_round,
@@ -76,6 +78,13 @@ def _check_count(pass_name: str, option: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{pass_name}: {option} must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_alpha(pass_name: str, option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(
+            f"{pass_name}: {option} must be a number in [0, 1] (SmoothQuant migration strength), got {value!r}"
+        )
+
+
 def _names(pass_name: str, option: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{pass_name}: {option} must be a list of names, e.g. ('Conv',); got {value!r}")
@@ -84,14 +93,21 @@ def _names(pass_name: str, option: str, value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DynamicQuantConfig:
-    """ONNX Runtime dynamic int8. ``exclude_op_types`` stay fp32 (Conv by default)."""
+    """ONNX Runtime dynamic int8. ``exclude_op_types`` stay fp32 (Conv by default). ``smooth_alpha`` (None =
+    off) smooths the inputs of MatMul/Gemm/Attention first (SmoothQuant; channel maxima measured on
+    ``smooth_samples`` training inputs)."""
 
     per_channel: bool = True
     reduce_range: bool = False
     weight_type: str = "int8"
     exclude_op_types: tuple[str, ...] = ("Conv",)
+    smooth_alpha: float | None = None
+    smooth_samples: int = 128
 
     def __post_init__(self) -> None:
+        if self.smooth_alpha is not None:
+            _check_alpha("int8-dynamic", "smooth_alpha", self.smooth_alpha)
+        _check_count("int8-dynamic", "smooth_samples", self.smooth_samples, 1)
         _check_bool("int8-dynamic", "per_channel", self.per_channel)
         _check_bool("int8-dynamic", "reduce_range", self.reduce_range)
         _check_choice("int8-dynamic", "weight_type", self.weight_type, QUANT_TYPES)
@@ -127,6 +143,8 @@ class AutoQuantConfig:
     ``samples`` training inputs are used for calibration and for the fidelity measurement. The search aims
     ``margin`` above each floor (capped at 1): the sample is small and is not the evaluation set, and a
     model picked to sit exactly on the floor there tends to land just under it on held-out data.
+    In dynamic mode each of ``smooth_alphas`` is tried (SmoothQuant smoothing before quantizing; empty =
+    never smooth) and the best graph is the starting point of the fp32-node search.
     """
 
     mode: str = "auto"
@@ -135,8 +153,17 @@ class AutoQuantConfig:
     calibration: str = "minmax"
     per_channel: bool = True
     margin: float = 0.005
+    smooth_alphas: tuple[float, ...] = (0.5, 0.65, 0.8)
 
     def __post_init__(self) -> None:
+        alphas = self.smooth_alphas
+        if isinstance(alphas, str | int | float) or not isinstance(alphas, Sequence):
+            raise ConfigError(
+                f"int8-auto: smooth_alphas must be a list of numbers in [0, 1], e.g. (0.5, 0.8); got {alphas!r}"
+            )
+        for a in alphas:
+            _check_alpha("int8-auto", "smooth_alphas", a)
+        object.__setattr__(self, "smooth_alphas", tuple(float(a) for a in alphas))
         _check_choice("int8-auto", "mode", self.mode, MODES)
         _check_count("int8-auto", "max_fp32_nodes", self.max_fp32_nodes, 0)
         _check_count("int8-auto", "samples", self.samples, 2)
