@@ -32,7 +32,6 @@ import numpy as np
 
 from modelyard.errors import ArtifactError, ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes.smooth import SmoothReport, channel_max, find_targets, smooth_file
 from modelyard.optimize.passes.sensitivity import (
     Ranking,
     best_round,
@@ -44,7 +43,9 @@ from modelyard.optimize.passes.sensitivity import (
     rank_by_isolation,
     rank_by_qdq_error,
     search_exclusions,
+    shortfall,
 )
+from modelyard.optimize.passes.smooth import SmoothReport, channel_max, find_targets, smooth_file
 from modelyard.optimize.registry import PassContext, register_pass
 
 QUANT_TYPES = ("int8", "uint8")
@@ -398,6 +399,67 @@ def dynamic_quantized_nodes(float_model: Any, q_model: Any, op_types: Sequence[s
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# smoothing (SmoothQuant) before dynamic quantization
+
+SMOOTH_TOLERANCE = 1e-3  # max abs output change allowed for the fp32 smoothed graph (relative to max |y|)
+
+
+@dataclass
+class Smoother:
+    """Channel statistics of one fp32 graph, ready to write smoothed copies of it for any alpha."""
+
+    src: Path
+    targets: list[Any]
+    stats: dict[str, np.ndarray]
+    samples: int
+
+    def write(self, dst: Path, alpha: float) -> SmoothReport:
+        return smooth_file(self.src, dst, self.stats, alpha, self.targets)
+
+
+def smoother(
+    candidate: Candidate, ctx: PassContext, samples: int, op_types: Sequence[str]
+) -> Smoother | None:
+    """Measure per-channel max |x| of every smoothable input on ``samples`` training inputs (natural-length
+    batches of 32, like the runtime sees them); None when the graph has nothing to smooth."""
+    wanted = {"Gemm", *op_types} if "MatMul" in op_types else set(op_types)
+    targets = [t for t in find_targets(_load(candidate.path)) if t.op_type in wanted]
+    if not targets:
+        return None
+    x = ctx.dataset.calibration_sample(samples, seed=ctx.seed)
+    batches = _batches(candidate, x, BATCH)
+    stats = channel_max(candidate.path, sorted({t.x for t in targets}), batches, ctx.threads)
+    return Smoother(candidate.path, targets, stats, len(x))
+
+
+def smoothing_error(
+    original: Path, smoothed: Path, feeds: dict[str, np.ndarray], threads: int | None
+) -> float:
+    """Max abs difference of the two fp32 graphs' first output on ``feeds``, relative to max |y| (>= 1)."""
+    from modelyard.optimize.passes.export import run_onnx
+
+    a = run_onnx(original, feeds, threads)
+    b = run_onnx(smoothed, feeds, threads)
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
+
+
+def _check_smoothing(err: float, pass_name: str) -> None:
+    if not err <= SMOOTH_TOLERANCE:
+        raise PassSkipped(
+            f"{pass_name}: the smoothed fp32 graph differs from the original by {err:.2e} (relative, allowed "
+            f"{SMOOTH_TOLERANCE:g}); run without smoothing"
+        )
+
+
+def _smooth_note(report: SmoothReport, samples: int) -> str:
+    lo, hi = report.scale_range
+    return (
+        f"SmoothQuant smoothing alpha {report.alpha:g} on {report.tensors} input tensor(s) of "
+        f"{len(report.nodes)} node(s) (channel maxima from {samples} training inputs; scales {lo:.3g}-{hi:.3g})"
+    )
+
+
 @register_pass(
     "int8-dynamic", DynamicQuantConfig, "ONNX Runtime dynamic int8 (per-channel weights; Conv kept fp32)"
 )
@@ -409,33 +471,52 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
     Path(ctx.workdir).mkdir(parents=True, exist_ok=True)
     float_model = _load(candidate.path)
     op_types = dynamic_op_types(config.exclude_op_types)
-    ctx.progress("quantizing (dynamic int8)")
-    try:
-        quantize_dynamic_file(
-            candidate.path,
-            dest,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=config.weight_type,
-            op_types=op_types,
-            gemms=_gemm_names(float_model),
-        )
-    except Exception as exc:
-        raise PassSkipped(
-            f"int8-dynamic: ONNX Runtime could not quantize the model: {_first_line(exc)}"
-        ) from None
-    done = dynamic_quantized_nodes(float_model, _load(dest), op_types)
+    feeds = example_feeds(candidate, ctx)
+    notes: list[str] = []
+    smooth_meta: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmpdir:
+        src = candidate.path
+        if config.smooth_alpha is not None:
+            ctx.progress(f"smoothing activations (alpha {config.smooth_alpha:g})")
+            sm = smoother(candidate, ctx, config.smooth_samples, op_types)
+            if sm is None:
+                notes.append("smoothing: no MatMul/Gemm/Attention with an initializer weight; not applied")
+            else:
+                src = Path(tmpdir) / "smoothed.onnx"
+                report = sm.write(src, float(config.smooth_alpha))
+                err = smoothing_error(candidate.path, src, feeds, ctx.threads)
+                _check_smoothing(err, "int8-dynamic")
+                notes.append(_smooth_note(report, sm.samples))
+                smooth_meta = {**report.to_dict(), "samples": sm.samples, "fp32_max_rel_diff": err}
+        ctx.progress("quantizing (dynamic int8)")
+        try:
+            quantize_dynamic_file(
+                src,
+                dest,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                weight_type=config.weight_type,
+                op_types=op_types,
+                gemms=_gemm_names(float_model),
+            )
+        except Exception as exc:
+            raise PassSkipped(
+                f"int8-dynamic: ONNX Runtime could not quantize the model: {_first_line(exc)}"
+            ) from None
+        done = dynamic_quantized_nodes(_load(src), _load(dest), op_types)
     if not done:
         dest.unlink(missing_ok=True)
         raise PassSkipped(
             f"int8-dynamic: nothing to quantize (no {', '.join(sorted({*op_types, 'Gemm'}))} node outside "
             f"exclude_op_types={list(config.exclude_op_types)}); try int8-static"
         )
-    check_runs(dest, example_feeds(candidate, ctx), "int8-dynamic", ctx.threads)
+    check_runs(dest, feeds, "int8-dynamic", ctx.threads)
     settings = f"{'per-channel' if config.per_channel else 'per-tensor'} {config.weight_type} weights"
     if config.reduce_range:
         settings += ", reduce_range (7-bit weights)"
-    notes = [f"dynamic int8 ({settings}); quantized {len(done)} nodes: {_count([op for _, op in done])}"]
+    notes.insert(
+        0, f"dynamic int8 ({settings}); quantized {len(done)} nodes: {_count([op for _, op in done])}"
+    )
     if config.exclude_op_types:
         notes.append(f"op types kept fp32: {', '.join(config.exclude_op_types)}")
     meta = {
@@ -447,6 +528,10 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
             "quantized_nodes": len(done),
         }
     }
+    if config.smooth_alpha is not None:
+        meta["quantization"]["smooth_alpha"] = float(config.smooth_alpha)
+    if smooth_meta is not None:
+        meta["smoothing"] = smooth_meta
     return _new_candidate(candidate, dest, meta, notes)
 
 
@@ -576,20 +661,23 @@ class _Plan:
 
 
 def _dynamic_plan(
-    candidate: Candidate,
+    src: Path,
     config: AutoQuantConfig,
     tmp: Path,
     measure: Callable[[Path], dict[str, float]],
     ctx: PassContext,
+    smooth_alpha: float | None = None,
 ) -> _Plan:
-    float_model = _load(candidate.path)
+    """Dynamic int8 of ``src`` (the parent, or a smoothed copy of it with ``smooth_alpha``)."""
+    float_model = _load(src)
     gemms = _gemm_names(float_model)
     op_types = dynamic_op_types(("Conv",))
+    prefix = "dyn" if smooth_alpha is None else f"dyn_s{smooth_alpha:g}"
 
     def quantize(excluded: list[str], tag: str, only: list[str] | None = None) -> Path:
-        dst = tmp / f"dyn_{tag}.onnx"
+        dst = tmp / f"{prefix}_{tag}.onnx"
         quantize_dynamic_file(
-            candidate.path,
+            src,
             dst,
             per_channel=config.per_channel,
             reduce_range=False,
@@ -611,7 +699,8 @@ def _dynamic_plan(
         return [name for name, _ in dynamic_quantized_nodes(float_model, _load(full), op_types)]
 
     how = (
-        f"dynamic int8 ({'per-channel' if config.per_channel else 'per-tensor'} int8 weights, Conv kept fp32)"
+        f"dynamic int8 ({'per-channel' if config.per_channel else 'per-tensor'} int8 weights, Conv kept fp32"
+        f"{'' if smooth_alpha is None else f', SmoothQuant alpha {smooth_alpha:g}'})"
     )
     return _Plan("dynamic", lambda ex, tag: quantize(ex, tag), rank, candidates, how)
 
@@ -657,7 +746,8 @@ def _static_plan(
 @register_pass(
     "int8-auto",
     AutoQuantConfig,
-    "accuracy-aware int8: quantize, measure fidelity to fp32, keep the most sensitive nodes in fp32 "
+    "accuracy-aware int8: quantize (dynamic: also with SmoothQuant smoothing), measure fidelity to fp32, "
+    "keep the most sensitive nodes in fp32 "
     "until the floors hold",
 )
 def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -> Candidate:
@@ -690,7 +780,7 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmpdir:
         tmp = Path(tmpdir)
         plan = (
-            _dynamic_plan(candidate, config, tmp, measure, ctx)
+            _dynamic_plan(candidate.path, config, tmp, measure, ctx)
             if mode == "dynamic"
             else _static_plan(candidate, config, tmp, ctx, notes)
         )
@@ -713,6 +803,21 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
             f"targets = policy floors + margin {config.margin:g}"
         )
         notes.append(f"round 0 (all {len(nodes)} quantized): {show(fid0)}")
+        smoothing: dict[str, Any] | None = None
+        if mode == "dynamic" and config.smooth_alphas and not passes(fid0):
+
+            def key(fid: dict[str, float]) -> tuple[bool, float, float]:
+                return (passes(fid), -shortfall(fid, targets, task), -fid["damage"])
+
+            smooth_rounds, more_notes, picked = _search_smoothing(
+                candidate, config, ctx, tmp, measure, key, show, batches[0], fid0
+            )
+            search[0]["smooth_alpha"] = None
+            search.extend(smooth_rounds)
+            notes.extend(more_notes)
+            if picked is not None:
+                plan, full, fid0, smoothing = picked
+                nodes = plan.candidates(full)
         ranking: Ranking | None = None
         chosen_path, chosen_nodes, chosen_fid = full, [], fid0
         if not passes(fid0):
@@ -727,7 +832,9 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
                 ctx.progress,
             )
             for r in rounds:
-                search.append(r.to_dict())
+                search.append(
+                    {**r.to_dict(), **({"smooth_alpha": smoothing["alpha"]} if smoothing is not None else {})}
+                )
                 notes.append(
                     f"round {len(search) - 1} ({len(r.fp32_nodes)} fp32): {show(r.fidelity)}"
                     f"{' - meets the targets' if r.passed else ''}"
@@ -757,6 +864,7 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
             "per_channel": config.per_channel,
             **({"calibration": config.calibration} if mode == "static" else {}),
             "quantized_nodes": len(nodes) - len(chosen_nodes),
+            **({"smooth_alpha": smoothing["alpha"] if smoothing else None} if mode == "dynamic" else {}),
         },
         "fp32_nodes": list(chosen_nodes),
         "search": search,
@@ -766,7 +874,74 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
     }
     if ranking is not None:
         meta["sensitivity"] = {"method": ranking.method, "top": ranking.summary(10)}
+    if smoothing is not None:
+        meta["smoothing"] = smoothing
     return _new_candidate(candidate, dest, meta, notes)
+
+
+def _search_smoothing(
+    candidate: Candidate,
+    config: AutoQuantConfig,
+    ctx: PassContext,
+    tmp: Path,
+    measure: Callable[[Path], dict[str, float]],
+    key: Callable[[dict[str, float]], tuple[bool, float, float]],
+    show: Callable[[dict[str, float]], str],
+    feeds: dict[str, np.ndarray],
+    fid_plain: dict[str, float],
+) -> tuple[list[dict[str, Any]], list[str], tuple[_Plan, Path, dict[str, float], dict[str, Any]] | None]:
+    """Smooth with each of ``config.smooth_alphas``, quantize and measure. Returns the search rounds, notes,
+    and the best graph by ``key`` (passing first, then closest to the targets, then least damage) as (plan,
+    quantized path, fidelity, smoothing meta) -- None when nothing can be smoothed, when no alpha beats the
+    unsmoothed graph (``fid_plain``), or when the best smoothed fp32 graph is not exact."""
+    ctx.progress("int8-auto: measuring activation channel ranges for smoothing")
+    sm = smoother(candidate, ctx, config.samples, dynamic_op_types(("Conv",)))
+    tried: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if sm is None:
+        notes.append("smoothing: no MatMul/Gemm/Attention with an initializer weight; not applied")
+        return tried, notes, None
+    best: tuple[tuple[bool, float, float], _Plan, Path, dict[str, float], SmoothReport, Path] | None = None
+    for alpha in config.smooth_alphas:
+        ctx.progress(f"int8-auto: smoothing with alpha {alpha:g} and quantizing")
+        src = tmp / f"smooth_{alpha:g}.onnx"
+        report = sm.write(src, alpha)
+        plan = _dynamic_plan(src, config, tmp, measure, ctx, alpha)
+        try:
+            full = plan.quantize([], "all")
+        except Exception as exc:
+            notes.append(
+                f"smoothing alpha {alpha:g}: ONNX Runtime could not quantize it ({_first_line(exc)})"
+            )
+            continue
+        fid = measure(full)
+        ok = key(fid)[0]
+        tried.append({"smooth_alpha": alpha, "fp32_nodes": 0, "fidelity": _rounded(fid), "passed": ok})
+        notes.append(
+            f"round {len(tried)} (alpha {alpha:g}, {len(report.nodes)} nodes smoothed, all quantized): "
+            f"{show(fid)}{' - meets the targets' if ok else ''}"
+        )
+        if best is None or key(fid) > best[0]:
+            best = (key(fid), plan, full, fid, report, src)
+    if best is None or best[0] <= key(fid_plain):
+        notes.append("smoothing not used: no alpha tried did better than the unsmoothed graph")
+        return tried, notes, None
+    _, plan, full, fid, report, src = best
+    err = smoothing_error(candidate.path, src, feeds, ctx.threads)
+    if not err <= SMOOTH_TOLERANCE:
+        notes.append(
+            f"smoothing not used: the smoothed fp32 graph differs from the parent by {err:.2e} (relative, "
+            f"allowed {SMOOTH_TOLERANCE:g})"
+        )
+        return tried, notes, None
+    notes.append(_smooth_note(report, sm.samples) + " - the best of the alphas tried")
+    meta = {
+        **report.to_dict(),
+        "samples": sm.samples,
+        "fp32_max_rel_diff": err,
+        "alphas_tried": list(config.smooth_alphas),
+    }
+    return tried, notes, (plan, full, fid, meta)
 
 
 def _rounded(fid: dict[str, float]) -> dict[str, float]:

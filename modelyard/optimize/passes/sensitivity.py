@@ -90,6 +90,12 @@ def meets(fid: dict[str, float], floors: dict[str, float], task: str) -> bool:
     return all(fid.get(keys[k], 0.0) >= v for k, v in floors.items())
 
 
+def shortfall(fid: dict[str, float], floors: dict[str, float], task: str) -> float:
+    """How far ``fid`` is below ``floors`` in total (sum of the per-floor gaps; 0 when it meets them)."""
+    keys = _FLOOR_KEYS[task]
+    return float(sum(max(0.0, v - fid.get(keys[k], 0.0)) for k, v in floors.items()))
+
+
 def describe(
     fid: dict[str, float],
     floors: dict[str, float] | None = None,
