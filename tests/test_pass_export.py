@@ -211,7 +211,9 @@ def test_optimize_must_be_bool() -> None:
 def test_tiny_bert_export_is_exact_and_fused(tmp_path: Path, task: str) -> None:
     base = build_tiny_bert(tmp_path / "hf", task)
     ds = text_dataset()
-    cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(), ctx_for(tmp_path / "work", ds))
+    cand = export_pass.onnx_pass(
+        base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "work", ds)
+    )
     assert cand.tokenizer_dir == base.tokenizer_dir
     assert cand.meta["max_length"] == 32
     assert cand.meta["bert_shape"] == {"model_type": "bert", "num_heads": 2, "hidden_size": 32}
@@ -242,7 +244,9 @@ def test_unfused_bert_onnx_candidate_gets_fused(tmp_path: Path) -> None:
         base, export_pass.OnnxExportConfig(optimize=False), ctx_for(tmp_path / "a", ds)
     )
     assert "fusion" not in raw.meta and raw.meta["bert_shape"]["num_heads"] == 2
-    fused = export_pass.onnx_pass(raw, export_pass.OnnxExportConfig(), ctx_for(tmp_path / "b", ds))
+    fused = export_pass.onnx_pass(
+        raw, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "b", ds)
+    )
     assert fused.meta["graph_optimizer"] == "ort-transformers-bert"
     assert fused.meta["fusion"]["Attention"] == 2
     feeds = base.preprocessor()(texts(4, 3))
@@ -267,3 +271,27 @@ def test_bert_shape_reads_hf_config() -> None:
         "hidden_size": 768,
     }
     assert export_pass.bert_shape({"model_type": "gpt2", "n_head": 12}) is None
+
+
+@pytest.mark.parametrize("fuse", ["auto", "never"])
+def test_fusion_is_measured_or_forced(tmp_path: Path, fuse: str) -> None:
+    base = build_tiny_bert(tmp_path / "hf", "embedding")
+    ds = text_dataset()
+    cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(fuse=fuse), ctx_for(tmp_path / "w", ds))
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(cand.path)).graph.node}
+    if fuse == "never":
+        assert "Attention" not in ops and "fusion_speed_items_per_s" not in cand.meta
+    else:
+        speeds = cand.meta["fusion_speed_items_per_s"]
+        kept_unfused = "Attention" not in ops
+        assert kept_unfused == (speeds["unfused"] > 1.05 * speeds["fused"])
+        assert any("items/s" in n for n in cand.notes) == kept_unfused
+    feeds = base.preprocessor()(texts(4, 3))
+    assert max_diff(cand.load().run(feeds)["embedding"], base.load().run(feeds)["embedding"]) < EXACT
+
+
+def test_bad_fuse_choice() -> None:
+    with pytest.raises(ConfigError, match="fuse must be one of auto, always, never"):
+        export_pass.OnnxExportConfig(fuse="sometimes")

@@ -384,7 +384,9 @@ def test_auto_picks_dynamic_for_a_transformer_graph(tmp_path: Path) -> None:
 
     base = build_tiny_bert(tmp_path / "hf", "embedding")
     ds = text_dataset()
-    onnx_cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(), ctx_for(tmp_path / "onnx", ds))
+    onnx_cand = export_pass.onnx_pass(
+        base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "onnx", ds)
+    )
     q = quant.int8_auto(
         onnx_cand,
         quant.AutoQuantConfig(samples=24),

@@ -102,7 +102,7 @@ def tiny_bert_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Candidate,
     tmp = tmp_path_factory.mktemp("bert")
     base = build_tiny_bert(tmp / "hf", "embedding")
     ds = text_dataset()
-    cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(), ctx_for(tmp / "onnx", ds))
+    cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp / "onnx", ds))
     return cand, ds
 
 
