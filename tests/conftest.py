@@ -126,3 +126,44 @@ def sentiment_texts(n: int = 80, seed: int = 0) -> list[tuple[str, int]]:
         rng.shuffle(words)
         out.append((" ".join(words), label))
     return out
+
+
+@pytest.fixture(scope="session")
+def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder per test session where the demos train once and are cached."""
+    return tmp_path_factory.getbasetemp() / "modelyard-pass-zoo"
+
+
+@pytest.fixture(scope="session")
+def digits(zoo_home: Path):  # type: ignore[no-untyped-def]
+    import torch
+
+    from modelyard.zoo.demos import load_demo
+
+    torch.set_num_threads(1)
+    return load_demo("digits", zoo_home)
+
+
+@pytest.fixture(scope="session")
+def tabular(zoo_home: Path):  # type: ignore[no-untyped-def]
+    import torch
+
+    from modelyard.zoo.demos import load_demo
+
+    torch.set_num_threads(1)
+    return load_demo("tabular", zoo_home)
+
+
+def pass_context(tmp_path: Path, dataset, name: str = "step"):  # type: ignore[no-untyped-def]
+    from modelyard.optimize.registry import PassContext
+
+    workdir = tmp_path / name
+    workdir.mkdir()
+    return PassContext(workdir=workdir, dataset=dataset, seed=0)
+
+
+def accuracy_of(cand, ds) -> float:  # type: ignore[no-untyped-def]
+    from modelyard.runtime.preprocess import predict
+
+    logits = predict(cand.load(), cand.preprocessor(), ds.x_test)
+    return float((logits.argmax(1) == ds.y_test).mean())

@@ -21,51 +21,17 @@ from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.distill import DistillConfig, distill, image_augment, soft_target_loss
-from modelyard.optimize.registry import PassContext
 from modelyard.runtime.preprocess import predict
-from modelyard.zoo.demos import Demo, load_demo
+from modelyard.zoo.demos import Demo
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Same folder as tests/test_pass_prune.py uses, so the demos train once per session.
-    return tmp_path_factory.getbasetemp() / "modelyard-pass-zoo"
-
-
-@pytest.fixture(scope="module")
-def digits(zoo_home: Path) -> Demo:
-    torch.set_num_threads(1)
-    return load_demo("digits", zoo_home)
-
-
-@pytest.fixture(scope="module")
-def tabular(zoo_home: Path) -> Demo:
-    torch.set_num_threads(1)
-    return load_demo("tabular", zoo_home)
-
-
-def _ctx(tmp_path: Path, dataset: Dataset, name: str = "step") -> PassContext:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    return PassContext(workdir=workdir, dataset=dataset, seed=0)
-
-
-def _accuracy(cand: Candidate, ds: Dataset) -> float:
-    logits = predict(cand.load(), cand.preprocessor(), ds.x_test)
-    return float((logits.argmax(1) == ds.y_test).mean())
-
+from .conftest import accuracy_of, pass_context
 
 # --------------------------------------------------------------------------------------- demo nets
 
 
 def test_distill_digits_half_width_student(digits: Demo, tmp_path: Path) -> None:
     base = digits.baseline
-    cand = distill(base, DistillConfig(width=0.5), _ctx(tmp_path, digits.dataset))
+    cand = distill(base, DistillConfig(width=0.5), pass_context(tmp_path, digits.dataset))
 
     assert cand.format == "torch" and cand.path == tmp_path / "step" / "model.safetensors"
     assert cand.meta["factory"] == "modelyard.zoo.nets:digits_cnn"
@@ -74,24 +40,24 @@ def test_distill_digits_half_width_student(digits: Demo, tmp_path: Path) -> None
     assert (n_teacher, n_student) == (38282, 9802)
     assert any("9,802 parameters vs the teacher's 38,282" in n for n in cand.notes)
     assert any("augmentation" in n for n in cand.notes)
-    assert _accuracy(cand, digits.dataset) >= _accuracy(base, digits.dataset) - 0.04
+    assert accuracy_of(cand, digits.dataset) >= accuracy_of(base, digits.dataset) - 0.04
 
 
 def test_distill_tabular_copies_the_input_scaling(tabular: Demo, tmp_path: Path) -> None:
     base = tabular.baseline
-    cand = distill(base, DistillConfig(width=0.5, epochs=40), _ctx(tmp_path, tabular.dataset))
+    cand = distill(base, DistillConfig(width=0.5, epochs=40), pass_context(tmp_path, tabular.dataset))
     assert cand.meta["factory_kwargs"] == {"hidden": 32, "hidden2": 16}
     student, teacher = cand.torch_module(), base.torch_module()
     np.testing.assert_array_equal(student.mean.numpy(), teacher.mean.numpy())
     np.testing.assert_array_equal(student.std.numpy(), teacher.std.numpy())
     assert not any("augmentation" in n for n in cand.notes)  # tabular inputs are not images
-    assert _accuracy(cand, tabular.dataset) >= _accuracy(base, tabular.dataset) - 0.04
+    assert accuracy_of(cand, tabular.dataset) >= accuracy_of(base, tabular.dataset) - 0.04
 
 
 def test_distill_is_deterministic(tabular: Demo, tmp_path: Path) -> None:
     cfg = DistillConfig(width=0.25, epochs=2)
-    a = distill(tabular.baseline, cfg, _ctx(tmp_path, tabular.dataset, "a")).torch_module()
-    b = distill(tabular.baseline, cfg, _ctx(tmp_path, tabular.dataset, "b")).torch_module()
+    a = distill(tabular.baseline, cfg, pass_context(tmp_path, tabular.dataset, "a")).torch_module()
+    b = distill(tabular.baseline, cfg, pass_context(tmp_path, tabular.dataset, "b")).torch_module()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
@@ -203,7 +169,7 @@ def test_hf_classifier_distill_to_fewer_layers(tmp_path: Path, text_data: Datase
     from transformers import AutoConfig
 
     base = _tiny_bert(tmp_path / "bert", "classification")
-    cand = distill(base, DistillConfig(layers=1, epochs=2), _ctx(tmp_path, text_data))
+    cand = distill(base, DistillConfig(layers=1, epochs=2), pass_context(tmp_path, text_data))
     assert cand.format == "hf" and (cand.path / "tokenizer.json").is_file()
     assert AutoConfig.from_pretrained(str(cand.path)).num_hidden_layers == 1
     assert surgery.param_count(cand.torch_module()) < surgery.param_count(base.torch_module())
@@ -216,7 +182,7 @@ def test_hf_embedder_distill_moves_toward_the_teacher(tmp_path: Path, text_data:
     base = _tiny_bert(tmp_path / "bert", "embedding")
     assert base.spec.extra == {"normalize": True}
     unlabelled = Dataset("tiny-text", "text", text_data.x_train, None, text_data.x_test, None)
-    cand = distill(base, DistillConfig(width=0.5, epochs=6, lr=3e-3), _ctx(tmp_path, unlabelled))
+    cand = distill(base, DistillConfig(width=0.5, epochs=6, lr=3e-3), pass_context(tmp_path, unlabelled))
     assert cand.spec.extra == {"normalize": True}  # the Normalize module description travelled with it
     teacher = base.torch_module()
     init = base.torch_module()
@@ -253,7 +219,7 @@ def test_module_without_width_knob_is_skipped(
     meta = {"torch_kind": "safetensors", "factory": "modelyard_test_nowidth:make", "factory_kwargs": {}}
     cand = Candidate("baseline", "torch", path, tabular.baseline.spec, meta=meta)
     with pytest.raises(PassSkipped, match=r"distill needs a width-parameterised factory .* or an HF model"):
-        distill(cand, DistillConfig(), _ctx(tmp_path, tabular.dataset))
+        distill(cand, DistillConfig(), pass_context(tmp_path, tabular.dataset))
 
 
 def test_onnx_candidate_is_skipped_with_the_reason(digits: Demo, tmp_path: Path) -> None:
@@ -261,7 +227,7 @@ def test_onnx_candidate_is_skipped_with_the_reason(digits: Demo, tmp_path: Path)
     with pytest.raises(
         PassSkipped, match=r"needs the PyTorch model; an ONNX-only model cannot be distilled here"
     ):
-        distill(onnx, DistillConfig(), _ctx(tmp_path, digits.dataset))
+        distill(onnx, DistillConfig(), pass_context(tmp_path, digits.dataset))
 
 
 def test_no_training_data_is_skipped(digits: Demo, tmp_path: Path) -> None:
@@ -270,13 +236,13 @@ def test_no_training_data_is_skipped(digits: Demo, tmp_path: Path) -> None:
     with pytest.raises(
         PassSkipped, match=r"distill needs training data .* 'no-train' has an empty train split"
     ):
-        distill(digits.baseline, DistillConfig(), _ctx(tmp_path, empty))
+        distill(digits.baseline, DistillConfig(), pass_context(tmp_path, empty))
 
 
 def test_more_layers_than_the_teacher_is_a_config_error(tmp_path: Path, text_data: Dataset) -> None:
     base = _tiny_bert(tmp_path / "bert", "classification")
     with pytest.raises(ConfigError, match=r"distill\(layers=9\) but the teacher has 4 layers; choose 1\.\.4"):
-        distill(base, DistillConfig(layers=9), _ctx(tmp_path, text_data))
+        distill(base, DistillConfig(layers=9), pass_context(tmp_path, text_data))
 
 
 @pytest.mark.parametrize(

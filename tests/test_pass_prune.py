@@ -21,44 +21,11 @@ from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.prune import PruneConfig, prune
-from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.preprocess import predict
-from modelyard.zoo.demos import Demo, load_demo
+from modelyard.zoo.demos import Demo
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One folder per test session, shared by the pass test files: the demos train once and are cached there.
-    return tmp_path_factory.getbasetemp() / "modelyard-pass-zoo"
-
-
-@pytest.fixture(scope="module")
-def digits(zoo_home: Path) -> Demo:
-    torch.set_num_threads(1)
-    return load_demo("digits", zoo_home)
-
-
-@pytest.fixture(scope="module")
-def tabular(zoo_home: Path) -> Demo:
-    torch.set_num_threads(1)
-    return load_demo("tabular", zoo_home)
-
-
-def _ctx(tmp_path: Path, dataset: Dataset, name: str = "step") -> PassContext:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    return PassContext(workdir=workdir, dataset=dataset, seed=0)
-
-
-def _accuracy(cand: Candidate, ds: Dataset) -> float:
-    logits = predict(cand.load(), cand.preprocessor(), ds.x_test)
-    return float((logits.argmax(1) == ds.y_test).mean())
+from .conftest import accuracy_of, pass_context
 
 
 def _outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -76,7 +43,7 @@ def _onnx_size(module: nn.Module, path: Path) -> int:
 
 def test_structured_prune_halves_digits_cnn_and_its_onnx(digits: Demo, tmp_path: Path) -> None:
     base = digits.baseline
-    cand = prune(base, PruneConfig(amount=0.5), _ctx(tmp_path, digits.dataset))
+    cand = prune(base, PruneConfig(amount=0.5), pass_context(tmp_path, digits.dataset))
 
     assert cand.format == "torch" and cand.path == tmp_path / "step" / "model.safetensors"
     assert cand.meta == {
@@ -94,7 +61,7 @@ def test_structured_prune_halves_digits_cnn_and_its_onnx(digits: Demo, tmp_path:
     big, small = _onnx_size(teacher, tmp_path / "base.onnx"), _onnx_size(pruned, tmp_path / "pruned.onnx")
     assert small < 0.35 * big
 
-    base_acc, acc = _accuracy(base, digits.dataset), _accuracy(cand, digits.dataset)
+    base_acc, acc = accuracy_of(base, digits.dataset), accuracy_of(cand, digits.dataset)
     assert base_acc > 0.95
     assert acc >= base_acc - 0.03
 
@@ -103,7 +70,7 @@ def test_structured_prune_keeps_the_largest_l1_filters_and_round_trips(digits: D
     """Oracle: the kept filters/neurons are the top-L1 ones, the Flatten→Linear columns follow the kept
     channels in blocks of 4x4, and the saved candidate computes what the in-memory pruned module computes."""
     base = digits.baseline
-    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), _ctx(tmp_path, digits.dataset))
+    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), pass_context(tmp_path, digits.dataset))
     w = {k: v.numpy() for k, v in load_file(str(base.path)).items()}
     got = {k: v.numpy() for k, v in load_file(str(cand.path)).items()}
 
@@ -130,13 +97,13 @@ def test_structured_prune_keeps_the_largest_l1_filters_and_round_trips(digits: D
 
 def test_structured_prune_tabular_mlp(tabular: Demo, tmp_path: Path) -> None:
     base = tabular.baseline
-    cand = prune(base, PruneConfig(amount=0.5), _ctx(tmp_path, tabular.dataset))
+    cand = prune(base, PruneConfig(amount=0.5), pass_context(tmp_path, tabular.dataset))
     assert cand.meta["factory"] == "modelyard.zoo.nets:tabular_mlp"
     assert cand.meta["factory_kwargs"] == {"hidden": 32, "hidden2": 16}
     assert surgery.param_count(cand.torch_module()) == 30 * 32 + 32 + 32 * 16 + 16 + 16 * 2 + 2
     # the input standardisation buffers travel with the pruned model
     np.testing.assert_array_equal(cand.torch_module().mean.numpy(), base.torch_module().mean.numpy())
-    assert _accuracy(cand, tabular.dataset) >= _accuracy(base, tabular.dataset) - 0.03
+    assert accuracy_of(cand, tabular.dataset) >= accuracy_of(base, tabular.dataset) - 0.03
 
 
 def test_structured_prune_without_labels_matches_the_unpruned_outputs(digits: Demo, tmp_path: Path) -> None:
@@ -144,10 +111,12 @@ def test_structured_prune_without_labels_matches_the_unpruned_outputs(digits: De
     unlabelled = Dataset(
         "digits-unlabelled", "image", ds.x_train, None, ds.x_test, ds.y_test, classes=ds.classes
     )
-    cand = prune(digits.baseline, PruneConfig(amount=0.25, finetune_epochs=2), _ctx(tmp_path, unlabelled))
+    cand = prune(
+        digits.baseline, PruneConfig(amount=0.25, finetune_epochs=2), pass_context(tmp_path, unlabelled)
+    )
     assert cand.meta["factory_kwargs"] == {"c1": 12, "c2": 24, "hidden": 48}
     assert any("unpruned model's outputs" in n for n in cand.notes)
-    assert _accuracy(cand, ds) >= _accuracy(digits.baseline, ds) - 0.03
+    assert accuracy_of(cand, ds) >= accuracy_of(digits.baseline, ds) - 0.03
 
 
 # --------------------------------------------------------------------------------------- a user's own module
@@ -215,7 +184,7 @@ def _user_baseline(tmp_path: Path, factories: str) -> Candidate:
 
 def test_user_module_is_rebuilt_from_stored_shapes(digits: Demo, user_factories: str, tmp_path: Path) -> None:
     base = _user_baseline(tmp_path, user_factories)
-    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), _ctx(tmp_path, digits.dataset))
+    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), pass_context(tmp_path, digits.dataset))
 
     assert cand.meta["factory"] == surgery.REBUILD_REF
     kwargs = cand.meta["factory_kwargs"]
@@ -234,7 +203,9 @@ def test_user_module_is_rebuilt_from_stored_shapes(digits: Demo, user_factories:
     np.testing.assert_allclose(loaded, _outputs(in_memory, x), rtol=0, atol=1e-5)
 
     # pruning the pruned model again stacks onto the same original factory
-    again = prune(cand, PruneConfig(amount=0.5, finetune_epochs=1), _ctx(tmp_path, digits.dataset, "again"))
+    again = prune(
+        cand, PruneConfig(amount=0.5, finetune_epochs=1), pass_context(tmp_path, digits.dataset, "again")
+    )
     assert again.meta["factory_kwargs"]["factory"] == f"{user_factories}:user_net"
     assert again.meta["factory_kwargs"]["shapes"]["conv2"] == {"in_channels": 1, "out_channels": 2}
     assert predict(again.load(), again.preprocessor(), x).shape == (50, 10)
@@ -253,7 +224,9 @@ def test_layers_feeding_a_residual_add_are_not_cut() -> None:
 def test_unstructured_prune_reaches_sparsity_and_zeros_stay_zero(digits: Demo, tmp_path: Path) -> None:
     base = digits.baseline
     cand = prune(
-        base, PruneConfig(amount=0.6, structured=False, finetune_epochs=3), _ctx(tmp_path, digits.dataset)
+        base,
+        PruneConfig(amount=0.6, structured=False, finetune_epochs=3),
+        pass_context(tmp_path, digits.dataset),
     )
     assert cand.meta == base.meta  # shapes unchanged: same factory
     before = load_file(str(base.path))
@@ -271,7 +244,7 @@ def test_unstructured_prune_reaches_sparsity_and_zeros_stay_zero(digits: Demo, t
     assert not torch.equal(flat_after[~expected], flat_before[~expected])  # the fine-tune did move the rest
     assert int((after["classifier.3.weight"] == 0).sum()) == 0
     assert any("does not shrink" in n for n in cand.notes)
-    assert _accuracy(cand, digits.dataset) >= _accuracy(base, digits.dataset) - 0.03
+    assert accuracy_of(cand, digits.dataset) >= accuracy_of(base, digits.dataset) - 0.03
 
 
 def test_global_magnitude_masks_count_is_exact() -> None:
@@ -336,7 +309,7 @@ def test_hf_ffn_pruning_shrinks_and_reloads_to_the_same_outputs(tmp_path: Path, 
     from transformers import AutoConfig
 
     base = _tiny_bert(tmp_path / "bert", "classification")
-    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), _ctx(tmp_path, text_data))
+    cand = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), pass_context(tmp_path, text_data))
     assert cand.format == "hf" and cand.path == tmp_path / "step" / "model"
     assert (cand.path / "tokenizer.json").is_file() and (cand.path / "model.safetensors").is_file()
     assert AutoConfig.from_pretrained(str(cand.path)).intermediate_size == 32
@@ -357,9 +330,9 @@ def test_hf_ffn_pruning_shrinks_and_reloads_to_the_same_outputs(tmp_path: Path, 
 def test_hf_embedder_prune_finetunes_toward_the_teacher(tmp_path: Path, text_data: Dataset) -> None:
     base = _tiny_bert(tmp_path / "bert", "embedding")
     unlabelled = Dataset("tiny-text", "text", text_data.x_train, None, text_data.x_test, None)
-    raw = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), _ctx(tmp_path, unlabelled, "raw"))
+    raw = prune(base, PruneConfig(amount=0.5, finetune_epochs=0), pass_context(tmp_path, unlabelled, "raw"))
     tuned = prune(
-        base, PruneConfig(amount=0.5, finetune_epochs=4, lr=3e-3), _ctx(tmp_path, unlabelled, "tuned")
+        base, PruneConfig(amount=0.5, finetune_epochs=4, lr=3e-3), pass_context(tmp_path, unlabelled, "tuned")
     )
     teacher = predict(base.load(), base.preprocessor(), unlabelled.x_test)
 
@@ -377,7 +350,7 @@ def test_hf_embedder_prune_finetunes_toward_the_teacher(tmp_path: Path, text_dat
 def test_hf_unstructured_prune(tmp_path: Path, text_data: Dataset) -> None:
     base = _tiny_bert(tmp_path / "bert", "classification")
     cand = prune(
-        base, PruneConfig(amount=0.5, structured=False, finetune_epochs=1), _ctx(tmp_path, text_data)
+        base, PruneConfig(amount=0.5, structured=False, finetune_epochs=1), pass_context(tmp_path, text_data)
     )
     inner = cand.torch_module().inner
     ws = [m.weight for n, m in inner.named_modules() if isinstance(m, nn.Linear) and n != "classifier"]
@@ -393,7 +366,7 @@ def test_onnx_candidate_is_skipped_with_the_reason(digits: Demo, tmp_path: Path)
     with pytest.raises(
         PassSkipped, match=r"needs the PyTorch model; an ONNX-only model cannot be pruned here"
     ):
-        prune(onnx, PruneConfig(), _ctx(tmp_path, digits.dataset))
+        prune(onnx, PruneConfig(), pass_context(tmp_path, digits.dataset))
 
 
 def test_no_training_data_is_skipped(digits: Demo, tmp_path: Path) -> None:
@@ -402,7 +375,7 @@ def test_no_training_data_is_skipped(digits: Demo, tmp_path: Path) -> None:
     with pytest.raises(
         PassSkipped, match=r"prune needs training data .* 'no-train' has an empty train split"
     ):
-        prune(digits.baseline, PruneConfig(), _ctx(tmp_path, empty))
+        prune(digits.baseline, PruneConfig(), pass_context(tmp_path, empty))
 
 
 @pytest.mark.parametrize(
