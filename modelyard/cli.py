@@ -26,6 +26,7 @@ RecipesOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--recipe",
+        "--recipes",
         "-r",
         help="A recipe such as 'onnx > int8-static'; repeat for several; ';' also separates.",
     ),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from modelyard import gate
-from modelyard.config import PRICE_SOURCE, Policy, Settings
+from modelyard.config import DEFAULT_PRICE_USD_PER_HOUR, PRICE_SOURCE, Policy, Settings
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError, ModelyardError, PassSkipped
 from modelyard.evaluate.evidence import Measurement
@@ -72,8 +72,13 @@ def _step_label(step: str) -> str:
     return re.sub(r"\s+", "", step)
 
 
-def _validate_candidate(cand: Candidate, parent: Candidate, dataset: Dataset) -> str:
-    """Load the produced candidate, run it on a few training inputs and compare with its parent."""
+def _validate_candidate(
+    cand: Candidate, parent: Candidate, dataset: Dataset, parent_outputs: dict[str, np.ndarray]
+) -> str:
+    """Load the produced candidate, run it on a few training inputs and compare with its parent.
+
+    ``parent_outputs`` caches each parent's outputs on that sample, so a parent shared by several recipes
+    (the baseline, usually) is loaded and run once."""
     sample = dataset.calibration_sample(16, seed=1)
     try:
         runner = cand.load()
@@ -83,7 +88,9 @@ def _validate_candidate(cand: Candidate, parent: Candidate, dataset: Dataset) ->
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise PassSkipped(f"the produced model fails to load or run: {first}") from None
-    ref = predict(parent.load(), parent.preprocessor(), sample, batch_size=8)
+    if parent.name not in parent_outputs:
+        parent_outputs[parent.name] = predict(parent.load(), parent.preprocessor(), sample, batch_size=8)
+    ref = parent_outputs[parent.name]
     if out.shape != ref.shape:
         raise PassSkipped(f"the produced model gives outputs of shape {out.shape}, its parent {ref.shape}")
     if not np.all(np.isfinite(out)):
@@ -118,6 +125,7 @@ def build_candidates(
     built: dict[str, Candidate] = {}
     skipped: list[dict[str, str]] = []
     failed_prefixes: set[str] = set()
+    parent_outputs: dict[str, np.ndarray] = {}
     out: list[Candidate] = []
     is_gpu = policy.hardware.target == "gpu" and cuda_available()
     for recipe, steps in parsed:
@@ -155,7 +163,7 @@ def build_candidates(
                     passes=[*parent.passes, config_to_dict(name, config)],
                     tokenizer_dir=made.tokenizer_dir or parent.tokenizer_dir,
                 )
-                made.notes.append(_validate_candidate(made, parent, dataset))
+                made.notes.append(_validate_candidate(made, parent, dataset, parent_outputs))
                 made.meta["pass_seconds"] = round(time.perf_counter() - t0, 2)
             except PassSkipped as exc:
                 skipped.append({"recipe": recipe, "pass": prefix, "reason": str(exc)})
@@ -404,7 +412,7 @@ def run_pipeline(
         if settings.price_usd_per_hour
         else (
             "policy [hardware] price_usd_per_hour"
-            if policy.hardware.price_usd_per_hour != 0.10
+            if policy.hardware.price_usd_per_hour != DEFAULT_PRICE_USD_PER_HOUR
             else PRICE_SOURCE
         )
     )

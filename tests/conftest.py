@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,36 +85,74 @@ WORDS = [
 ]
 
 
-def build_tiny_bert(folder: Path, *, classification: bool, seed: int = 0) -> Path:
-    """A tiny BERT (2 layers, hidden 32) with a word-level fast tokenizer, saved as a Hugging Face folder."""
+def build_tiny_bert(
+    folder: Path,
+    *,
+    classification: bool,
+    seed: int = 0,
+    words: list[str] | None = None,
+    layers: int = 2,
+    num_labels: int = 2,
+    labels: tuple[str, ...] | None = ("negative", "positive"),
+    vocab_size: int | None = None,
+    initializer_range: float = 0.02,
+    split_on_punctuation: bool = True,
+    normalize: bool = False,
+) -> Path:
+    """A tiny BERT (hidden 32, 2 heads) with a word-level fast tokenizer, saved as a Hugging Face folder.
+
+    ``normalize`` adds a sentence-transformers ``modules.json`` so embeddings are L2-normalised."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    words = WORDS if words is None else words
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = (
+        pre_tokenizers.Whitespace() if split_on_punctuation else pre_tokenizers.WhitespaceSplit()
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
+    label_maps = (
+        {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+        if labels
+        else {}
+    )
     cfg = BertConfig(
-        vocab_size=len(vocab),
+        vocab_size=vocab_size or len(vocab),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+        num_labels=num_labels,
+        initializer_range=initializer_range,
+        **label_maps,
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(cfg) if classification else BertModel(cfg)
-    model.save_pretrained(str(folder), safe_serialization=True)
+    model.save_pretrained(str(folder))
+    if normalize:
+        (folder / "modules.json").write_text(
+            '[{"idx": 0, "path": "", "type": "sentence_transformers.models.Normalize"}]'
+        )
     return folder
+
+
+def tiny_bert_candidate(folder: Path, task: str, **options: Any) -> Any:
+    """``build_tiny_bert`` wrapped as the baseline Candidate of an hf model."""
+    from modelyard.optimize.candidate import Candidate
+    from modelyard.runtime.hf import hf_spec
+
+    build_tiny_bert(folder, classification=task == "classification", **options)
+    return Candidate(
+        "baseline", "hf", folder, hf_spec(folder, task), tokenizer_dir=folder, meta={"max_length": 32}
+    )
 
 
 def sentiment_texts(n: int = 80, seed: int = 0) -> list[tuple[str, int]]:

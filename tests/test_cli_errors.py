@@ -156,3 +156,13 @@ def test_real_process_prints_no_traceback(tmp_path: Path, onnx_classifier: tuple
     assert "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr
     assert not (tmp_path / "h").exists()
+
+
+def test_recipes_spelling_is_accepted(
+    onnx_classifier: tuple[Path, Path], home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = onnx_classifier
+    code, out = _run(
+        ["optimize", "--model", str(model), "--data", str(data), "--recipes", "onnx > int4-magic"], capsys
+    )
+    _assert_one_line_error(code, out, "unknown pass 'int4-magic'")

@@ -9,15 +9,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 import modelyard.optimize.passes.export as export_pass  # registers "onnx"
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext
-from modelyard.runtime.hf import hf_spec
 from modelyard.zoo.demos import load_demo
+
+from .conftest import tiny_bert_candidate
 
 EXACT = 1e-4
 WORDS = [
@@ -68,38 +68,7 @@ def texts(n: int, seed: int) -> list[str]:
 
 def build_tiny_bert(folder: Path, task: str) -> Candidate:
     """A random 2-layer BERT (hidden 32, 2 heads, vocab 100) with a WordLevel tokenizer, saved as safetensors."""
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-    for w in WORDS:
-        vocab[w] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    model = (BertForSequenceClassification if task == "classification" else BertModel)(cfg).eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return Candidate(
-        name="baseline",
-        format="hf",
-        path=folder,
-        spec=hf_spec(folder, task),
-        tokenizer_dir=folder,
-        meta={"max_length": 32},
-    )
+    return tiny_bert_candidate(folder, task, words=WORDS, num_labels=3, labels=None, vocab_size=100)
 
 
 def text_dataset() -> Dataset:

@@ -25,7 +25,7 @@ from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.preprocess import predict
 from modelyard.zoo.demos import Demo
 
-from .conftest import accuracy_of, pass_context
+from .conftest import accuracy_of, pass_context, tiny_bert_candidate
 
 
 def _outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -257,33 +257,8 @@ def test_global_magnitude_masks_count_is_exact() -> None:
 
 
 def _tiny_bert(folder: Path, task: str, seed: int = 0) -> Candidate:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    from modelyard.runtime.hf import hf_spec
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        initializer_range=0.1,  # large enough that every layer and FFN matters
-    )
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config) if task == "classification" else BertModel(config)
-    model.save_pretrained(str(folder))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(folder / "tokenizer.json"))
-    return Candidate(
-        "baseline", "hf", folder, hf_spec(folder, task), tokenizer_dir=folder, meta={"max_length": 32}
+    return tiny_bert_candidate(
+        folder, task, seed=seed, words=WORDS, labels=None, initializer_range=0.1, split_on_punctuation=False
     )
 
 

@@ -121,6 +121,29 @@ def _trained(home: Path, name: str, build, fit) -> Path:  # type: ignore[no-unty
     return path
 
 
+def _classifier(
+    path: Path,
+    factory: str,
+    input_name: str,
+    example_shape: tuple[int, ...],
+    ds: Dataset,
+    *,
+    value_range: tuple[float, float] | None = None,
+) -> Candidate:
+    """The baseline candidate of a demo classifier saved as a safetensors state dict of a zoo factory."""
+    k = len(ds.classes or ())
+    spec = RunnerSpec(
+        inputs=(TensorSpec(input_name, "float32", (None, *example_shape)),),
+        outputs=(TensorSpec("logits", "float32", (None, k)),),
+        task="classification",
+        num_classes=k,
+        value_range=value_range,
+        labels=tuple(ds.classes or ()),
+    )
+    meta = {"torch_kind": "safetensors", "factory": factory, "factory_kwargs": {}}
+    return Candidate(name="baseline", format="torch", path=path, spec=spec, meta=meta)
+
+
 def _digits(home: Path) -> Demo:
     from modelyard.zoo.nets import digits_cnn
     from modelyard.zoo.train import train_classifier
@@ -132,21 +155,7 @@ def _digits(home: Path) -> Demo:
         digits_cnn,
         lambda m: train_classifier(m, ds.x_train, _labels(ds), epochs=DIGITS_EPOCHS, lr=2e-3, seed=0),
     )
-    spec = RunnerSpec(
-        inputs=(TensorSpec("pixels", "float32", (None, 1, 8, 8)),),
-        outputs=(TensorSpec("logits", "float32", (None, 10)),),
-        task="classification",
-        num_classes=10,
-        value_range=(0.0, 1.0),
-        labels=tuple(ds.classes or ()),
-    )
-    base = Candidate(
-        name="baseline",
-        format="torch",
-        path=path,
-        spec=spec,
-        meta={"torch_kind": "safetensors", "factory": "modelyard.zoo.nets:digits_cnn", "factory_kwargs": {}},
-    )
+    base = _classifier(path, "modelyard.zoo.nets:digits_cnn", "pixels", (1, 8, 8), ds, value_range=(0.0, 1.0))
     return Demo(
         "digits-cnn", base, ds, ["onnx", "onnx > int8-static", "prune(0.5) > onnx", "distill(0.5) > onnx"]
     )
@@ -166,20 +175,7 @@ def _tabular(home: Path) -> Demo:
         train_classifier(m, ds.x_train, _labels(ds), epochs=60, lr=1e-3, seed=0)
 
     path = _trained(home, "tabular", tabular_mlp, fit)
-    spec = RunnerSpec(
-        inputs=(TensorSpec("features", "float32", (None, 30)),),
-        outputs=(TensorSpec("logits", "float32", (None, 2)),),
-        task="classification",
-        num_classes=2,
-        labels=tuple(ds.classes or ()),
-    )
-    base = Candidate(
-        name="baseline",
-        format="torch",
-        path=path,
-        spec=spec,
-        meta={"torch_kind": "safetensors", "factory": "modelyard.zoo.nets:tabular_mlp", "factory_kwargs": {}},
-    )
+    base = _classifier(path, "modelyard.zoo.nets:tabular_mlp", "features", (30,), ds)
     return Demo(
         "tabular-mlp", base, ds, ["onnx", "onnx > int8-dynamic", "prune(0.5) > onnx", "distill(0.5) > onnx"]
     )
