@@ -59,6 +59,78 @@ MEASUREMENTS: dict[str, tuple[str, str]] = {
     "calibration.ece_increase": ("fraction", "candidate ECE minus baseline ECE"),
     "calibration.brier": ("score", "multiclass Brier score, range [0, 2]"),
     "calibration.nll": ("nats", "mean negative log-likelihood of the true class"),
+    "compare.accuracy_drop_upper95": (
+        "points",
+        "upper bound of the one-sided 95% paired bootstrap interval of the accuracy drop (non-inferiority)",
+    ),
+    "compare.macro_f1_drop": (
+        "points",
+        "baseline macro-F1 minus candidate macro-F1, percentage points, paired 95% bootstrap interval",
+    ),
+    "compare.negative_flip_rate": (
+        "fraction",
+        "fraction of test items the baseline got right and the candidate gets wrong",
+    ),
+    "compare.kl_mean": ("nats", "mean KL divergence from the baseline's class probabilities"),
+    "compare.mcnemar_p_holm": (
+        "p-value",
+        "McNemar p-value after Holm correction across every candidate of the run",
+    ),
+    "quality.accuracy_clean": (
+        "fraction",
+        "accuracy on the test items the data audit neither found leaked nor flagged as mislabelled",
+    ),
+    "calibration.temperature": (
+        "T",
+        "softmax temperature fitted on the calibration split (never the test split)",
+    ),
+    "calibration.ece_calibrated": ("fraction", "ECE on the test split after the fitted temperature"),
+    "slices.worst_class_recall": ("fraction", "lowest per-class recall, Wilson 95% interval"),
+    "slices.worst_class_drop": (
+        "points",
+        "largest per-class recall drop against the baseline, percentage points, paired 95% interval",
+    ),
+    "slices.worst_slice_drop": (
+        "points",
+        "largest accuracy drop against the baseline over user-declared slices, percentage points",
+    ),
+    "robustness.corruption_accuracy": ("fraction", "mean accuracy over corruptions and severities 1-5"),
+    "robustness.relative_mce": (
+        "ratio",
+        "relative mean corruption error against the baseline (Hendrycks & Dietterich); 1 = as robust",
+    ),
+    "robustness.consistency": (
+        "fraction",
+        "fraction of items whose prediction is unchanged under label-preserving perturbations",
+    ),
+    "robustness.consistency_drop": ("points", "baseline consistency minus candidate consistency"),
+    "robustness.perturbation_cosine": (
+        "cosine",
+        "mean cosine between an item's embedding and its perturbed copy's (embedders)",
+    ),
+    "robustness.adversarial_accuracy": (
+        "fraction",
+        "accuracy on PGD adversarials crafted on the baseline and replayed (transfer robustness)",
+    ),
+    "robustness.attack_success_rate": (
+        "fraction",
+        "of items classified correctly when clean, the fraction the PGD adversarials flip",
+    ),
+    "robustness.adversarial_accuracy_drop": (
+        "points",
+        "baseline adversarial accuracy minus candidate adversarial accuracy",
+    ),
+    "ood.auroc": ("fraction", "AUROC separating out-of-distribution from test inputs (OOD positive)"),
+    "ood.fpr95": (
+        "fraction",
+        "fraction of OOD inputs accepted at the threshold keeping 95% of ID (ID positive)",
+    ),
+    "ood.auroc_drop": ("points", "baseline OOD AUROC minus candidate OOD AUROC, percentage points"),
+    "security.file_scan": ("pass", "1 when the artifact's file scan passes, 0 when it fails"),
+    "security.backdoor_flagged_classes": (
+        "classes",
+        "classes whose training data the backdoor scans flag (activation clustering and spectral signatures)",
+    ),
     "efficiency.latency_p50_ms": ("ms", "median latency of one batch-1 call"),
     "efficiency.latency_p99_ms": ("ms", "99th percentile latency of one batch-1 call"),
     "efficiency.throughput_b32": ("items/s", "throughput at batch 32"),
