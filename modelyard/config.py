@@ -67,13 +67,34 @@ def _positive_float(name: str, raw: Any) -> float:
 class QualityPolicy:
     """Quality gates against the baseline. Defaults are the documented safe defaults."""
 
-    max_accuracy_drop_points: float = 1.0
-    significance_alpha: float = 0.05
+    max_accuracy_drop_points: float = (
+        1.0  # non-inferiority margin: the one-sided 95% upper bound must be below it
+    )
+    significance_alpha: float = (
+        0.05  # Holm-corrected McNemar p below it fails a candidate whose accuracy dropped
+    )
     max_flip_rate: float = 0.02
+    max_negative_flip_rate: float = 0.01
+    max_kl_nats: float = 0.05
     max_ece_increase: float = 0.02
+    max_class_recall_drop_points: float = 10.0  # per-class recall vs the baseline; one lost class fails
+    max_slice_drop_points: float = 5.0  # user-declared slices, when the data declares them
     min_cosine_mean: float = 0.99
     min_cosine_p5: float = 0.98
     min_top10_agreement: float = 0.95
+
+
+@dataclass(frozen=True)
+class RobustnessPolicy:
+    """Robustness and out-of-distribution gates against the baseline, and how the attacks are run."""
+
+    max_relative_mce: float = 1.2  # corruption error relative to the baseline's (images)
+    max_consistency_drop_points: float = 5.0  # prediction consistency under perturbations
+    max_adversarial_drop_points: float = 5.0  # PGD (transfer) accuracy vs the baseline's
+    max_ood_auroc_drop_points: float = 5.0
+    ood_score: str = "energy"  # energy | msp | maxlogit
+    epsilon: float | None = None  # attack budget in input units; None: the modality's default
+    pgd_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,7 @@ class HardwarePolicy:
 class Policy:
     name: str = "default"
     quality: QualityPolicy = field(default_factory=QualityPolicy)
+    robustness: RobustnessPolicy = field(default_factory=RobustnessPolicy)
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
     objective: ObjectivePolicy = field(default_factory=ObjectivePolicy)
     hardware: HardwarePolicy = field(default_factory=HardwarePolicy)
@@ -127,14 +149,21 @@ class Policy:
 
 _SECTIONS: dict[str, type] = {
     "quality": QualityPolicy,
+    "robustness": RobustnessPolicy,
     "budgets": BudgetPolicy,
     "objective": ObjectivePolicy,
     "hardware": HardwarePolicy,
 }
-_CHOICES = {("objective", "minimize"): ("cost", "latency", "size"), ("hardware", "target"): ("cpu", "gpu")}
+_CHOICES = {
+    ("objective", "minimize"): ("cost", "latency", "size"),
+    ("hardware", "target"): ("cpu", "gpu"),
+    ("robustness", "ood_score"): ("energy", "msp", "maxlogit"),
+}
+_INTEGERS = {"pgd_steps"}
 _FRACTIONS = {
     "significance_alpha",
     "max_flip_rate",
+    "max_negative_flip_rate",
     "max_ece_increase",
     "min_cosine_mean",
     "min_cosine_p5",
@@ -175,6 +204,12 @@ def _section(name: str, base: Any, raw: Any, problems: list[str]) -> Any:
             continue
         if key in _FRACTIONS and value > 1:
             problems.append(f"[{name}] {key} is a fraction and must be in [0, 1], got {value!r}")
+            continue
+        if key in _INTEGERS:
+            if value != int(value) or value < 1:
+                problems.append(f"[{name}] {key} must be a whole number >= 1, got {value!r}")
+                continue
+            values[key] = int(value)
             continue
         values[key] = float(value)
     return replace(base, **values)

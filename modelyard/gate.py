@@ -14,7 +14,7 @@ from modelyard.errors import ConfigError
 class Gate:
     name: str
     check: str  # measurement name
-    op: str  # "<=" or ">="
+    op: str  # "<=", "<" or ">="
     threshold: float
     scale: float = 1.0  # measurement value is multiplied by this before comparing (e.g. bytes -> MB)
     unit: str = ""
@@ -32,8 +32,21 @@ def _drop_positive(measurements: dict[str, Any]) -> bool:
     return drop is not None and drop > 0
 
 
+def _present(check: str) -> Callable[[dict[str, Any]], bool]:
+    """For checks that exist only for some data (user slices, image corruptions): absent = not applicable.
+    A check that applies but could not run is present with an UNKNOWN value, and fails unless waived."""
+
+    def applies(measurements: dict[str, Any]) -> bool:
+        return check in measurements
+
+    return applies
+
+
 def gates_for(policy: Policy) -> list[Gate]:
-    q, b = policy.quality, policy.budgets
+    """Every gate of the policy with its threshold; quality and robustness gates always exist (waivable by
+    name), budget gates only when the policy sets a budget."""
+    q, r, b = policy.quality, policy.robustness, policy.budgets
+    cls = "classification"
     gates = [
         Gate(
             "accuracy_drop",
@@ -41,34 +54,133 @@ def gates_for(policy: Policy) -> list[Gate]:
             "<=",
             q.max_accuracy_drop_points,
             unit="points",
-            task="classification",
+            task=cls,
             why="accuracy drop against the baseline",
         ),
         Gate(
+            "accuracy_noninferiority",
+            "compare.accuracy_drop_upper95",
+            "<",
+            q.max_accuracy_drop_points,
+            unit="points",
+            task=cls,
+            why="upper bound of the one-sided 95% interval of the accuracy drop (non-inferiority margin)",
+        ),
+        Gate(
             "accuracy_drop_significance",
-            "compare.mcnemar_p",
+            "compare.mcnemar_p_holm",
             ">=",
             q.significance_alpha,
             unit="p",
-            task="classification",
+            task=cls,
             when=_drop_positive,
-            why="a drop that McNemar's exact test finds significant",
+            why="a drop that McNemar's exact test finds significant after Holm correction",
         ),
         Gate(
             "flip_rate",
             "compare.flip_rate",
             "<=",
             q.max_flip_rate,
-            task="classification",
+            task=cls,
             why="share of predictions that changed",
+        ),
+        Gate(
+            "negative_flip_rate",
+            "compare.negative_flip_rate",
+            "<=",
+            q.max_negative_flip_rate,
+            task=cls,
+            why="share of items the baseline got right and the candidate gets wrong",
+        ),
+        Gate(
+            "kl_to_baseline",
+            "compare.kl_mean",
+            "<=",
+            q.max_kl_nats,
+            unit="nats",
+            task=cls,
+            why="mean KL divergence from the baseline's probabilities",
         ),
         Gate(
             "ece_increase",
             "calibration.ece_increase",
             "<=",
             q.max_ece_increase,
-            task="classification",
+            task=cls,
             why="calibration error increase",
+        ),
+        Gate(
+            "worst_class_drop",
+            "slices.worst_class_drop",
+            "<=",
+            q.max_class_recall_drop_points,
+            unit="points",
+            task=cls,
+            why="largest per-class recall drop against the baseline",
+        ),
+        Gate(
+            "slice_drop",
+            "slices.worst_slice_drop",
+            "<=",
+            q.max_slice_drop_points,
+            unit="points",
+            task=cls,
+            when=_present("slices.worst_slice_drop"),
+            why="largest accuracy drop on a declared slice",
+        ),
+        Gate(
+            "corruption_mce",
+            "robustness.relative_mce",
+            "<=",
+            r.max_relative_mce,
+            task=cls,
+            when=_present("robustness.relative_mce"),
+            why="corruption error relative to the baseline's",
+        ),
+        Gate(
+            "consistency_drop",
+            "robustness.consistency_drop",
+            "<=",
+            r.max_consistency_drop_points,
+            unit="points",
+            task=cls,
+            why="drop in prediction consistency under perturbations",
+        ),
+        Gate(
+            "adversarial_drop",
+            "robustness.adversarial_accuracy_drop",
+            "<=",
+            r.max_adversarial_drop_points,
+            unit="points",
+            task=cls,
+            when=_present("robustness.adversarial_accuracy_drop"),
+            why="drop in accuracy under PGD adversarials crafted on the baseline",
+        ),
+        Gate(
+            "ood_auroc_drop",
+            "ood.auroc_drop",
+            "<=",
+            r.max_ood_auroc_drop_points,
+            unit="points",
+            when=_present("ood.auroc_drop"),
+            why="drop in out-of-distribution detection AUROC",
+        ),
+        Gate(
+            "file_scan",
+            "security.file_scan",
+            ">=",
+            1.0,
+            why="the artifact's file scan (1 = PASS)",
+        ),
+        Gate(
+            "backdoor_scan",
+            "security.backdoor_flagged_classes",
+            "<=",
+            0.0,
+            unit="classes",
+            task=cls,
+            when=_present("security.backdoor_flagged_classes"),
+            why="classes the backdoor scans flag in the training data",
         ),
         Gate(
             "cosine_mean",
@@ -150,6 +262,13 @@ def gates_for(policy: Policy) -> list[Gate]:
     return gates
 
 
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": lambda v, t: v <= t,
+    "<": lambda v, t: v < t,
+    ">=": lambda v, t: v >= t,
+}
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
@@ -193,17 +312,19 @@ def verdict(measurements: dict[str, dict[str, Any]], task: str, policy: Policy) 
             )
             continue
         shown = float(value) * gate.scale
-        ok = shown <= gate.threshold if gate.op == "<=" else shown >= gate.threshold
+        ok = _OPS[gate.op](shown, gate.threshold)
         unit = f" {gate.unit}" if gate.unit else ""
         reason = (
             f"{gate.why}: {_fmt(shown)}{unit} {'meets' if ok else 'violates'} "
             f"{gate.op} {_fmt(gate.threshold)}{unit}"
         )
+        if not ok and gate.name in policy.waive:
+            reason += " (waived by policy)"
         results.append(
             {
                 "gate": gate.name,
                 "check": gate.check,
-                "passed": ok,
+                "passed": ok or gate.name in policy.waive,
                 "value": shown,
                 "threshold": gate.threshold,
                 "reason": reason,

@@ -16,32 +16,85 @@ def cls_measurements(
 ) -> dict[str, Any]:
     return {
         "compare.accuracy_drop": m(drop),
-        "compare.mcnemar_p": m(p),
+        "compare.accuracy_drop_upper95": m(drop + 0.4),
+        "compare.mcnemar_p_holm": m(p),
         "compare.flip_rate": m(flips),
+        "compare.negative_flip_rate": m(flips / 2),
+        "compare.kl_mean": m(0.01),
         "calibration.ece_increase": m(ece_inc),
+        "slices.worst_class_drop": m(2.0),
+        "robustness.consistency_drop": m(0.5),
+        "security.file_scan": m(1.0),
         "efficiency.cost_usd_per_1m": m(cost),
         "efficiency.size_bytes": m(size),
         "quality.accuracy": m(acc),
     }
 
 
+ALWAYS_CLS = {
+    "accuracy_drop",
+    "accuracy_noninferiority",
+    "accuracy_drop_significance",
+    "flip_rate",
+    "negative_flip_rate",
+    "kl_to_baseline",
+    "ece_increase",
+    "worst_class_drop",
+    "consistency_drop",
+    "file_scan",
+    # present only when the data or the model makes the check applicable: shown as "not applicable"
+    "slice_drop",
+    "corruption_mce",
+    "adversarial_drop",
+    "ood_auroc_drop",
+    "backdoor_scan",
+}
+
+
 def test_passing_candidate() -> None:
     v = verdict(cls_measurements(0.5, 0.6, 0.01, 0.0, 1.0), "classification", policy_from_dict({}))
     assert v["passed"]
-    assert {g["gate"] for g in v["gates"]} == {
-        "accuracy_drop",
-        "accuracy_drop_significance",
-        "flip_rate",
-        "ece_increase",
-    }
+    assert {g["gate"] for g in v["gates"]} == ALWAYS_CLS
+    na = {g["gate"] for g in v["gates"] if g["reason"] == "not applicable"}
+    assert na == {"slice_drop", "corruption_mce", "adversarial_drop", "ood_auroc_drop", "backdoor_scan"}
 
 
 def test_each_failed_gate_has_a_reason() -> None:
     v = verdict(cls_measurements(2.0, 0.01, 0.05, 0.03, 1.0), "classification", policy_from_dict({}))
     assert not v["passed"]
     failed = {g["gate"]: g["reason"] for g in v["gates"] if not g["passed"]}
-    assert set(failed) == {"accuracy_drop", "accuracy_drop_significance", "flip_rate", "ece_increase"}
+    assert set(failed) == {
+        "accuracy_drop",
+        "accuracy_noninferiority",
+        "accuracy_drop_significance",
+        "flip_rate",
+        "negative_flip_rate",
+        "ece_increase",
+    }
     assert "violates <= 1 points" in failed["accuracy_drop"]
+    assert "violates < 1 points" in failed["accuracy_noninferiority"]
+
+
+def test_noninferiority_is_strict_and_uses_the_upper_bound() -> None:
+    ms = cls_measurements(0.2, 0.6, 0.01, 0.0, 1.0)
+    ms["compare.accuracy_drop_upper95"] = m(1.0)  # point drop fine, bound at the margin: not non-inferior
+    v = verdict(ms, "classification", policy_from_dict({}))
+    assert [g["gate"] for g in v["gates"] if not g["passed"]] == ["accuracy_noninferiority"]
+
+
+def test_applicable_checks_gate_when_present() -> None:
+    ms = cls_measurements(0.0, 1.0, 0.0, 0.0, 1.0)
+    ms["robustness.relative_mce"] = m(1.5)
+    ms["security.backdoor_flagged_classes"] = m(1.0)
+    ms["ood.auroc_drop"] = m(None)
+    v = verdict(ms, "classification", policy_from_dict({}))
+    failed = {g["gate"]: g["reason"] for g in v["gates"] if not g["passed"]}
+    assert set(failed) == {"corruption_mce", "backdoor_scan", "ood_auroc_drop"}
+    assert "UNKNOWN" in failed["ood_auroc_drop"]
+    loose = policy_from_dict(
+        {"robustness": {"max_relative_mce": 2.0}, "waive": ["backdoor_scan", "ood_auroc_drop"]}
+    )
+    assert verdict(ms, "classification", loose)["passed"]
 
 
 def test_significance_gate_only_applies_to_a_drop() -> None:
@@ -73,7 +126,12 @@ def test_budgets_in_mb() -> None:
 
 
 def test_embedding_gates() -> None:
-    ms = {"quality.cosine_mean": m(0.995), "quality.cosine_p5": m(0.97), "quality.top10_agreement": m(0.96)}
+    ms = {
+        "quality.cosine_mean": m(0.995),
+        "quality.cosine_p5": m(0.97),
+        "quality.top10_agreement": m(0.96),
+        "security.file_scan": m(1.0),
+    }
     v = verdict(ms, "embedding", policy_from_dict({}))
     assert [g["gate"] for g in v["gates"] if not g["passed"]] == ["cosine_p5"]
 

@@ -79,3 +79,69 @@ def test_npz_empty_and_nan(tmp_path: Path) -> None:
     np.savez(tmp_path / "n.npz", x=x, y=np.arange(10) % 2)
     with pytest.raises(DataError, match="NaN or infinity"):
         load_dataset(tmp_path / "n.npz")
+
+
+def test_npz_calibration_split_is_used_and_never_the_test_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.normal(size=(40, 3)),
+        y=np.arange(40) % 2,
+        x_cal=rng.normal(size=(10, 3)),
+        y_cal=np.arange(10) % 2,
+    )
+    ds = load_dataset(tmp_path / "d.npz")
+    cal = ds.calibration_split()
+    assert cal is not None
+    x, y, how = cal
+    assert len(x) == 10 and "declared" in how
+    assert ds.describe()["n_cal"] == 10
+
+
+def test_calibration_split_falls_back_to_a_stratified_part_of_train(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(100, 3)), y=np.arange(100) % 2)
+    ds = load_dataset(tmp_path / "d.npz")
+    cal = ds.calibration_split()
+    assert cal is not None
+    x, y, how = cal
+    assert len(x) == 16 and np.bincount(y).tolist() == [8, 8] and "train split" in how
+    # every calibration item is a training item, none is a test item
+    train_rows = {r.tobytes() for r in ds.x_train}
+    test_rows = {r.tobytes() for r in ds.x_test}
+    assert all(r.tobytes() in train_rows and r.tobytes() not in test_rows for r in x)
+
+
+def test_npz_half_a_calibration_split_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 2)), y=np.arange(8) % 2, x_cal=np.zeros((2, 2)))
+    with pytest.raises(DataError, match="needs both 'x_cal' and 'y_cal'"):
+        load_dataset(tmp_path / "d.npz")
+
+
+def test_csv_slice_columns_are_kept_out_of_the_features(tmp_path: Path) -> None:
+    rows = ["a,b,region,label"] + [f"{i},{i * 2},{'north' if i % 3 else 'south'},{i % 2}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    ds = load_dataset(tmp_path / "d.csv", slice_columns=("region",))
+    assert ds.x_train.shape[1] == 2
+    assert set(ds.slices) == {"region"} and len(ds.slices["region"]) == ds.n_test
+    assert set(ds.slices["region"]) <= {"north", "south"}
+
+
+def test_csv_unknown_slice_column_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n2,1\n3,0\n4,1\n")
+    with pytest.raises(DataError, match="no slice column\\(s\\) 'nope'; columns: a, label"):
+        load_dataset(tmp_path / "d.csv", slice_columns=("nope",))
+
+
+def test_ood_sets_load_from_npz_jsonl_and_txt(tmp_path: Path) -> None:
+    from modelyard.data.loaders import load_ood_set
+
+    np.savez(tmp_path / "noise.npz", x=np.zeros((12, 1, 8, 8)))
+    assert load_ood_set(tmp_path / "noise.npz")["noise"].shape == (12, 1, 8, 8)
+    (tmp_path / "o.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert load_ood_set(tmp_path / "o.jsonl") == {"o": ["a", "b"]}
+    (tmp_path / "o.txt").write_text("one\n\ntwo\n")
+    assert load_ood_set(tmp_path / "o.txt") == {"o": ["one", "two"]}
+    with pytest.raises(DataError, match="unknown OOD data format"):
+        (tmp_path / "o.bin").write_bytes(b"x")
+        load_ood_set(tmp_path / "o.bin")

@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.data.dataset import Dataset
+from modelyard.data.dataset import Dataset, Modality
 from modelyard.errors import DataError
 
 FORMATS = (".npz", ".csv", ".jsonl")
 
 
-def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tuple[Any, Any, Any, Any]:
+def _split_indices(
+    n: int, y: np.ndarray | None, *, test_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    n = len(x)
     if n < 4:
         raise DataError(f"dataset has {n} examples; at least 4 are needed to hold out a test split")
     idx = np.arange(n)
@@ -27,6 +28,11 @@ def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tupl
     stratify = y is not None and np.min(np.bincount(y)[np.unique(y)]) >= 2 and n_test >= k and n - n_test >= k
     strat = y if stratify else None
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+    return tr, te
+
+
+def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tuple[Any, Any, Any, Any]:
+    tr, te = _split_indices(len(x), y, test_size=test_size, seed=seed)
     take = (lambda a, i: a[i]) if isinstance(x, np.ndarray) else (lambda a, i: [a[j] for j in i])
     return (
         take(x, tr),
@@ -80,12 +86,21 @@ def load_npz(path: Path, *, test_size: float, seed: int) -> Dataset:
             xtr, xte, ytr, yte = _split(x, y, test_size=test_size, seed=seed)
     else:
         raise DataError(
-            f"{path} must hold arrays 'x' and 'y' (optionally 'x_test', 'y_test'); it has: {sorted(keys)}"
+            f"{path} must hold arrays 'x' and 'y' (optionally 'x_test', 'y_test', 'x_cal', 'y_cal'); "
+            f"it has: {sorted(keys)}"
         )
-    return Dataset(path.stem, "image" if xtr.ndim >= 3 else "tabular", xtr, ytr, xte, yte)
+    xcal = ycal = None
+    if {"x_cal", "y_cal"} <= keys:
+        xcal, ycal = _features(data["x_cal"], str(path)), _labels(data["y_cal"], str(path))
+    elif "x_cal" in keys or "y_cal" in keys:
+        raise DataError(f"{path}: a calibration split needs both 'x_cal' and 'y_cal'")
+    modality: Modality = "image" if xtr.ndim >= 3 else "tabular"
+    return Dataset(path.stem, modality, xtr, ytr, xte, yte, x_cal=xcal, y_cal=ycal)
 
 
-def load_csv(path: Path, *, label_column: str, test_size: float, seed: int) -> Dataset:
+def load_csv(
+    path: Path, *, label_column: str, test_size: float, seed: int, slice_columns: tuple[str, ...] = ()
+) -> Dataset:
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
@@ -96,8 +111,14 @@ def load_csv(path: Path, *, label_column: str, test_size: float, seed: int) -> D
             f"{path} has no label column {label_column!r}; columns: {', '.join(header)}; pass --label-column"
         )
     li = header.index(label_column)
+    missing = [c for c in slice_columns if c not in header]
+    if missing:
+        raise DataError(
+            f"{path} has no slice column(s) {', '.join(map(repr, missing))}; columns: {', '.join(header)}"
+        )
+    skip = {li, *(header.index(c) for c in slice_columns)}
     try:
-        x = np.array([[float(v) for j, v in enumerate(r) if j != li] for r in body], dtype=np.float32)
+        x = np.array([[float(v) for j, v in enumerate(r) if j not in skip] for r in body], dtype=np.float32)
     except ValueError as exc:
         raise DataError(f"{path}: every feature column must be numeric ({exc})") from None
     raw = [r[li] for r in body]
@@ -108,8 +129,9 @@ def load_csv(path: Path, *, label_column: str, test_size: float, seed: int) -> D
         classes = sorted(set(raw))
         y = np.array([classes.index(v) for v in raw], dtype=np.int64)
     x = _features(x, str(path))
-    xtr, xte, ytr, yte = _split(x, y, test_size=test_size, seed=seed)
-    return Dataset(path.stem, "tabular", xtr, ytr, xte, yte, classes=classes)
+    tr, te = _split_indices(len(x), y, test_size=test_size, seed=seed)
+    slices = {c: np.array([body[i][header.index(c)] for i in te]) for c in slice_columns}
+    return Dataset(path.stem, "tabular", x[tr], y[tr], x[te], y[te], classes=classes, slices=slices)
 
 
 def load_jsonl(path: Path, *, test_size: float, seed: int) -> Dataset:
@@ -151,8 +173,10 @@ def load_dataset(
     seed: int = 0,
     source: str | None = None,
     license: str | None = None,
+    slice_columns: tuple[str, ...] = (),
 ) -> Dataset:
-    """Load a dataset file; without an explicit test split, hold out ``test_size`` (stratified, fixed seed)."""
+    """Load a dataset file; without an explicit test split, hold out ``test_size`` (stratified, fixed seed).
+    ``slice_columns`` (CSV only) are kept out of the features and used for per-slice accuracy."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check the path")
@@ -160,12 +184,51 @@ def load_dataset(
     if suffix == ".npz":
         ds = load_npz(path, test_size=test_size, seed=seed)
     elif suffix == ".csv":
-        ds = load_csv(path, label_column=label_column, test_size=test_size, seed=seed)
+        ds = load_csv(
+            path, label_column=label_column, test_size=test_size, seed=seed, slice_columns=slice_columns
+        )
     elif suffix == ".jsonl":
         ds = load_jsonl(path, test_size=test_size, seed=seed)
     else:
         raise DataError(
             f"unknown data format {path.suffix or '(none)'!r} for {path}; use one of {', '.join(FORMATS)}"
         )
+    if slice_columns and suffix != ".csv":
+        raise DataError(f"slice columns need a .csv dataset; {path.name} is {suffix}")
     ds.source, ds.license = source, license
     return ds
+
+
+def load_ood_set(path: str | Path) -> dict[str, Any]:
+    """A user's out-of-distribution set: .npz (array 'x', or every array as a named set), .jsonl ('text'
+    per line) or .txt (one text per line). Returns set name -> inputs."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"OOD data file {path} does not exist; check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise DataError(f"cannot read {path} as .npz: {exc}") from None
+        if not data.files:
+            raise DataError(f"{path} holds no arrays; put the OOD inputs in an array named 'x'")
+        names = ["x"] if "x" in data.files else list(data.files)
+        return {(path.stem if n == "x" else n): _features(data[n], str(path)) for n in names}
+    if suffix in (".jsonl", ".txt"):
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if suffix == ".txt":
+            return {path.stem: lines}
+        texts = []
+        for i, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {i} is not valid JSON: {exc.msg}") from None
+            if not isinstance(rec, dict) or "text" not in rec:
+                raise DataError(f"{path} line {i}: each line must be an object with a 'text' field")
+            texts.append(str(rec["text"]))
+        return {path.stem: texts}
+    raise DataError(
+        f"unknown OOD data format {path.suffix or '(none)'!r} for {path}; use .npz, .jsonl or .txt"
+    )
