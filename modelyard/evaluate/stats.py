@@ -18,7 +18,7 @@ Everything is computed in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from scipy.stats import binom
 
 from modelyard.errors import ConfigError, DataError
 
-__all__ = ["accuracy_drop", "bootstrap_ci", "mcnemar_exact", "wilson_interval"]
+__all__ = ["accuracy_drop", "bootstrap_ci", "holm", "mcnemar_exact", "wilson_interval"]
 
 # Index matrices are drawn in chunks of at most this many entries, so memory stays bounded for large n.
 _MAX_INDEX_ENTRIES = 4_000_000
@@ -280,3 +280,32 @@ def accuracy_drop(
         "n_resamples": reps,
         "seed": rng_seed,
     }
+
+
+def holm(pvalues: Sequence[float | None] | np.ndarray) -> list[float | None]:
+    """Holm–Bonferroni step-down adjusted p-values (metrics.md 5.4, multiplicity), in the input order.
+
+    With the m non-None p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value is
+    max_{j <= i} min(1, (m − j + 1)·p_(j)): monotone in p and capped at 1, the same numbers as
+    ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``. None entries (unknown
+    p-values) are not counted in m and stay None.
+    """
+    if isinstance(pvalues, (str, bytes)) or not isinstance(pvalues, Sequence | np.ndarray):
+        raise DataError(f"pvalues must be a sequence of p-values or None, got {type(pvalues).__name__}.")
+    known: list[tuple[int, float]] = []
+    for i, p in enumerate(pvalues):
+        if p is None:
+            continue
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise DataError(f"p-value {i} must be a number in [0, 1] or None, got {p!r}.")
+        value = float(p)
+        if not 0.0 <= value <= 1.0:  # also rejects NaN
+            raise DataError(f"p-value {i} must be in [0, 1], got {p!r}; pass None for an unknown p-value.")
+        known.append((i, value))
+    out: list[float | None] = [None] * len(pvalues)
+    m = len(known)
+    running = 0.0
+    for rank, (i, value) in enumerate(sorted(known, key=lambda t: t[1])):
+        running = max(running, min(1.0, (m - rank) * value))
+        out[i] = running
+    return out
