@@ -13,11 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from modelyard.cli_audit import audit_app
+from modelyard.cli_render import render_run
 from modelyard.errors import ModelyardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 models_app = typer.Typer(no_args_is_help=True, help="Versions, aliases and the audit log in the registry.")
 app.add_typer(models_app, name="models")
+app.add_typer(audit_app, name="audit")
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -62,88 +65,6 @@ def _options(quick: bool) -> Any:
     return EvalOptions()
 
 
-def _fmt(m: dict[str, Any] | None, kind: str = "g") -> str:
-    if not m or m.get("value") is None:
-        return "unknown"
-    v = float(m["value"])
-    if kind == "pct":
-        s = f"{100 * v:.2f}%"
-        if m.get("interval"):
-            lo, hi = m["interval"]
-            s += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-        return s
-    if kind == "bytes":
-        return f"{v / 1024:.0f} KB" if v < 2**20 else f"{v / 2**20:.1f} MB"
-    if kind == "int":
-        return f"{v:,.0f}"
-    if kind == "usd":
-        return f"${v:.4f}"
-    return f"{v:.4g}"
-
-
-def _candidates_table(evidence: dict[str, Any]) -> Table:
-    task = evidence["model"]["task"]
-    table = Table(title=f"{evidence['model']['name']} — run {evidence['run_id']}", show_lines=False)
-    cols = ["candidate"]
-    if task == "classification":
-        cols += ["accuracy [95% CI]", "drop (pts)", "flips", "ECE"]
-    else:
-        cols += ["cosine mean", "cosine p5", "top-10 agree", "recall@1"]
-    cols += ["p50 ms", "items/s (best)", "size", "$/1M", "verdict"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("candidate", "verdict") else "right")
-    for c in evidence["candidates"]:
-        m = c["measurements"]
-        if task == "classification":
-            q = [
-                _fmt(m.get("quality.accuracy"), "pct"),
-                _fmt(m.get("compare.accuracy_drop")),
-                _fmt(m.get("compare.flip_rate"), "pct").split(" ")[0],
-                _fmt(m.get("calibration.ece")),
-            ]
-        else:
-            q = [
-                _fmt(m.get("quality.cosine_mean")),
-                _fmt(m.get("quality.cosine_p5")),
-                _fmt(m.get("quality.top10_agreement")),
-                _fmt(m.get("quality.paraphrase_recall_at_1")),
-            ]
-        failed = [g["gate"] for g in c["verdict"]["gates"] if not g["passed"]]
-        verdict = "[green]pass[/]" if c["verdict"]["passed"] else f"[red]fail[/] ({', '.join(failed)})"
-        name = c["name"] + (" [bold yellow]★[/]" if c["name"] == evidence["champion"] else "")
-        table.add_row(
-            name,
-            *q,
-            _fmt(m.get("efficiency.latency_p50_ms")),
-            _fmt(m.get("efficiency.throughput_best"), "int"),
-            _fmt(m.get("efficiency.size_bytes"), "bytes"),
-            _fmt(m.get("efficiency.cost_usd_per_1m"), "usd"),
-            verdict,
-        )
-    return table
-
-
-def _render_run(result: Any) -> None:
-    ev = result.evidence
-    console.print(_candidates_table(ev))
-    for s in ev["skipped"]:
-        console.print(f"[dim]skipped[/] {s['pass']}: {s['reason']}")
-    for line in ev["hardware"].get("int8_measured", []):
-        console.print(f"[dim]int8[/] {line}")
-    isa = ", ".join(k for k, v in ev["hardware"]["isa"].items() if v) or "none of AVX2/AVX-512/VNNI/AMX"
-    console.print(f"[dim]CPU[/] {ev['hardware']['cpu']} ({ev['hardware']['cores']} cores; {isa})")
-    if result.champion:
-        console.print(f"[bold]champion:[/] {result.champion} — {ev['champion_reason']}")
-    else:
-        console.print(f"[bold red]no champion:[/] {ev['champion_reason']}")
-    console.print(f"outputs: {result.run_dir}/ (report.html, MODEL_CARD.md, evidence.json)")
-    if result.versions:
-        shown = ", ".join(f"{n}=v{v}" for n, v in result.versions.items())
-        console.print(
-            f"registry: {result.model_name} {shown}" + (" (alias champion set)" if result.champion else "")
-        )
-
-
 def _run(
     baseline: Any,
     dataset: Any,
@@ -155,13 +76,16 @@ def _run(
     home: Path | None,
     quick: bool,
     register: bool,
+    ood_data: Path | None = None,
 ) -> Any:
     from modelyard.config import load_policy
+    from modelyard.data.loaders import load_ood_set
     from modelyard.optimize.registry import parse_recipe
     from modelyard.pipeline import run_pipeline
 
     pol = load_policy(policy)
     settings = _settings(home)
+    ood = load_ood_set(ood_data) if ood_data is not None else None
     total = 1 + sum(len(parse_recipe(r)) for r in recipes) + len(recipes)
     with Progress(
         SpinnerColumn(),
@@ -186,6 +110,8 @@ def _run(
             settings=settings,
             options=_options(quick),
             register=register,
+            ood_data=ood,
+            ood_source=str(ood_data) if ood_data is not None else None,
             progress=progress,
         )
 
@@ -197,6 +123,7 @@ def demo(
     policy: PolicyOpt = None,
     home: HomeOpt = None,
     quick: QuickOpt = False,
+    ood_data: OodOpt = None,
 ) -> None:
     """Run the whole job on a built-in demo model."""
     from modelyard.zoo.demos import load_demo
@@ -214,8 +141,9 @@ def demo(
         home=home,
         quick=quick,
         register=True,
+        ood_data=ood_data,
     )
-    _render_run(result)
+    render_run(result)
 
 
 def _user_inputs(
@@ -227,11 +155,22 @@ def _user_inputs(
     label_column: str,
     data_source: str | None,
     data_license: str | None,
+    datasheet: Path | None = None,
+    slice_columns: list[str] | None = None,
 ) -> tuple[Any, Any]:
+    from modelyard.data.audit import read_datasheet
     from modelyard.data.loaders import load_dataset
     from modelyard.optimize.baseline import load_baseline
 
-    dataset = load_dataset(data, label_column=label_column, source=data_source, license=data_license)
+    sheet = read_datasheet(datasheet) if datasheet is not None else None
+    dataset = load_dataset(
+        data,
+        label_column=label_column,
+        source=data_source or (sheet or {}).get("source"),
+        license=data_license or (sheet or {}).get("license"),
+        slice_columns=tuple(slice_columns or ()),
+    )
+    dataset.datasheet = sheet
     baseline = load_baseline(model, dataset, task=task, factory=factory, trust_pickle=trust_pickle)
     return baseline, dataset
 
@@ -271,6 +210,20 @@ SourceOpt = Annotated[
 LicenseOpt = Annotated[
     str | None, typer.Option("--data-license", help="The data's licence (goes into the model card).")
 ]
+DatasheetOpt = Annotated[
+    Path | None,
+    typer.Option("--datasheet", help="TOML or JSON datasheet: source, license, description, collection, ..."),
+]
+SliceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--slice-column", help="CSV column to report accuracy per value of (repeat for several)."),
+]
+OodOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ood-data", help="Out-of-distribution inputs: .npz (x), .jsonl (text) or .txt, same input shape."
+    ),
+]
 
 
 @app.command()
@@ -286,12 +239,24 @@ def optimize(
     label_column: LabelOpt = "label",
     data_source: SourceOpt = None,
     data_license: LicenseOpt = None,
+    datasheet: DatasheetOpt = None,
+    slice_column: SliceOpt = None,
+    ood_data: OodOpt = None,
     home: HomeOpt = None,
     quick: QuickOpt = False,
 ) -> None:
     """Make cheaper variants of your model, measure them, gate them, register them, choose the champion."""
     baseline, dataset = _user_inputs(
-        model, data, task, factory, trust_pickle, label_column, data_source, data_license
+        model,
+        data,
+        task,
+        factory,
+        trust_pickle,
+        label_column,
+        data_source,
+        data_license,
+        datasheet,
+        slice_column,
     )
     default = ["onnx", "onnx > int8-auto"]
     if baseline.format != "onnx":
@@ -306,8 +271,9 @@ def optimize(
         home=home,
         quick=quick,
         register=True,
+        ood_data=ood_data,
     )
-    _render_run(result)
+    render_run(result)
 
 
 @app.command()
@@ -322,6 +288,9 @@ def evaluate(
     label_column: LabelOpt = "label",
     data_source: SourceOpt = None,
     data_license: LicenseOpt = None,
+    datasheet: DatasheetOpt = None,
+    slice_column: SliceOpt = None,
+    ood_data: OodOpt = None,
     home: HomeOpt = None,
     quick: QuickOpt = False,
     register: Annotated[
@@ -330,7 +299,16 @@ def evaluate(
 ) -> None:
     """Measure one model on the evidence (no optimization); writes the report and model card."""
     baseline, dataset = _user_inputs(
-        model, data, task, factory, trust_pickle, label_column, data_source, data_license
+        model,
+        data,
+        task,
+        factory,
+        trust_pickle,
+        label_column,
+        data_source,
+        data_license,
+        datasheet,
+        slice_column,
     )
     result = _run(
         baseline,
@@ -342,8 +320,9 @@ def evaluate(
         home=home,
         quick=quick,
         register=register,
+        ood_data=ood_data,
     )
-    _render_run(result)
+    render_run(result)
 
 
 @app.command()
@@ -479,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except ModelyardError as exc:
         from rich.text import Text
 
@@ -491,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0  # a command's typer.Exit(code) comes back as its code
 
 
 if __name__ == "__main__":  # pragma: no cover

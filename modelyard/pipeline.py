@@ -44,6 +44,7 @@ class EvalOptions:
     min_time_s: float = 0.5
     measure_rss: bool = True
     n_resamples: int = 2000
+    backdoor_scan: bool = True
 
 
 @dataclass
@@ -192,66 +193,130 @@ def build_candidates(
     return out, skipped
 
 
-def _predictions(cand: Candidate, dataset: Dataset) -> np.ndarray:
-    return predict(cand.load(), cand.preprocessor(), dataset.x_test, batch_size=64)
-
-
 def evaluate_candidates(
     baseline: Candidate,
     candidates: list[Candidate],
     dataset: Dataset,
     *,
+    policy: Policy,
     price_usd_per_hour: float,
     options: EvalOptions,
     threads: int | None,
+    audits: dict[str, Any] | None = None,
+    ood_data: dict[str, Any] | None = None,
+    ood_source: str | None = None,
     progress: Progress = _no_progress,
-) -> dict[str, dict[str, Measurement]]:
-    """Every check on every candidate (baseline included), each candidate's test predictions computed once."""
+) -> tuple[dict[str, dict[str, Measurement]], dict[str, Any]]:
+    """Every check on every candidate (baseline included), paired with the baseline; each candidate's
+    predictions on each input set computed once. Returns the measurements and how the suite ran."""
+    from modelyard.evaluate import suite as S
+    from modelyard.evaluate.compare import apply_holm
     from modelyard.evaluate.efficiency import measure_efficiency
     from modelyard.evaluate.quality import classification_evidence, embedding_evidence
+    from modelyard.security.audit import backdoor_measurement, candidate_scan_measurement
+    from modelyard.security.contract import input_contract
 
     task = baseline.spec.task
     everyone = [baseline, *candidates]
-    progress("baseline: predicting the test split", 0.0)
-    ref = _predictions(baseline, dataset)
+    audits = audits or {}
+    if task == "classification" and dataset.y_test is None:
+        raise DataError("a classifier needs test labels")
+    inputs = S.prepare_inputs(
+        baseline, dataset, policy, ood_data=ood_data, ood_source=ood_source, progress=progress
+    )
+    seconds = dict(inputs.seconds)
+    progress("baseline: predicting every input set", 0.0)
+    with S._timed(seconds, "predictions"):
+        base = S.Predictions(baseline, threads=threads).all(inputs, dataset)
+    clean_idx = audits.get("data", {}).get("clean_test_indices")
+    backdoor = audits.get("model", {}).get("backdoor")
     results: dict[str, dict[str, Measurement]] = {}
     sample = dataset.x_test[:64]
+    k = int(baseline.spec.num_classes or dataset.num_classes or base["test"].shape[1])
     for cand in everyone:
-        progress(f"{cand.name}: quality", 0.0)
-        preds = ref if cand is baseline else _predictions(cand, dataset)
+        progress(f"{cand.name}: predictions", 0.0)
+        with S._timed(seconds, "predictions"):
+            preds = base if cand is baseline else S.Predictions(cand, threads=threads).all(inputs, dataset)
+        progress(f"{cand.name}: quality, calibration, slices, robustness, OOD", 0.0)
+        serving: dict[str, Any] = {"temperature": None, "ood": None}
         if task == "classification":
-            if dataset.y_test is None:
-                raise DataError("a classifier needs test labels")
-            k = int(baseline.spec.num_classes or dataset.num_classes or preds.shape[1])
-            ms = classification_evidence(
-                dataset.y_test, ref, preds, num_classes=k, n_resamples=options.n_resamples
-            )
+            assert dataset.y_test is not None
+            with S._timed(seconds, "quality"):
+                ms = classification_evidence(
+                    dataset.y_test,
+                    base["test"],
+                    preds["test"],
+                    num_classes=k,
+                    n_resamples=options.n_resamples,
+                )
+            try:
+                extra, serving = S.classification_checks(
+                    dataset.y_test,
+                    base,
+                    preds,
+                    inputs,
+                    num_classes=k,
+                    labels=dataset.classes,
+                    policy=policy,
+                    slices=dataset.slices,
+                    clean_idx=clean_idx,
+                    n_resamples=options.n_resamples,
+                    seconds=seconds,
+                )
+                ms.update(extra)
+            except Exception as exc:  # a check bug is UNKNOWN with its reason, never a crashed run
+                ms.update(S.check_failed(S.CLASSIFIER_CHECKS, exc))
         else:
-            ms = embedding_evidence(ref, preds, dataset.pairs)
+            with S._timed(seconds, "quality"):
+                ms = embedding_evidence(base["test"], preds["test"], dataset.pairs)
+            try:
+                ms.update(S.embedding_checks(base, preds, inputs, seconds=seconds))
+            except Exception as exc:
+                ms.update(S.check_failed(S.EMBEDDER_CHECKS, exc))
+        with S._timed(seconds, "security"):
+            ms["security.file_scan"] = candidate_scan_measurement(cand)
+            if task == "classification" and backdoor is not None:
+                ok = backdoor.get("status") == "ok"
+                ms["security.backdoor_flagged_classes"] = backdoor_measurement(
+                    backdoor if ok else None, reason=None if ok else backdoor.get("reason")
+                )
+        cand.meta["serving"] = {**serving, "input_contract": input_contract(cand.spec)}
         progress(f"{cand.name}: speed and memory", 0.0)
-        ms.update(
-            measure_efficiency(
-                cand,
-                sample,
-                price_usd_per_hour=price_usd_per_hour,
-                batch_sizes=options.batch_sizes,
-                latency_calls=options.latency_calls,
-                min_time_s=options.min_time_s,
-                threads=threads,
-                measure_rss=options.measure_rss,
+        with S._timed(seconds, "efficiency"):
+            ms.update(
+                measure_efficiency(
+                    cand,
+                    sample,
+                    price_usd_per_hour=price_usd_per_hour,
+                    batch_sizes=options.batch_sizes,
+                    latency_calls=options.latency_calls,
+                    min_time_s=options.min_time_s,
+                    threads=threads,
+                    measure_rss=options.measure_rss,
+                )
             )
-        )
         isa = cpu_info()["isa"]
-        isa_text = ", ".join(k for k, v in isa.items() if v) or "no AVX2/AVX-512/VNNI/AMX"
+        isa_text = ", ".join(flag for flag, on in isa.items() if on) or "no AVX2/AVX-512/VNNI/AMX"
         for name, m in ms.items():
             if name.startswith("efficiency."):
                 m.details["cpu_isa"] = isa_text
         results[cand.name] = ms
         progress(f"{cand.name}: evaluated", 1.0)
+    if task == "classification":
+        apply_holm({c.name: results[c.name] for c in candidates})
     if len(everyone) > 1:
         progress("comparing throughput, interleaved", 0.0)
-        _interleaved_best(everyone, results, sample, price_usd_per_hour, options, threads)
-    return results
+        with S._timed(seconds, "efficiency"):
+            _interleaved_best(everyone, results, sample, price_usd_per_hour, options, threads)
+    suite = {
+        "seconds": seconds,
+        "sample_sizes": inputs.sample_sizes,
+        "calibration_split": inputs.cal_how,
+        "ood_source": inputs.ood_source,
+        "ood_sets": inputs.ood_names,
+        "adversarial": inputs.adversarial or inputs.unknown.get("adversarial"),
+    }
+    return results, suite
 
 
 def _tile(x: Any, n: int) -> Any:
@@ -312,8 +377,11 @@ def assemble_evidence(
     policy: Policy,
     price_usd_per_hour: float,
     price_source: str,
+    audits: dict[str, Any] | None = None,
+    suite: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     task = baseline.spec.task
+    audits = audits or {}
     hw = cpu_info()
     rows = []
     for cand in [baseline, *candidates]:
@@ -327,7 +395,8 @@ def assemble_evidence(
                 "artifact_sha256": cand.artifact_sha256(),
                 "size_bytes": cand.size_bytes(),
                 "notes": cand.notes,
-                "meta": {k: v for k, v in cand.meta.items() if k not in ("factory_kwargs",)},
+                "meta": {k: v for k, v in cand.meta.items() if k not in ("factory_kwargs", "serving")},
+                "serving": cand.meta.get("serving"),
                 "measurements": ms,
                 "verdict": gate.verdict(ms, task, policy),
             }
@@ -354,7 +423,31 @@ def assemble_evidence(
         "champion": champion,
         "champion_reason": reason,
         "pareto": gate.pareto_front(rows, task),
+        "audit": {"data": audits.get("data") or {}, "model": audits.get("model") or {}},
+        "caveats": _caveats(audits, rows),
+        "suite": {
+            **(suite or {}),
+            "seconds": {**(suite or {}).get("seconds", {}), **audits.get("seconds", {})},
+        },
     }
+
+
+def _caveats(audits: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences attached to every accuracy figure: what the audits found that limits what it means."""
+    out = list((audits.get("data") or {}).get("caveats") or [])
+    bd = (audits.get("model") or {}).get("backdoor") or {}
+    if bd.get("flagged_classes"):
+        out.append(
+            "the backdoor scans flag the training data of class(es) "
+            + ", ".join(map(str, bd["flagged_classes"]))
+            + f" ({bd.get('n_suspicious', 0)} suspicious items): the model may have learned a trigger"
+        )
+    scan = (audits.get("model") or {}).get("scan") or {}
+    if scan and scan.get("status") not in (None, "PASS"):
+        out.append(
+            f"the model file scan says {scan.get('status')}: {'; '.join(scan.get('findings') or [])[:300]}"
+        )
+    return out
 
 
 def _int8_verdict_note(evidence: dict[str, Any]) -> None:
@@ -393,9 +486,15 @@ def run_pipeline(
     settings: Settings,
     options: EvalOptions | None = None,
     register: bool = True,
+    ood_data: dict[str, Any] | None = None,
+    ood_source: str | None = None,
     progress: Progress = _no_progress,
 ) -> RunResult:
-    """Build candidates, measure them all, gate, choose the champion, write outputs, register versions."""
+    """Audit the data and model, build candidates, measure them all, gate, choose the champion, write
+    outputs, register versions. ``ood_data`` maps a set name to out-of-distribution inputs (default: the
+    built-in set for a demo dataset)."""
+    from modelyard.evaluate.audits import run_audits
+    from modelyard.evaluate.suite import validate_ood_data
     from modelyard.gate import gates_for
     from modelyard.registry import Registry, VersionEntry
     from modelyard.report import write_evidence, write_model_card, write_report
@@ -404,6 +503,8 @@ def run_pipeline(
     gates_for(policy)  # validate waivers before any work
     for r in recipes:
         parse_recipe(r)
+    if ood_data is not None:
+        validate_ood_data(ood_data, dataset)
     home = settings.home
     run_id = new_run_id()
     price = settings.price_usd_per_hour or policy.hardware.price_usd_per_hour
@@ -420,13 +521,18 @@ def run_pipeline(
     work.mkdir(parents=True, exist_ok=True)
     staging = home / "runs" / f".{run_id}.partial"
     try:
+        audits = run_audits(baseline, dataset, progress=progress, backdoor_scan=options.backdoor_scan)
         candidates, skipped = build_candidates(
             baseline, dataset, recipes, work, policy=policy, threads=settings.threads, progress=progress
         )
-        measurements = evaluate_candidates(
+        measurements, suite = evaluate_candidates(
             baseline,
             candidates,
             dataset,
+            policy=policy,
+            audits=audits,
+            ood_data=ood_data,
+            ood_source=ood_source,
             price_usd_per_hour=price,
             options=options,
             threads=settings.threads,
@@ -444,6 +550,8 @@ def run_pipeline(
             policy=policy,
             price_usd_per_hour=price,
             price_source=price_source,
+            audits=audits,
+            suite=suite,
         )
         _int8_verdict_note(evidence)
         # Outputs are written into a temporary folder and renamed into place: all or nothing.

@@ -93,7 +93,7 @@ def test_npz_calibration_split_is_used_and_never_the_test_split(tmp_path: Path) 
     ds = load_dataset(tmp_path / "d.npz")
     cal = ds.calibration_split()
     assert cal is not None
-    x, y, how = cal
+    x, _y, how = cal
     assert len(x) == 10 and "declared" in how
     assert ds.describe()["n_cal"] == 10
 

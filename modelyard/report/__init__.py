@@ -1,7 +1,9 @@
 """Run outputs rendered from evidence: evidence.json, report.html and MODEL_CARD.md.
 
-Data first, rendering second: ``view`` reads and formats evidence, ``html`` and ``card`` render it,
-``plots`` draws PNGs. Every file is written atomically (temp file + ``os.replace``).
+Data first, rendering second: ``view`` reads and formats evidence; ``sections`` (calibration, per-class),
+``robustness_view`` (robustness, OOD), ``audit_view`` (audits, security, how checks were measured) and
+``governance`` (NIST AI RMF / ISO/IEC 42001 mapping) turn its newer parts into display rows; ``html`` and
+``card`` render them and ``plots`` draws PNGs. Every file is written atomically (temp file + ``os.replace``).
 """
 
 from __future__ import annotations

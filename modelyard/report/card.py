@@ -16,6 +16,10 @@ import jinja2
 import yaml
 from markupsafe import Markup
 
+from modelyard.report import audit_view as a
+from modelyard.report import governance
+from modelyard.report import robustness_view as rv
+from modelyard.report import sections as sec
 from modelyard.report import view as v
 
 CARD_FILE = "MODEL_CARD.md"
@@ -170,6 +174,58 @@ def card_context(evidence: dict[str, Any]) -> dict[str, Any]:
         "spec": v.spec_rows(model),
         "efficiency": efficiency,
         "risks": risks(ev),
+        "caveats": sec.caveats(ev),
+        **_evidence_sections(ev, cand, kind),
+    }
+
+
+def _evidence_sections(ev: dict[str, Any], cand: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """Calibration, per-class, robustness, OOD, data audit, security and governance content."""
+    name = str((cand or {}).get("name") or "")
+    scores = rv.ood_scores_table(ev)
+    scores["rows"] = [r for r in scores["rows"] if r[0] == name]
+    scans = a.file_scan_table(ev)
+    scans["rows"] = [r for r in scans["rows"] if r[0] == name]
+    clean = v.measurement(cand, "quality.accuracy_clean")
+    clean_details = sec.details(cand, "quality.accuracy_clean")
+    return {
+        "classifier": kind == "classification",
+        "calibration": sec.calibration_table(ev),
+        "per_class": {
+            "worst": sec.worst_table(ev),
+            "table": sec.per_class_table(cand),
+            "slices": sec.slices_table(cand),
+        },
+        "robustness": {
+            "table": rv.robustness_table(ev),
+            "unknown": rv.unknown_reason(ev, "robustness"),
+            "note": rv.adversarial_note(ev),
+            "severity": rv.corruption_by_severity(cand),
+            "consistency": rv.consistency_table(ev),
+        },
+        "ood": {
+            "table": rv.ood_table(ev),
+            "unknown": rv.unknown_reason(ev, "ood"),
+            "note": rv.ood_note(ev),
+            "scores": scores,
+            "sets": rv.ood_sets_table(ev),
+        },
+        "audit": a.data_audit(ev),
+        "provenance": a.provenance_table(sec.as_dict(sec.as_dict(ev.get("audit")).get("data")), ev),
+        "clean_accuracy": {
+            "text": v.fmt_measurement(clean, "quality.accuracy_clean", with_unit=False),
+            "n": str(clean_details.get("n", v.NOT_RECORDED)),
+            "excluded": str(clean_details.get("excluded", v.NOT_RECORDED)),
+            "baseline": sec.num(clean_details.get("baseline"), "fraction"),
+            "measured": clean is not None,
+        },
+        "security": {
+            **a.model_audit(ev),
+            "file_scan": scans,
+            "contract": a.contract_table(ev, cand) if cand is not None else sec.table([], []),
+        },
+        "governance": governance.governance_rows(ev),
+        "governance_note": governance.NOTE,
     }
 
 
@@ -311,11 +367,12 @@ def risks(evidence: dict[str, Any]) -> list[str]:
         for g in v.failed_gates(c):
             reason = g.get("reason") or "no reason recorded"
             out.append(f"Candidate {c['name']} did not pass gate {g.get('gate') or v.UNKNOWN}: {reason}")
-    if not ds.get("source"):
+    provenance = sec.as_dict(sec.as_dict(sec.as_dict(ev.get("audit")).get("data")).get("provenance"))
+    if not (ds.get("source") or provenance.get("source")):
         out.append(
             "The dataset's source is not recorded in the evidence; its provenance cannot be checked from this card."
         )
-    if not ds.get("license"):
+    if not (ds.get("license") or provenance.get("license")):
         out.append(
             "The dataset's licence is not recorded in the evidence; check its terms before using or sharing the model."
         )
@@ -323,6 +380,7 @@ def risks(evidence: dict[str, Any]) -> list[str]:
         out.append("The model's source is not recorded in the evidence.")
     if cand is not None and not cand.get("artifact_sha256"):
         out.append("The artifact's SHA-256 is not recorded, so the file cannot be matched to this card.")
+    out.extend(a.evidence_risks(ev, cand))
     return out
 
 
@@ -353,6 +411,19 @@ def md_code(value: Any, *, in_table: bool = False) -> Markup:
     return Markup(f"{fence}{pad}{text}{pad}{fence}")
 
 
+def md_table(t: dict[str, Any], empty: str = "") -> Markup:
+    """A Markdown table from ``{"header": [str], "rows": [[str]]}``, every cell escaped; ``empty`` (escaped)
+    when there are no rows."""
+    if not t.get("rows"):
+        return Markup(md_escape(empty))
+    lines = [
+        "| " + " | ".join(md_escape(h) for h in t["header"]) + " |",
+        "| " + " | ".join("---" for _ in t["header"]) + " |",
+    ]
+    lines += ["| " + " | ".join(md_escape(c) or "—" for c in row) + " |" for row in t["rows"]]
+    return Markup("\n".join(lines))
+
+
 @functools.cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -365,5 +436,6 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["code"] = md_code
+    env.filters["md_table"] = md_table
     env.filters["code_cell"] = lambda value: md_code(value, in_table=True)
     return env

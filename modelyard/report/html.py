@@ -15,7 +15,10 @@ from typing import Any
 import jinja2
 
 from modelyard.errors import DataError
+from modelyard.report import audit_view as a
 from modelyard.report import plots
+from modelyard.report import robustness_view as rv
+from modelyard.report import sections as sec
 from modelyard.report import view as v
 
 REPORT_FILE = "report.html"
@@ -50,6 +53,7 @@ def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
     kind = v.task_kind(ev)
     cands = v.candidates(ev)
     champion = ev.get("champion") if isinstance(ev.get("champion"), str) else None
+    caveats = sec.caveats(ev)
     return {
         "title": f"modelyard report: {v.section(ev, 'model').get('name') or 'unnamed model'}",
         "run": _run(ev),
@@ -58,7 +62,10 @@ def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
         "dataset": _dataset(v.section(ev, "dataset")),
         "hardware": v.hardware_rows(v.section(ev, "hardware")),
         "policy": v.flatten(v.section(ev, "policy")),
-        "table": _candidates_table(cands, kind, champion, [str(n) for n in ev.get("pareto") or []]),
+        "table": _candidates_table(
+            cands, kind, champion, [str(n) for n in ev.get("pareto") or []], marked=bool(caveats)
+        ),
+        "caveats": caveats,
         "champion": champion,
         "champion_reason": str(ev.get("champion_reason") or ""),
         "failures": [
@@ -69,6 +76,7 @@ def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
         "skipped": v.skipped_rows(ev),
         "plots": _plots(ev, kind, champion),
         "lineage": [_lineage(c, (v.baseline(ev) or {}).get("name")) for c in cands],
+        **evidence_sections(ev, kind),
     }
 
 
@@ -99,19 +107,25 @@ def _dataset(ds: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _candidates_table(
-    cands: list[dict[str, Any]], kind: str, champion: str | None, pareto: list[str]
+    cands: list[dict[str, Any]], kind: str, champion: str | None, pareto: list[str], *, marked: bool = False
 ) -> dict[str, Any]:
-    metrics = v.KEY_METRICS[kind] + v.EFFICIENCY_METRICS
+    """Key metrics (with intervals), the extra evidence columns the run has (values only; intervals and
+    unknown reasons in the cell's title), then efficiency. ``marked``: accuracy headers point to the caveats."""
+    extra = sec.extra_columns(cands, kind)
+    metrics = v.KEY_METRICS[kind] + extra + v.EFFICIENCY_METRICS
     header = []
     for name, label in metrics:
-        unit = v.MEASUREMENTS.get(name, ("", ""))[0]
-        header.append(f"{label} ({unit})" if unit and unit != "bytes" else label)
+        text = sec.header(name, label)
+        header.append(text + " ‡" if marked and "accuracy" in name else text)
     rows = []
     for c in cands:
         cells = []
         for name, _ in metrics:
+            if (name, _) in extra:
+                cells.append(sec.compact_cell(c, name))
+                continue
             text = v.cell_text(c, name)
-            cells.append({"text": text, "unknown": text.startswith((v.UNKNOWN, v.NOT_MEASURED))})
+            cells.append({"text": text, "unknown": text.startswith((v.UNKNOWN, v.NOT_MEASURED)), "title": ""})
         n_failed = len(v.failed_gates(c))
         verdict = v.verdict_label(c)
         rows.append(
@@ -150,6 +164,101 @@ def _lineage(c: dict[str, Any], baseline: str | None) -> dict[str, Any]:
             }
             for name in sorted(ms, key=str)
         ],
+    }
+
+
+# ------------------------------------------------------------------------------------ evidence sections
+
+
+def evidence_sections(ev: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Calibration, per-class, robustness, OOD, audit and "how this was measured" sections."""
+    cands = v.candidates(ev)
+    subject = sec.subject(ev)
+    classifier = kind == "classification"
+    return {
+        "calibration": {
+            "show": classifier,
+            "table": sec.calibration_table(ev),
+            "plot": _plot(
+                "Reliability after temperature scaling",
+                "Accuracy per confidence bin on the test split after dividing the logits by each candidate's T.",
+                plots.reliability_png,
+                sec.calibrated_bins(ev),
+                missing="No candidate has calibrated reliability bins in the evidence.",
+            ),
+        },
+        "per_class": _per_class(ev, subject) if classifier else None,
+        "robustness": _robustness(ev),
+        "ood": _ood(ev),
+        "audit": {
+            "data": a.data_audit(ev),
+            "model": a.model_audit(ev),
+            "file_scans": a.file_scan_table(ev),
+            "contracts": a.contract_table(ev),
+        },
+        "suite": {"table": a.suite_table(ev), "facts": a.suite_facts(ev)},
+        "has_evidence_sections": any(
+            sec.has_any(cands, [n])
+            for n in v.MEASUREMENTS
+            if n.startswith(("robustness.", "ood.", "slices."))
+        ),
+    }
+
+
+def _per_class(ev: dict[str, Any], subject: dict[str, Any] | None) -> dict[str, Any]:
+    classes, series, note = sec.per_class_series(ev)
+    names = list(series)
+    caption = "Recall per class" + (
+        f": the baseline ({names[0]}) against " + ", ".join(names[1:]) + "." if len(names) > 1 else "."
+    )
+    caption += note
+    return {
+        "worst": sec.worst_table(ev),
+        "subject": str((subject or {}).get("name") or ""),
+        "table": sec.per_class_table(subject),
+        "slices": sec.slices_table(subject),
+        "plot": _plot(
+            "Per-class recall",
+            caption,
+            lambda data: plots.per_class_png(*data),
+            (classes, series) if classes and series else None,
+            missing="No candidate has per-class results in the evidence.",
+        ),
+    }
+
+
+def _robustness(ev: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "table": rv.robustness_table(ev),
+        "unknown": rv.unknown_reason(ev, "robustness"),
+        "note": rv.adversarial_note(ev),
+        "corruptions": rv.corruption_by_candidate(ev),
+        "consistency": rv.consistency_table(ev),
+        "plot": _plot(
+            "Accuracy under corruption",
+            "Mean accuracy over corruptions at each severity; severity 0 is clean accuracy on the same items.",
+            plots.corruption_curves_png,
+            rv.corruption_curves(ev),
+            missing="No candidate has a corruption table in the evidence.",
+        ),
+    }
+
+
+def _ood(ev: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "table": rv.ood_table(ev),
+        "unknown": rv.unknown_reason(ev, "ood"),
+        "note": rv.ood_note(ev),
+        "scores": rv.ood_scores_table(ev),
+        "sets": rv.ood_sets_table(ev),
+        "plot": _plot(
+            "OOD score: in-distribution against OOD",
+            "Histogram of the chosen score per candidate, each set normalised to its own total; dashed line: "
+            "the serving threshold (inputs to its right are flagged).",
+            plots.ood_histograms_png,
+            rv.ood_histograms(ev),
+            missing="No candidate has an OOD score histogram in the evidence.",
+        ),
     }
 
 

@@ -8,6 +8,7 @@ touched and nothing leaks between calls.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -212,3 +213,101 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def corruption_curves_png(curves: Mapping[str, Sequence[tuple[float, float]]]) -> bytes:
+    """Mean accuracy over corruptions against severity, one line per candidate; severity 0 is clean accuracy."""
+    series = {
+        name: sorted(
+            (s, a) for s, a in ((_num(p[0]), _num(p[1])) for p in pts) if s is not None and a is not None
+        )
+        for name, pts in curves.items()
+    }
+    series = {name: pts for name, pts in series.items() if pts}
+    if not series:
+        raise DataError(
+            "corruption_curves_png needs at least one candidate with (severity, accuracy) points; got none"
+        )
+    fig = _figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    for name, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_text(name))
+    ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
+    ax.set_xlabel("corruption severity (0 = clean)")
+    ax.set_ylabel("mean accuracy over corruptions")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def ood_histograms_png(panels: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Small multiples, one per candidate: histograms of the OOD score for in-distribution and OOD inputs
+    (each normalised to its own total), with the serving threshold as a vertical line when given.
+    Each panel is ``{edges: [B+1], id: [B counts], ood: [B counts], threshold: float|None, score: str}``."""
+    usable: list[tuple[str, list[float], dict[str, list[float]], float | None, Mapping[str, Any]]] = []
+    for name, p in panels.items():
+        raw = [_num(e) for e in p.get("edges") or []]
+        edges = [e for e in raw if e is not None]
+        if len(edges) < 2 or len(edges) != len(raw):
+            continue
+        hists = {}
+        for key in ("id", "ood"):
+            counts = [_num(c) or 0.0 for c in p.get(key) or []]
+            total = sum(counts)
+            if len(counts) == len(edges) - 1 and total > 0:
+                hists[key] = [c / total for c in counts]
+        if hists:
+            usable.append((name, edges, hists, _num(p.get("threshold")), p))
+    if not usable:
+        raise DataError(
+            "ood_histograms_png needs at least one candidate with histogram edges and counts; got none"
+        )
+    ncols = min(3, len(usable))
+    nrows = math.ceil(len(usable) / ncols)
+    fig = _figure(3.3 * ncols, 2.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, (name, edges, hists, threshold, p) in enumerate(usable):
+        ax = axes[i // ncols][i % ncols]
+        widths = [b - a for a, b in itertools.pairwise(edges)]
+        for key, color, label in (("id", _COLOR, "in-distribution"), ("ood", _FRONTIER_COLOR, "OOD")):
+            if key in hists:
+                ax.bar(
+                    edges[:-1], hists[key], width=widths, align="edge", color=color, alpha=0.5, label=label
+                )
+        if threshold is not None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="serving threshold")
+        ax.set_title(_text(name), fontsize=9)
+        ax.set_xlabel(_text(f"{p.get('score') or 'score'} (larger = more OOD)"), fontsize=8)
+        if i % ncols == 0:
+            ax.set_ylabel("share of items")
+        if i == 0:
+            ax.legend(fontsize=7)
+    for j in range(len(usable), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    return _png(fig)
+
+
+def per_class_png(classes: Sequence[str], series: Mapping[str, Sequence[float | None]]) -> bytes:
+    """Grouped bars of per-class recall, one bar per series (candidate) in each class group."""
+    data = {name: [_num(x) for x in vals] for name, vals in series.items()}
+    data = {name: vals for name, vals in data.items() if any(x is not None for x in vals)}
+    if not classes or not data:
+        raise DataError(
+            "per_class_png needs classes and at least one candidate with per-class recall; got none"
+        )
+    fig = _figure(max(5.0, 0.35 * len(classes) * len(data) + 2), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / len(data)
+    for j, (name, vals) in enumerate(data.items()):
+        xs = [i + (j - (len(data) - 1) / 2) * width for i in range(len(classes))]
+        ys = [(vals[i] if i < len(vals) else None) or 0.0 for i in range(len(classes))]
+        ax.bar(xs, ys, width=width, label=_text(name))
+    ax.set_xticks(list(range(len(classes))))
+    ax.set_xticklabels([_text(str(c)) for c in classes], rotation=45 if len(classes) > 12 else 0, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("class")
+    ax.set_ylabel("recall")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)

@@ -59,6 +59,7 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 _PROBABILITY_UNITS = {"fraction", "cosine", "score", "nats", "points", "p-value"}
+_RATIO_UNITS = {"ratio", "T"}  # around 1: three decimals, so 1.000 and 1.050 line up in a table
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -79,9 +80,12 @@ def check_evidence(evidence: Any) -> dict[str, Any]:
     schema = evidence.get("schema")
     if schema is not None and schema != SCHEMA:
         problems.append(f"schema is {schema!r}, expected {SCHEMA!r}")
-    for key in ("model", "dataset", "hardware", "policy"):
+    for key in ("model", "dataset", "hardware", "policy", "audit", "suite"):
         if evidence.get(key) is not None and not isinstance(evidence[key], dict):
             problems.append(f"{key!r} is a {type(evidence[key]).__name__}, expected a dict")
+    caveats = evidence.get("caveats")
+    if caveats is not None and not isinstance(caveats, list):
+        problems.append(f"'caveats' is a {type(caveats).__name__}, expected a list of sentences")
     cands = evidence.get("candidates", [])
     names: list[str] = []
     if not isinstance(cands, list):
@@ -392,6 +396,7 @@ def fmt_number(v: float | None, unit: str) -> str:
     """A value in its unit's usual precision, with the unit, or "unknown"."""
     if v is None:
         return UNKNOWN
+    v += 0.0  # -0.0 shows as 0
     if unit == "bytes":
         return fmt_bytes(v)
     if unit == "USD":
@@ -399,7 +404,7 @@ def fmt_number(v: float | None, unit: str) -> str:
     if unit in _PROBABILITY_UNITS:
         text = f"{v:.2e}" if v != 0 and abs(v) < 1e-4 else f"{v:.4f}"
         return text if unit in ("fraction", "cosine", "score") else f"{text} {unit}"
-    text = _plain(v)
+    text = f"{v:.3f}" if unit in _RATIO_UNITS else _plain(v)
     return f"{text} {unit}" if unit else text
 
 
@@ -407,11 +412,12 @@ def fmt_bare(v: float | None, unit: str) -> str:
     """Like fmt_number without the unit (for table cells whose header names the unit)."""
     if v is None:
         return UNKNOWN
+    v += 0.0  # -0.0 shows as 0
     if unit == "bytes":
         return fmt_bytes(v)
     if unit in _PROBABILITY_UNITS:
         return f"{v:.2e}" if v != 0 and abs(v) < 1e-4 else f"{v:.4f}"
-    return _plain(v)
+    return f"{v:.3f}" if unit in _RATIO_UNITS else _plain(v)
 
 
 def fmt_bytes(v: float) -> str:

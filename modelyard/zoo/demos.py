@@ -1,6 +1,7 @@
 """Built-in demos: a digits CNN, the real all-MiniLM-L6-v2 embedder, and a tabular MLP.
 
-Trained demos are deterministic (fixed split and seed) and cached under ``<home>/zoo/<name>/``.
+Trained demos are deterministic (fixed split and seed) and cached under ``<home>/zoo/<name>/``. The
+classifier demos hold out a calibration split from training (for temperature scaling and OOD thresholds).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 DEMOS = ("digits", "minilm", "tabular")
 DIGITS_EPOCHS = 40
+ZOO_VERSION = "v2"  # bumped when a demo's training data changes, so a stale cached model is not reused
 
 
 @dataclass
@@ -38,6 +40,7 @@ def digits_dataset() -> Dataset:
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    xtr, xcal, ytr, ycal = train_test_split(xtr, ytr, test_size=0.15, random_state=0, stratify=ytr)
     return Dataset(
         name="sklearn-digits",
         modality="image",
@@ -45,6 +48,8 @@ def digits_dataset() -> Dataset:
         y_train=ytr,
         x_test=xte,
         y_test=yte,
+        x_cal=xcal,
+        y_cal=ycal,
         classes=[str(i) for i in range(10)],
         source="scikit-learn load_digits (UCI ML hand-written digits), bundled with scikit-learn",
         license="CC BY 4.0 (UCI Machine Learning Repository)",
@@ -59,6 +64,7 @@ def tabular_dataset() -> Dataset:
     x = d.data.astype(np.float32)
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    xtr, xcal, ytr, ycal = train_test_split(xtr, ytr, test_size=0.2, random_state=0, stratify=ytr)
     return Dataset(
         name="sklearn-breast-cancer",
         modality="tabular",
@@ -66,6 +72,8 @@ def tabular_dataset() -> Dataset:
         y_train=ytr,
         x_test=xte,
         y_test=yte,
+        x_cal=xcal,
+        y_cal=ycal,
         classes=[str(c) for c in d.target_names],
         source="scikit-learn load_breast_cancer (Breast Cancer Wisconsin Diagnostic), bundled with scikit-learn",
         license="CC BY 4.0 (UCI Machine Learning Repository)",
@@ -110,7 +118,7 @@ def _atomic_save_safetensors(state: dict, dest: Path) -> None:
 
 
 def _trained(home: Path, name: str, build, fit) -> Path:  # type: ignore[no-untyped-def]
-    path = home / "zoo" / name / "model.safetensors"
+    path = home / "zoo" / f"{name}-{ZOO_VERSION}" / "model.safetensors"
     if not path.exists():
         import torch
 
