@@ -118,7 +118,7 @@ def _render_audits(ev: dict[str, Any]) -> None:
     leak = data.get("leakage") or {}
     li = data.get("label_issues") or {}
     bits = []
-    if leak:
+    if leak and leak.get("applies", True):
         bits.append(f"leakage {100 * float(leak.get('near_fraction') or 0):.1f}% of test items")
     if li.get("status") == "ok":
         bits.append(f"label issues ~{100 * float(li.get('estimated_error_rate') or 0):.1f}%")

@@ -72,6 +72,14 @@ def _bad_inputs(tmp_path: Path, onnx_classifier: tuple[Path, Path]) -> dict[str,
     unknown_key.write_text("[quality]\nmax_flips = 0.1\n")
     bad_value = tmp_path / "bad_value.toml"
     bad_value.write_text("[quality]\nmax_flip_rate = -3\n")
+    waive_unknown = tmp_path / "waive_unknown.toml"
+    waive_unknown.write_text('waive = ["backdoor_scna"]\n')
+    ood_wrong = tmp_path / "ood_wrong.npz"
+    np.savez(ood_wrong, x=np.zeros((30, 5), dtype=np.float32))
+    csv = tmp_path / "table.csv"
+    csv.write_text("a,b,c,d,e,f,label\n" + "\n".join(f"{i},1,2,3,4,5,{i % 3}" for i in range(30)))
+    sheet = tmp_path / "sheet.toml"
+    sheet.write_text("source = [1, 2\n")
     m, d = str(model), str(data)
     return {
         "missing file": (["optimize", "--model", str(tmp_path / "nope.onnx"), "--data", d], "does not exist"),
@@ -99,6 +107,22 @@ def _bad_inputs(tmp_path: Path, onnx_classifier: tuple[Path, Path]) -> dict[str,
             ["optimize", "--model", m, "--data", d, "--recipe", "onnx > int4-magic"],
             "unknown pass 'int4-magic'",
         ),
+        "policy waives an unknown check": (
+            ["optimize", "--model", m, "--data", d, "--policy", str(waive_unknown)],
+            "waives unknown gate(s) 'backdoor_scna'",
+        ),
+        "OOD set of the wrong shape": (
+            ["optimize", "--model", m, "--data", d, "--ood-data", str(ood_wrong)],
+            "OOD set has items of shape (5,)",
+        ),
+        "slice column that does not exist": (
+            ["optimize", "--model", m, "--data", str(csv), "--slice-column", "region"],
+            "no slice column(s) 'region'",
+        ),
+        "unreadable datasheet": (
+            ["optimize", "--model", m, "--data", d, "--datasheet", str(sheet)],
+            "cannot read datasheet",
+        ),
     }
 
 
@@ -113,6 +137,10 @@ CASES = [
     "policy unknown key",
     "policy bad value",
     "unknown pass",
+    "policy waives an unknown check",
+    "OOD set of the wrong shape",
+    "slice column that does not exist",
+    "unreadable datasheet",
 ]
 
 

@@ -105,7 +105,11 @@ def test_digits_demo_picks_a_measured_cheaper_variant(home: Path, capsys: pytest
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "champion:" in out.out
-    _, ev = _outputs(home)
+    # the checks beyond accuracy are in the table `make demo` prints
+    for column in ("beyond accuracy", "neg. flips", "worst-class drop", "rel. mCE", "PGD acc", "OOD AUROC"):
+        assert column in out.out, column
+    assert "model file scan PASS" in out.out
+    run, ev = _outputs(home)
     by_name = {c["name"]: c for c in ev["candidates"]}
     champ = ev["champion"]
     assert champ is not None and champ != "baseline"
@@ -114,6 +118,9 @@ def test_digits_demo_picks_a_measured_cheaper_variant(home: Path, capsys: pytest
     assert by_name[champ]["verdict"]["passed"]
     assert ev["pareto"]
     assert Registry(home).resolve("digits-cnn@champion")[0] == "digits-cnn"
+    html, card = (run / "report.html").read_text(), (run / "MODEL_CARD.md").read_text()
+    assert "Robustness" in html and "Out-of-distribution" in html and "Audit" in html
+    assert "NIST AI RMF" in card and "Data audit" in card
 
 
 def test_evaluate_measures_without_registering(

@@ -79,6 +79,7 @@ def run_audits(
             # An embedder compared with its own baseline has no training data: the one split is audited alone.
             audited = replace(dataset, x_train=dataset.x_test[:0], y_train=None)
             report = audit_data(audited, features_train=None, features_test=feats_test)
+            report.setdefault("leakage", {})["applies"] = False
             report.setdefault("caveats", []).append(
                 "the train split is the test split (no training data: leakage does not apply)"
             )
