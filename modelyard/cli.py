@@ -158,19 +158,17 @@ def _user_inputs(
     datasheet: Path | None = None,
     slice_columns: list[str] | None = None,
 ) -> tuple[Any, Any]:
-    from modelyard.data.audit import read_datasheet
     from modelyard.data.loaders import load_dataset
     from modelyard.optimize.baseline import load_baseline
 
-    sheet = read_datasheet(datasheet) if datasheet is not None else None
     dataset = load_dataset(
         data,
         label_column=label_column,
-        source=data_source or (sheet or {}).get("source"),
-        license=data_license or (sheet or {}).get("license"),
+        source=data_source,
+        license=data_license,
         slice_columns=tuple(slice_columns or ()),
+        datasheet=datasheet,
     )
-    dataset.datasheet = sheet
     baseline = load_baseline(model, dataset, task=task, factory=factory, trust_pickle=trust_pickle)
     return baseline, dataset
 

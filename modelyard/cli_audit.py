@@ -64,7 +64,7 @@ def audit_data_cmd(
     home: Annotated[Path | None, typer.Option("--home", help="Home folder.")] = None,
 ) -> None:
     """Duplicates, train/test leakage, label issues, outliers, balance and provenance of a dataset."""
-    from modelyard.data.audit import audit_data, read_datasheet
+    from modelyard.data.audit import audit_data
     from modelyard.errors import ConfigError
 
     if (data is None) == (demo is None):
@@ -81,14 +81,9 @@ def audit_data_cmd(
         from modelyard.data.loaders import load_dataset
 
         assert data is not None
-        sheet = read_datasheet(datasheet) if datasheet is not None else None
         dataset = load_dataset(
-            data,
-            label_column=label_column,
-            source=data_source or (sheet or {}).get("source"),
-            license=data_license or (sheet or {}).get("license"),
+            data, label_column=label_column, source=data_source, license=data_license, datasheet=datasheet
         )
-        dataset.datasheet = sheet
         if model is not None:
             from modelyard.optimize.baseline import load_baseline
 

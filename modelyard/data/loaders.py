@@ -134,10 +134,10 @@ def load_csv(
     return Dataset(path.stem, "tabular", x[tr], y[tr], x[te], y[te], classes=classes, slices=slices)
 
 
-def load_jsonl(path: Path, *, test_size: float, seed: int) -> Dataset:
-    texts: list[str] = []
-    labels: list[Any] = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+def _text_records(path: Path, *, what: str) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, each checked to have a 'text' field; blank lines skipped."""
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -145,7 +145,15 @@ def load_jsonl(path: Path, *, test_size: float, seed: int) -> Dataset:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} line {i} is not valid JSON: {exc.msg}") from None
         if not isinstance(rec, dict) or "text" not in rec:
-            raise DataError(f"{path} line {i}: each line must be an object with a 'text' field (and 'label')")
+            raise DataError(f"{path} line {i}: each line must be an object with {what}")
+        out.append(rec)
+    return out
+
+
+def load_jsonl(path: Path, *, test_size: float, seed: int) -> Dataset:
+    texts: list[str] = []
+    labels: list[Any] = []
+    for rec in _text_records(path, what="a 'text' field (and 'label')"):
         texts.append(str(rec["text"]))
         labels.append(rec.get("label"))
     if not texts:
@@ -174,9 +182,14 @@ def load_dataset(
     source: str | None = None,
     license: str | None = None,
     slice_columns: tuple[str, ...] = (),
+    datasheet: str | Path | None = None,
 ) -> Dataset:
     """Load a dataset file; without an explicit test split, hold out ``test_size`` (stratified, fixed seed).
-    ``slice_columns`` (CSV only) are kept out of the features and used for per-slice accuracy."""
+    ``slice_columns`` (CSV only) are kept out of the features and used for per-slice accuracy. A
+    ``datasheet`` (TOML or JSON) is kept with the dataset and gives source and licence when not passed."""
+    from modelyard.data.audit import read_datasheet
+
+    sheet = read_datasheet(datasheet) if datasheet is not None else None
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check the path")
@@ -195,7 +208,9 @@ def load_dataset(
         )
     if slice_columns and suffix != ".csv":
         raise DataError(f"slice columns need a .csv dataset; {path.name} is {suffix}")
-    ds.source, ds.license = source, license
+    ds.source = source or (sheet or {}).get("source")
+    ds.license = license or (sheet or {}).get("license")
+    ds.datasheet = sheet
     return ds
 
 
@@ -215,20 +230,10 @@ def load_ood_set(path: str | Path) -> dict[str, Any]:
             raise DataError(f"{path} holds no arrays; put the OOD inputs in an array named 'x'")
         names = ["x"] if "x" in data.files else list(data.files)
         return {(path.stem if n == "x" else n): _features(data[n], str(path)) for n in names}
-    if suffix in (".jsonl", ".txt"):
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if suffix == ".txt":
-            return {path.stem: lines}
-        texts = []
-        for i, line in enumerate(lines, 1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {i} is not valid JSON: {exc.msg}") from None
-            if not isinstance(rec, dict) or "text" not in rec:
-                raise DataError(f"{path} line {i}: each line must be an object with a 'text' field")
-            texts.append(str(rec["text"]))
-        return {path.stem: texts}
+    if suffix == ".txt":
+        return {path.stem: [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]}
+    if suffix == ".jsonl":
+        return {path.stem: [str(r["text"]) for r in _text_records(path, what="a 'text' field")]}
     raise DataError(
         f"unknown OOD data format {path.suffix or '(none)'!r} for {path}; use .npz, .jsonl or .txt"
     )
