@@ -1,0 +1,138 @@
+"""Prometheus metrics of one server, in a registry of its own (never the process-global one).
+
+Names follow Prometheus conventions: one prefix (``modelyard_``), base units (seconds), ``_total`` on
+counters, histograms for latency, labels of bounded cardinality (model, version, endpoint, status code)::
+
+    modelyard_inference_requests_total{model,version,endpoint,code}      counter
+    modelyard_inference_request_duration_seconds{model,version,endpoint} histogram, whole request
+    modelyard_inference_queue_duration_seconds{model,version}            histogram, waiting for a batch
+    modelyard_inference_compute_duration_seconds{model,version}          histogram, one run of a batch
+    modelyard_batch_size{model,version}                                  histogram, rows per batch
+    modelyard_cache_hits_total{model,version}, modelyard_cache_misses_total{model,version}
+    modelyard_inflight_requests                                          gauge
+    modelyard_model_ready{model,version}                                 gauge, 1 when serving
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+
+PREFIX = "modelyard"
+
+# 0.1 ms .. 10 s, roughly 1-2.5-5 per decade
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(9))  # 1, 2, 4, ..., 256
+
+MODEL_LABELS = ("model", "version")
+
+
+class ServerMetrics:
+    """Every metric of one server. ``registry`` is private to this instance, so two servers (or two tests)
+    in one process never share or collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests_total = Counter(
+            f"{PREFIX}_inference_requests",
+            "Requests answered, by model, version, endpoint and HTTP status code.",
+            ("model", "version", "endpoint", "code"),
+            registry=r,
+        )
+        self.request_duration_seconds = Histogram(
+            f"{PREFIX}_inference_request_duration_seconds",
+            "Time from receiving a request to its response, in seconds.",
+            ("model", "version", "endpoint"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_duration_seconds = Histogram(
+            f"{PREFIX}_inference_queue_duration_seconds",
+            "Time a request waited in the batching queue before its batch started, in seconds.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.inference_duration_seconds = Histogram(
+            f"{PREFIX}_inference_compute_duration_seconds",
+            "Time one batch spent in the model, in seconds.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Rows per batch run by the model.",
+            MODEL_LABELS,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits_total = Counter(
+            f"{PREFIX}_cache_hits", "Predictions answered from the cache.", MODEL_LABELS, registry=r
+        )
+        self.cache_misses_total = Counter(
+            f"{PREFIX}_cache_misses", "Cache lookups that found nothing.", MODEL_LABELS, registry=r
+        )
+        self.inflight_requests = Gauge(
+            f"{PREFIX}_inflight_requests", "Requests being handled now.", registry=r
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready",
+            "1 when the model version is loaded and serving, else 0.",
+            MODEL_LABELS,
+            registry=r,
+        )
+
+    def batch_callbacks(
+        self, model: str, version: str
+    ) -> tuple[Callable[[int, float], None], Callable[[float], None]]:
+        """``(on_batch, on_queue)`` for :class:`~modelyard.serve.batcher.DynamicBatcher`, recording batch size,
+        compute time and queue time under this model and version."""
+        sizes = self.batch_size.labels(model, version)
+        compute = self.inference_duration_seconds.labels(model, version)
+        queue = self.queue_duration_seconds.labels(model, version)
+
+        def on_batch(rows: int, seconds: float) -> None:
+            sizes.observe(rows)
+            compute.observe(seconds)
+
+        def on_queue(seconds: float) -> None:
+            queue.observe(seconds)
+
+        return on_batch, on_queue
+
+    def observe_request(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        self.requests_total.labels(model, version, endpoint, str(code)).inc()
+        self.request_duration_seconds.labels(model, version, endpoint).observe(seconds)
+
+    def observe_cache(self, model: str, version: str, *, hit: bool) -> None:
+        (self.cache_hits_total if hit else self.cache_misses_total).labels(model, version).inc()
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type: Prometheus text, or OpenMetrics when ``accept`` (the
+        request's Accept header) asks for it."""
+        if accept:
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.registry), content_type
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
