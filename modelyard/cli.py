@@ -15,12 +15,14 @@ from rich.table import Table
 
 from modelyard.cli_audit import audit_app
 from modelyard.cli_render import render_run
+from modelyard.cli_serve import serve
 from modelyard.errors import ModelyardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 models_app = typer.Typer(no_args_is_help=True, help="Versions, aliases and the audit log in the registry.")
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
+app.command("serve")(serve)
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)

@@ -1,0 +1,100 @@
+"""``modelyard serve``: parse the options, build ServeSettings, print one line, run uvicorn on create_app."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="NAME, NAME@alias or NAME:version; default: every model's @champion."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Rows per batch; default: chosen from the measured throughput curve.")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="How long a batch may wait to fill; default 0 (only what is queued).")
+    ] = None,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="Run every request on its own.")] = False,
+    cache_items: Annotated[
+        int | None, typer.Option(help="Prediction cache size in items; 0 (default) turns it off.")
+    ] = None,
+    timeout_s: Annotated[
+        float | None, typer.Option(help="Per-request inference timeout (default 30 s).")
+    ] = None,
+    max_body_mb: Annotated[
+        float | None, typer.Option(help="Largest request body in MiB (default 16).")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Requests that may wait per model (default 256).")
+    ] = None,
+    reload_on_alias: Annotated[
+        bool,
+        typer.Option(
+            "--reload-on-alias", help="Follow the alias (e.g. champion): promote/rollback swap versions live."
+        ),
+    ] = False,
+    home: Annotated[
+        Path | None, typer.Option(help="Home folder (default $MODELYARD_HOME or ./.modelyard).")
+    ] = None,
+) -> None:
+    """Serve registry models over the Open Inference Protocol v2 (KServe v2, with binary tensors) and a simple
+    JSON POST /predict. Set MODELYARD_API_KEY in the environment to require 'Authorization: Bearer <key>'; it is
+    never a command-line option, so it stays out of the process list and the shell history."""
+    import uvicorn
+    from rich.console import Console
+
+    from modelyard.serve.app import create_app, resolve_refs
+    from modelyard.serve.settings import MIB, ServeSettings
+
+    settings = ServeSettings.from_env(
+        home=home,
+        host=host,
+        port=port,
+        models=(model,) if model else None,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        batching=not no_batching,
+        cache_items=cache_items,
+        request_timeout_s=timeout_s,
+        max_body_bytes=int(max_body_mb * MIB) if max_body_mb is not None else None,
+        max_queue=max_queue,
+        reload_on_alias=reload_on_alias,
+    )
+    app = create_app(settings)
+    refs = resolve_refs(settings, app.state.serve.registry)  # fail fast, in one line, on a bad reference
+    models = ", ".join(f"{name} v{version}" for _, name, version in refs)
+    batching = "batching off" if not settings.batching else "batching from measurements"
+    if settings.max_batch_size is not None:
+        batching = f"batches up to {settings.max_batch_size}"
+    extras = [batching]
+    if settings.auth:
+        extras.append("API key required")
+    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
+        extras.append("WARNING: reachable from the network with no API key; set MODELYARD_API_KEY")
+    if settings.reload_on_alias:
+        extras.append("following aliases")
+    Console().print(
+        f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
+        highlight=False,
+    )
+    # uvicorn re-raises the SIGTERM it handled once the graceful drain is over; a no-op handler makes a drained
+    # shutdown exit 0 instead of dying by that signal.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)

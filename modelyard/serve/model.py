@@ -1,0 +1,505 @@
+"""One registry version, loaded for serving: its Runner, its input contract and its serving rules.
+
+:meth:`ServedModel.load` resolves a reference, materializes the version's files, rebuilds the Candidate
+from its manifest, loads the Runner once and reads the serving rules the pipeline stored with it
+(``manifest["meta"]["serving"]``: the calibration temperature, the OOD rule and the input contract; a version
+registered before these existed is served with T = 1, no OOD outputs and a contract derived from its spec).
+
+Open Inference Protocol view of the model:
+
+- array models take their Runner's inputs (names, datatypes from the spec, ``-1`` for dynamic axes);
+  text models (a candidate with a tokenizer) take one input ``text`` of datatype BYTES, shape ``[-1]``;
+- classifiers give ``logits`` (the Runner's raw output, exactly what ``predict`` gives offline),
+  ``probabilities`` (``softmax(logits / T)``) and, with a usable OOD rule, ``ood_score`` and ``ood_flag``
+  (``score > threshold``); embedders give ``embedding``.
+
+:meth:`ServedModel.run_batch` is what the batcher calls on its worker thread: one Runner call for several
+requests (feeds concatenated along axis 0, or texts tokenized together), split back per request. With one
+request per call the outputs are byte-identical to offline ``predict``; when requests share a call, ONNX
+Runtime may differ in the last bits (a kernel's float results can depend on the batch size).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import ArtifactError
+from modelyard.optimize.candidate import Candidate
+from modelyard.registry import Registry
+from modelyard.runtime.base import Runner, TensorSpec
+from modelyard.security.contract import check_inputs, input_contract
+from modelyard.serve.protocol import InferInput, ProtocolError, tensor_metadata
+
+log = logging.getLogger(__name__)
+
+TEXT_INPUT = "text"
+OOD_SCORES = ("msp", "energy", "maxlogit")
+_PLATFORMS = {
+    ("onnx", None): "onnx_onnxv1",
+    ("torch", "torchscript"): "pytorch_torchscript",
+    ("torch", "export"): "pytorch_export",
+    ("torch", "safetensors"): "pytorch_safetensors",
+    ("hf", None): "huggingface_pytorch",
+}
+
+
+@dataclass
+class PreparedInput:
+    """One request's validated inputs: named arrays (array models) or texts (text models), with its row count."""
+
+    rows: int
+    feeds: dict[str, np.ndarray] | None = None
+    texts: list[str] | None = None
+
+    def cache_feeds(self) -> dict[str, np.ndarray]:
+        """The inputs as arrays for the prediction cache key."""
+        if self.texts is not None:
+            return {TEXT_INPUT: np.array(self.texts, dtype=object)}
+        return dict(self.feeds or {})
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(message, 400)
+
+
+def _relocate(manifest: Mapping[str, Any], folder: Path) -> Candidate:
+    """The manifest's Candidate with its file paths re-pointed inside the materialized ``folder``.
+
+    The pipeline registers a file artifact's files relative to its parent folder, a folder artifact's
+    (Hugging Face) relative to itself, and a separate tokenizer folder's files under ``tokenizer/``."""
+    cand = Candidate.from_dict(dict(manifest))
+    original = cand.path
+    path = folder if cand.format == "hf" else folder / original.name
+    if not path.exists():
+        raise ArtifactError(
+            f"the registered files of {cand.name!r} do not include {original.name!r}; "
+            "re-register the model with modelyard ship"
+        )
+    tokenizer: Path | None = None
+    if cand.tokenizer_dir is not None:
+        if cand.tokenizer_dir == original and path.is_dir():
+            tokenizer = path
+        elif (folder / "tokenizer" / "tokenizer.json").is_file():
+            tokenizer = folder / "tokenizer"
+        elif (folder / "tokenizer.json").is_file():
+            tokenizer = folder
+        else:
+            raise ArtifactError(
+                f"candidate {cand.name!r} is a text model but its registered files hold no tokenizer.json; "
+                "re-register it with its tokenizer"
+            )
+    cand.path = path
+    cand.tokenizer_dir = tokenizer
+    return cand
+
+
+def _platform(cand: Candidate) -> str:
+    kind = cand.meta.get("torch_kind", "safetensors") if cand.format == "torch" else None
+    return _PLATFORMS.get((cand.format, kind), f"modelyard_{cand.format}")
+
+
+def _dims(shape: Sequence[int | None]) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def latency_budget_ms(evidence: Mapping[str, Any]) -> float | None:
+    """The policy's p99 latency budget recorded with a version (its ``latency_p99`` gate), if any."""
+    verdict = evidence.get("verdict") if isinstance(evidence, Mapping) else None
+    gates = verdict.get("gates") if isinstance(verdict, Mapping) else None
+    for g in gates or []:
+        if isinstance(g, Mapping) and g.get("gate") == "latency_p99":
+            t = g.get("threshold")
+            if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+                return float(t)
+    return None
+
+
+@dataclass
+class ServedModel:
+    """A loaded, warmed-up model version, ready for :meth:`run_batch` (see the module docstring)."""
+
+    name: str
+    version: int
+    ref: str
+    candidate: Candidate
+    runner: Runner
+    evidence: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+    temperature: float = 1.0
+    ood_rule: dict[str, Any] | None = None
+    contract: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _preprocessor: Any = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls, registry: Registry, ref: str, *, threads: int | None = None, workdir: Path | str
+    ) -> ServedModel:
+        """Resolve ``ref``, copy the version's files under ``workdir`` and load its Runner once."""
+        name, version = registry.resolve(ref)
+        info = registry.get_version(name, version)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=workdir))
+        try:
+            registry.materialize(name, version, folder)
+            cand = _relocate(info["manifest"], folder)
+            runner = cand.load(threads=threads)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        model = cls(
+            name=name,
+            version=version,
+            ref=ref,
+            candidate=cand,
+            runner=runner,
+            evidence=dict(info.get("evidence") or {}),
+            folder=folder,
+        )
+        model._read_serving_rules()
+        return model
+
+    def _read_serving_rules(self) -> None:
+        serving = self.candidate.meta.get("serving") or {}
+        t = serving.get("temperature")
+        if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+            self.temperature = float(t)
+        else:
+            self.notes.append("no fitted temperature: probabilities use T = 1")
+        rule = serving.get("ood")
+        if (
+            self.task == "classification"
+            and isinstance(rule, Mapping)
+            and rule.get("score") in OOD_SCORES
+            and isinstance(rule.get("threshold"), int | float)
+            and math.isfinite(float(rule["threshold"]))
+        ):
+            self.ood_rule = dict(rule)
+        elif rule:
+            self.notes.append(
+                f"OOD rule {rule.get('score')!r} is not applied by the server (no usable threshold or score)"
+            )
+        contract = serving.get("input_contract")
+        names = [t.name for t in self.runner.spec.inputs]
+        if (
+            not isinstance(contract, Mapping)
+            or [e.get("name") for e in contract.get("inputs") or []] != names
+        ):
+            if contract:
+                log.warning(
+                    "%s:%s: the stored input contract does not name the Runner's inputs; using the spec's",
+                    self.name,
+                    self.version,
+                )
+            contract = input_contract(self.runner.spec)
+        self.contract = dict(contract)
+
+    def close(self) -> None:
+        """Remove the materialized files (the Runner keeps what it loaded)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ facts
+
+    @property
+    def task(self) -> str:
+        return str(self.runner.spec.task)
+
+    @property
+    def is_text(self) -> bool:
+        return self.candidate.tokenizer_dir is not None
+
+    @property
+    def batchable(self) -> bool:
+        """Whether several requests can share one call (every input has a dynamic first axis)."""
+        return self.is_text or all(t.shape and t.shape[0] is None for t in self.runner.spec.inputs)
+
+    @property
+    def platform(self) -> str:
+        return _platform(self.candidate)
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.runner.spec.labels or self.candidate.spec.labels
+
+    @property
+    def measurements(self) -> dict[str, Any]:
+        return dict(self.evidence.get("measurements") or {})
+
+    def inputs_metadata(self) -> list[dict[str, Any]]:
+        if self.is_text:
+            return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+        return [tensor_metadata(t.name, t.dtype, _dims(t.shape)) for t in self.runner.spec.inputs]
+
+    def outputs_metadata(self) -> list[dict[str, Any]]:
+        main = self.runner.spec.outputs[0]
+        width = main.shape[-1] if main.shape else None
+        if self.task != "classification":
+            return [tensor_metadata("embedding", main.dtype, [-1, -1 if width is None else int(width)])]
+        k = self.runner.spec.num_classes or width
+        shape = [-1, -1 if k is None else int(k)]
+        out = [
+            tensor_metadata("logits", main.dtype, shape),
+            tensor_metadata("probabilities", "float32", shape),
+        ]
+        if self.ood_rule is not None:
+            out += [tensor_metadata("ood_score", "float64", [-1]), tensor_metadata("ood_flag", "bool", [-1])]
+        return out
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.outputs_metadata()]
+
+    def metadata(self) -> dict[str, Any]:
+        """The OIP model metadata response."""
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": self.platform,
+            "inputs": self.inputs_metadata(),
+            "outputs": self.outputs_metadata(),
+        }
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def prepare(self, inputs: Sequence[InferInput]) -> PreparedInput:
+        """Check OIP request inputs against the metadata and the input contract; ProtocolError(400) lists
+        every problem."""
+        by_name: dict[str, InferInput] = {}
+        for inp in inputs:
+            if inp.name in by_name:
+                raise _bad(f"input {inp.name!r} is given twice; send each input once")
+            by_name[inp.name] = inp
+        expected = {m["name"]: m for m in self.inputs_metadata()}
+        problems = [
+            f"missing input {n!r} ({m['datatype']}, shape {m['shape']})"
+            for n, m in expected.items()
+            if n not in by_name
+        ]
+        problems += [f"unexpected input {n!r}" for n in by_name if n not in expected]
+        for n, inp in by_name.items():
+            if n in expected and inp.datatype != expected[n]["datatype"]:
+                problems.append(
+                    f"input {n!r} must have datatype {expected[n]['datatype']}, got {inp.datatype}"
+                )
+        if problems:
+            raise _bad(f"model {self.name!r} takes {_describe(expected)}: " + "; ".join(problems))
+        if self.is_text:
+            return self.prepare_texts(_texts_of(by_name[TEXT_INPUT]))
+        return self.prepare_feeds({n: by_name[n].data for n in expected})
+
+    def prepare_texts(self, texts: Sequence[Any]) -> PreparedInput:
+        if not texts:
+            raise _bad(f"input {TEXT_INPUT!r} holds no texts; send at least one")
+        if not all(isinstance(t, str) for t in texts):
+            raise _bad(f"input {TEXT_INPUT!r} must hold texts (strings)")
+        return PreparedInput(rows=len(texts), texts=list(texts))
+
+    def prepare_feeds(self, feeds: Mapping[str, np.ndarray]) -> PreparedInput:
+        arrays = {k: _owned(v) for k, v in feeds.items()}
+        problems = check_inputs(self.contract, arrays)
+        if problems:
+            raise _bad("; ".join(problems))
+        first = arrays[self.runner.spec.inputs[0].name]
+        rows = int(first.shape[0]) if self.batchable and first.ndim else 1
+        return PreparedInput(rows=max(rows, 1), feeds=arrays)
+
+    def prepare_json(self, items: Sequence[Any]) -> PreparedInput:
+        """Inputs of the simple JSON ``/predict``: texts, rows of an array model's single input, or records
+        ``{input name: row}``."""
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes) or not items:
+            raise _bad("'inputs' must be a non-empty list of items")
+        if self.is_text:
+            if not all(isinstance(t, str) for t in items):
+                raise _bad(f"model {self.name!r} takes texts: 'inputs' must be a list of strings")
+            return self.prepare_texts(items)
+        specs = self.runner.spec.inputs
+        if all(isinstance(it, Mapping) for it in items):
+            names = [t.name for t in specs]
+            bad = sorted({k for it in items for k in it if k not in names})
+            missing = sorted({n for it in items for n in names if n not in it})
+            if bad or missing:
+                raise _bad(f"records must have exactly the keys {names}; unexpected {bad}, missing {missing}")
+            columns = {t.name: [it[t.name] for it in items] for t in specs}
+        elif len(specs) == 1 and not any(isinstance(it, Mapping) for it in items):
+            columns = {specs[0].name: list(items)}
+        else:
+            raise _bad(
+                f"model {self.name!r} has inputs {[t.name for t in specs]}: send records {{input name: row}}"
+            )
+        feeds = {t.name: _json_array(t, columns[t.name]) for t in specs}
+        return self.prepare_feeds(feeds)
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def run_batch(self, items: Sequence[PreparedInput]) -> list[dict[str, np.ndarray]]:
+        """One Runner call for ``items`` (one request each); returns every output, split per request."""
+        if not items:
+            return []
+        if self.is_text:
+            texts = [t for it in items for t in (it.texts or [])]
+            feeds = self.candidate_preprocessor(texts)
+        elif len(items) == 1:
+            feeds = dict(items[0].feeds or {})
+        else:
+            feeds = {
+                t.name: np.concatenate([(it.feeds or {})[t.name] for it in items], axis=0)
+                for t in self.runner.spec.inputs
+            }
+        raw = np.asarray(self.runner.run(feeds)[self.runner.spec.output_name])
+        sizes = [len(it.texts or []) if self.is_text else _rows(it, self) for it in items]
+        if raw.ndim == 0 or raw.shape[0] != sum(sizes):
+            raise ArtifactError(
+                f"{self.name}:{self.version} returned {raw.shape[0] if raw.ndim else 'a scalar'} rows for "
+                f"{sum(sizes)} inputs; the model must give one output row per input row"
+            )
+        outputs = self.outputs_from(raw)
+        results = []
+        start = 0
+        for n in sizes:
+            results.append({k: v[start : start + n] for k, v in outputs.items()})
+            start += n
+        return results
+
+    def candidate_preprocessor(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The candidate's own tokenizer (built once), as offline ``predict`` uses it."""
+        if self._preprocessor is None:
+            self._preprocessor = self.candidate.preprocessor()
+        return dict(self._preprocessor(texts))
+
+    def outputs_from(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Every OIP output from the Runner's main output."""
+        if self.task != "classification":
+            return {"embedding": raw}
+        from modelyard.evaluate.metrics import softmax
+
+        out: dict[str, np.ndarray] = {
+            "logits": raw,
+            "probabilities": softmax(raw.astype(np.float64) / self.temperature).astype(np.float32),
+        }
+        if self.ood_rule is not None:
+            from modelyard.evaluate import ood
+
+            rule = self.ood_rule
+            if rule["score"] == "energy":
+                score = ood.energy_score(raw, T=float(rule.get("temperature") or 1.0))
+            else:
+                score = ood.SCORES[rule["score"]](raw)
+            score = np.asarray(score, dtype=np.float64)
+            out["ood_score"] = score
+            out["ood_flag"] = score > float(rule["threshold"])
+        return out
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The simple JSON predictions: label, calibrated probabilities and OOD flag per row, or the embedding."""
+        if self.task != "classification":
+            return [{"embedding": [float(v) for v in row]} for row in np.asarray(outputs["embedding"])]
+        labels = self.labels
+        probs = np.asarray(outputs["probabilities"])
+        flags = outputs.get("ood_flag")
+        scores = outputs.get("ood_score")
+        out = []
+        for i, row in enumerate(probs):
+            idx = int(np.argmax(np.asarray(outputs["logits"])[i]))
+            item: dict[str, Any] = {
+                "label": labels[idx] if labels and idx < len(labels) else str(idx),
+                "class_index": idx,
+                "probabilities": [float(p) for p in row],
+                "ood": None if flags is None else bool(flags[i]),
+            }
+            if scores is not None:
+                item["ood_score"] = float(scores[i])
+            out.append(item)
+        return out
+
+    def warm_up(self, calls: int, *, batch_rows: int = 1) -> None:
+        """Run a typical input ``calls`` times at one row, then once at ``batch_rows`` rows when larger."""
+        items = [self.typical_input()] * calls
+        if calls and batch_rows > 1 and self.batchable:
+            items.append(self.typical_input(batch_rows))
+        for item in items:
+            try:
+                self.run_batch([item])
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ArtifactError(
+                    f"{self.name}:{self.version} failed on a warm-up input: {first}; check the model runs offline"
+                ) from None
+
+    def typical_input(self, rows: int = 1) -> PreparedInput:
+        if self.is_text:
+            return PreparedInput(rows=rows, texts=["warm up"] * rows)
+        feeds = {}
+        ranges = {e["name"]: e.get("value_range") for e in self.contract.get("inputs", [])}
+        for t in self.runner.spec.inputs:
+            shape = [
+                rows if i == 0 and d is None else (1 if d is None else int(d)) for i, d in enumerate(t.shape)
+            ]
+            arr = np.zeros(shape, dtype=t.dtype)
+            rng = ranges.get(t.name)
+            if rng is not None and not (rng[0] <= 0 <= rng[1]):
+                arr[...] = rng[0]
+            feeds[t.name] = arr
+        return PreparedInput(rows=rows if self.batchable else 1, feeds=feeds)
+
+
+def _owned(value: Any) -> np.ndarray:
+    """A C-contiguous, writable array (request buffers are read-only views; PyTorch warns on those)."""
+    arr = np.asarray(value)
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = np.array(arr, copy=True, order="C")
+    return arr
+
+
+def _rows(item: PreparedInput, model: ServedModel) -> int:
+    first = (item.feeds or {})[model.runner.spec.inputs[0].name]
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _describe(expected: Mapping[str, Mapping[str, Any]]) -> str:
+    return ", ".join(f"{n} ({m['datatype']}, shape {m['shape']})" for n, m in expected.items())
+
+
+def _texts_of(inp: InferInput) -> list[str]:
+    shape = list(inp.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise _bad(f"input {TEXT_INPUT!r} must have shape [N] (or [N, 1]), got {shape}")
+    out = []
+    for i, v in enumerate(np.asarray(inp.data, dtype=object).ravel()):
+        if isinstance(v, bytes | bytearray | memoryview):
+            try:
+                out.append(bytes(v).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _bad(f"text {i} of input {TEXT_INPUT!r} is not valid UTF-8") from None
+        elif isinstance(v, str):
+            out.append(v)
+        else:
+            raise _bad(f"text {i} of input {TEXT_INPUT!r} is {type(v).__name__}, not a string")
+    return out
+
+
+def _json_array(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
+    """JSON rows as an array of the input's dtype; refuses ragged rows and values the dtype cannot hold."""
+    try:
+        raw = np.asarray(rows)
+    except (ValueError, OverflowError):
+        raise _bad(f"input {spec.name!r}: rows must all have one shape and hold numbers") from None
+    if raw.dtype.kind not in "biuf":
+        raise _bad(f"input {spec.name!r}: rows must all have one shape and hold numbers")
+    with np.errstate(all="ignore"):
+        arr = raw.astype(spec.dtype)
+        exact = np.isinf(arr) <= np.isinf(raw) if arr.dtype.kind == "f" else arr.astype(raw.dtype) == raw
+    if not np.all(exact):
+        raise _bad(f"input {spec.name!r} takes {spec.dtype} values; some values do not fit")
+    return arr
