@@ -77,7 +77,7 @@ def run_scale(demo: Any, candidates: list[Any], k: int, options: EvalOptions) ->
     t_audit = time.perf_counter()
     audits = run_audits(demo.baseline, ds)
     t_eval = time.perf_counter()
-    _, suite = evaluate_candidates(
+    _, suite, _ = evaluate_candidates(
         demo.baseline,
         candidates,
         ds,

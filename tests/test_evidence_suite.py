@@ -95,7 +95,8 @@ def test_audits_and_suite_facts_are_in_the_evidence(digits_run: Any) -> None:
     assert clean["details"]["n"] == len(data["clean_test_indices"])
 
 
-def test_serving_rules_travel_with_each_registered_candidate(digits_run: Any) -> None:
+def test_serving_rules_travel_with_each_registered_candidate(digits_run: Any, digits: Any) -> None:
+    assert "serving" not in digits.baseline.meta  # the user's Candidate is not changed by a run
     reg = Registry(digits_run.run_dir.parent.parent)
     for name, version in digits_run.versions.items():
         manifest = reg.get_version("digits-cnn", version)["manifest"]
