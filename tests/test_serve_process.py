@@ -5,6 +5,7 @@ promotion under load swaps versions without a failed request."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -280,3 +281,70 @@ def test_champion_swap_under_load_drops_no_request(registry: Registry, tmp_path:
     assert versions[0] == "1" and versions[-1] == "2"
     assert versions == sorted(versions), "a request went back to the old version after the swap"
     assert ready["versions"] == ["2"]
+
+
+def test_serve_after_the_digits_demo_matches_the_runner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's path: the demo registers a digits champion; `modelyard serve` serves it; tritonclient
+    (binary on and off) and curl get exactly what the champion's Runner gives offline."""
+    import shutil
+
+    import tritonclient.http as triton
+
+    from modelyard.cli import main
+    from modelyard.zoo.demos import digits_dataset
+
+    home = tmp_path / "demo-home"
+    assert (
+        main(["demo", "digits", "--quick", "--home", str(home), "-r", "onnx", "-r", "onnx > int8-static"])
+        == 0
+    )
+    capsys.readouterr()
+    reg = Registry(home)
+    name, version = reg.resolve("digits-cnn@champion")
+    offline = ServedModel.load(reg, f"{name}:{version}", threads=1, workdir=tmp_path / "offline")
+    x = digits_dataset().x_test[:12]
+    expected = predict(offline.runner, offline.candidate.preprocessor(), x)
+    with running_server(reg, tmp_path, "digits-cnn@champion") as server:
+        client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+        for binary in (True, False):
+            inp = triton.InferInput("pixels", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            out = triton.InferRequestedOutput("logits", binary_data=binary)
+            result = client.infer("digits-cnn", [inp], outputs=[out])
+            assert np.array_equal(result.as_numpy("logits"), expected), binary
+            assert result.get_response()["model_version"] == str(version)
+        client.close()
+        curl = shutil.which("curl")
+        if curl is not None:
+            body = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "pixels",
+                            "shape": list(x.shape),
+                            "datatype": "FP32",
+                            "data": x.ravel().tolist(),
+                        }
+                    ]
+                }
+            )
+            proc = subprocess.run(
+                [
+                    curl,
+                    "-s",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    body,
+                    f"{server.url}/v2/models/digits-cnn/infer",
+                ],
+                capture_output=True,
+                timeout=DEADLINE_S,
+                check=True,
+            )
+            doc = json.loads(proc.stdout)
+            logits = next(o for o in doc["outputs"] if o["name"] == "logits")
+            got = np.asarray(logits["data"], dtype=np.float32).reshape(logits["shape"])
+            assert np.array_equal(got, expected)
