@@ -382,24 +382,7 @@ class ServedModel:
         """Every OIP output from the Runner's main output."""
         if self.task != "classification":
             return {"embedding": raw}
-        from modelyard.evaluate.metrics import softmax
-
-        out: dict[str, np.ndarray] = {
-            "logits": raw,
-            "probabilities": softmax(raw.astype(np.float64) / self.temperature).astype(np.float32),
-        }
-        if self.ood_rule is not None:
-            from modelyard.evaluate import ood
-
-            rule = self.ood_rule
-            if rule["score"] == "energy":
-                score = ood.energy_score(raw, T=float(rule.get("temperature") or 1.0))
-            else:
-                score = ood.SCORES[rule["score"]](raw)
-            score = np.asarray(score, dtype=np.float64)
-            out["ood_score"] = score
-            out["ood_flag"] = score > float(rule["threshold"])
-        return out
+        return classifier_outputs(raw, temperature=self.temperature, ood_rule=self.ood_rule)
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
         """The simple JSON predictions: label, calibrated probabilities and OOD flag per row, or the embedding."""
@@ -503,3 +486,38 @@ def _json_array(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
     if not np.all(exact):
         raise _bad(f"input {spec.name!r} takes {spec.dtype} values; some values do not fit")
     return arr
+
+
+def classifier_outputs(
+    raw: np.ndarray, *, temperature: float, ood_rule: Mapping[str, Any] | None
+) -> dict[str, np.ndarray]:
+    """logits, calibrated probabilities and, with a rule, the OOD score and flag. The formulas are those of
+    ``modelyard.evaluate.metrics.softmax`` and ``modelyard.evaluate.ood`` (so the served flag applies the
+    evaluated rule), inline without input validation: this runs on every request."""
+    z = raw.astype(np.float64)
+    scaled = z / temperature
+    e = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    out: dict[str, np.ndarray] = {
+        "logits": raw,
+        "probabilities": (e / e.sum(axis=1, keepdims=True)).astype(np.float32),
+    }
+    if ood_rule is None:
+        return out
+    kind = ood_rule["score"]
+    if kind == "energy":
+        t = float(ood_rule.get("temperature") or 1.0)
+        zt = z / t
+        m = zt.max(axis=1)
+        score = -t * (m + np.log(np.exp(zt - m[:, None]).sum(axis=1)))
+    elif kind == "maxlogit":
+        score = -z.max(axis=1)
+    elif kind == "msp":
+        ez = np.exp(z - z.max(axis=1, keepdims=True))
+        score = -(ez / ez.sum(axis=1, keepdims=True)).max(axis=1)
+    else:
+        raise ArtifactError(
+            f"unknown OOD score {kind!r} in the candidate's serving rule; known: energy, maxlogit, msp"
+        )
+    out["ood_score"] = score
+    out["ood_flag"] = score > float(ood_rule["threshold"])
+    return out
