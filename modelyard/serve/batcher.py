@@ -172,7 +172,7 @@ def choose_batching(
 # DynamicBatcher
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Pending:
     item: Any
     rows: int
@@ -289,10 +289,13 @@ class DynamicBatcher:
             return await asyncio.wait_for(entry.future, timeout_s)
         finally:
             # timed out or cancelled: leave the queue if not started (a started batch just drops the result)
+            # (an answered entry was taken off the queue already; only a cancelled one may still be queued:
+            # the check matters, a deque scan per request is not free)
             if not entry.future.done():
                 entry.future.cancel()
-            with contextlib.suppress(ValueError):
-                self._pending.remove(entry)
+            if entry.future.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(entry)
 
     async def drain(self, *, timeout_s: float | None = None) -> None:
         """Refuse new items, finish every queued one, then stop the consumer and the worker thread.
