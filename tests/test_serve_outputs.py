@@ -32,3 +32,10 @@ def test_without_a_rule_there_are_no_ood_outputs_and_unknown_scores_are_refused(
     assert set(classifier_outputs(raw, temperature=1.0, ood_rule=None)) == {"logits", "probabilities"}
     with pytest.raises(ArtifactError, match="unknown OOD score 'mahalanobis'"):
         classifier_outputs(raw, temperature=1.0, ood_rule={"score": "mahalanobis", "threshold": 0.0})
+
+
+def test_the_server_turns_onnx_runtime_spinning_off() -> None:
+    from modelyard.runtime.onnx import session_options
+
+    assert session_options(1, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not session_options(1).has_config_entry("session.intra_op.allow_spinning")

@@ -39,12 +39,13 @@ class Candidate:
     def is_baseline(self) -> bool:
         return self.parent is None
 
-    def load(self, *, threads: int | None = None) -> Runner:
-        """Load this candidate as a Runner (ONNX Runtime for ONNX files, PyTorch otherwise)."""
+    def load(self, *, threads: int | None = None, spin: bool = True) -> Runner:
+        """Load this candidate as a Runner (ONNX Runtime for ONNX files, PyTorch otherwise). ``spin=False``:
+        ONNX Runtime threads sleep between calls (what a server wants)."""
         if self.format == "onnx":
             from modelyard.runtime.onnx import OrtRunner
 
-            return OrtRunner(self.path, spec=self.spec, threads=threads)
+            return OrtRunner(self.path, spec=self.spec, threads=threads, spin=spin)
         if self.format == "hf":
             from modelyard.runtime.hf import HFRunner
 

@@ -23,22 +23,31 @@ _ORT_TYPES = {
 }
 
 
-def session_options(threads: int | None = None) -> Any:
+def session_options(threads: int | None = None, *, spin: bool = True) -> Any:
+    """ORT options: ``threads`` intra-op threads (default all cores). ``spin=False`` stops idle worker threads
+    from busy-waiting for the next call: offline batch loops want spinning, a server between requests does
+    not (spinning burns the cores the HTTP side needs)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
-def make_session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+def make_session(
+    path: Path, threads: int | None = None, providers: list[str] | None = None, *, spin: bool = True
+) -> Any:
     import onnxruntime as ort
 
     try:
         return ort.InferenceSession(
-            str(path), sess_options=session_options(threads), providers=providers or ["CPUExecutionProvider"]
+            str(path),
+            sess_options=session_options(threads, spin=spin),
+            providers=providers or ["CPUExecutionProvider"],
         )
     except Exception as exc:  # ORT raises several private exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -74,9 +83,10 @@ class OrtRunner:
         spec: RunnerSpec | None = None,
         threads: int | None = None,
         task: str = "classification",
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
-        self.session = make_session(self.path, threads)
+        self.session = make_session(self.path, threads, spin=spin)
         own = spec_from_session(self.session, spec.task if spec else task, spec.num_classes if spec else None)
         if spec is not None:
             # Keep the declared task, labels and value range; take names and dtypes from the graph.

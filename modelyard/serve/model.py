@@ -154,7 +154,9 @@ class ServedModel:
         try:
             registry.materialize(name, version, folder)
             cand = _relocate(info["manifest"], folder)
-            runner = cand.load(threads=threads)
+            runner = cand.load(
+                threads=threads, spin=False
+            )  # idle ORT threads must not eat the HTTP side's CPU
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -1,0 +1,252 @@
+"""The two peer servers that bench/serve_load.py measures modelyard's server against, one subcommand each.
+
+``fastapi``   A plain FastAPI + PyTorch fp32 endpoint written the way a tutorial writes it: a sync ``def``
+              endpoint (FastAPI runs it in its thread pool), a pydantic body, ``model(x)`` once per request,
+              JSON lists in and out, one uvicorn worker. Runs in modelyard's venv (it needs torch; for the
+              digits CNN it imports the architecture from ``modelyard.zoo.nets``; for MiniLM it uses
+              sentence-transformers' ``encode``).
+``litserve``  LitServe serving an ONNX file with ONNX Runtime and LitServe's own dynamic batching
+              (``LitAPI(max_batch_size=..., batch_timeout=...)``). Runs in bench/.venv-litserve (created by
+              bench/setup_litserve.sh); it imports neither modelyard nor torch.
+
+Both bind 127.0.0.1 only, answer ``GET /health`` with 200 once the model is loaded, and take the same
+bodies on ``POST /predict``:
+
+- digits: ``{"inputs": [[64 floats]]}`` (one or more flattened 8x8 images) ->
+  ``{"probabilities": [[10 floats], ...]}`` (softmax of the logits);
+- text:   ``{"text": "a sentence"}`` -> ``{"embedding": [384 floats]}``.
+
+Usage:
+  .venv/bin/python bench/serve_peers.py fastapi --kind digits --weights FILE.safetensors --port 8001
+  .venv/bin/python bench/serve_peers.py fastapi --kind text --model-dir DIR --port 8001
+  bench/.venv-litserve/bin/python bench/serve_peers.py litserve --kind digits --onnx FILE --port 8002
+  bench/.venv-litserve/bin/python bench/serve_peers.py litserve --kind text --onnx FILE --tokenizer DIR --port 8002
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+MAX_TOKENS = 128  # the MiniLM demo's max_length, so every server truncates the same way
+
+
+# ---------------------------------------------------------------------------------------------------
+# (a) the tutorial endpoint
+
+
+def fastapi_digits_app(weights: Path) -> Any:
+    """FastAPI app: the digits CNN in PyTorch fp32, one ``model(x)`` per request."""
+    import torch
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from safetensors.torch import load_file
+
+    from modelyard.zoo.nets import digits_cnn
+
+    model = digits_cnn()
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+
+    class Images(BaseModel):
+        inputs: list[list[float]]
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/predict")
+    def predict(body: Images) -> dict[str, list[list[float]]]:
+        x = torch.tensor(body.inputs, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        with torch.no_grad():
+            logits = model(x)
+        return {"probabilities": torch.softmax(logits, dim=1).tolist()}
+
+    return app
+
+
+def fastapi_text_app(model_dir: Path) -> Any:
+    """FastAPI app: a sentence-transformers model in PyTorch fp32, one ``model.encode(text)`` per request."""
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model.max_seq_length = MAX_TOKENS
+
+    class Sentence(BaseModel):
+        text: str
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/predict")
+    def predict(body: Sentence) -> dict[str, list[float]]:
+        return {"embedding": model.encode(body.text).tolist()}
+
+    return app
+
+
+def run_fastapi(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    if args.kind == "digits":
+        if args.weights is None:
+            raise SystemExit("error: fastapi --kind digits needs --weights FILE.safetensors")
+        app = fastapi_digits_app(args.weights)
+    else:
+        if args.model_dir is None:
+            raise SystemExit("error: fastapi --kind text needs --model-dir (a sentence-transformers folder)")
+        app = fastapi_text_app(args.model_dir)
+    uvicorn.run(app, host=HOST, port=args.port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (b) LitServe over ONNX Runtime
+
+
+def make_session(onnx_file: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+
+
+def softmax(logits: Any) -> Any:
+    import numpy as np
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _litapi_base() -> type:
+    """LitServe's ``LitAPI`` where LitServe is installed (its venv), else ``object`` (modelyard's venv, where
+    only the fastapi subcommand runs). LitServe pickles the API into its worker processes, so the class must
+    live at module level."""
+    try:
+        import litserve
+    except ImportError:
+        return object
+    return litserve.LitAPI
+
+
+class OnnxLitAPI(_litapi_base()):  # type: ignore[misc]
+    """The digits classifier (softmax over the logits) or the text embedder, batched by LitServe."""
+
+    def __init__(
+        self, *, onnx_file: Path, kind: str, tokenizer_dir: Path | None, threads: int, **batching: Any
+    ):
+        super().__init__(**batching)
+        self.onnx_file, self.kind, self.tokenizer_dir, self.threads = onnx_file, kind, tokenizer_dir, threads
+
+    def setup(self, device: str) -> None:
+        self.sess = make_session(self.onnx_file, self.threads)
+        self.input_names = [i.name for i in self.sess.get_inputs()]
+        self.output_name = self.sess.get_outputs()[0].name
+        if self.kind == "text":
+            from tokenizers import Tokenizer
+
+            self.tok = Tokenizer.from_file(str(Path(str(self.tokenizer_dir)) / "tokenizer.json"))
+            self.tok.enable_truncation(max_length=MAX_TOKENS)
+            self.tok.enable_padding()
+
+    def decode_request(self, request: dict[str, Any]) -> Any:
+        import numpy as np
+
+        if self.kind == "text":
+            return str(request["text"])
+        return np.asarray(request["inputs"], dtype=np.float32).reshape(-1, 1, 8, 8)
+
+    def batch(self, inputs: list[Any]) -> Any:
+        import numpy as np
+
+        return list(inputs) if self.kind == "text" else np.concatenate(inputs)
+
+    def predict(self, x: Any) -> Any:
+        import numpy as np
+
+        if self.kind == "digits":
+            (logits,) = self.sess.run([self.output_name], {self.input_names[0]: x})
+            return softmax(logits)
+        enc = self.tok.encode_batch(x if isinstance(x, list) else [x])
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+        (out,) = self.sess.run([self.output_name], {k: feeds[k] for k in self.input_names})
+        return out
+
+    def unbatch(self, output: Any) -> list[Any]:
+        return list(output)
+
+    def encode_response(self, output: Any) -> dict[str, Any]:
+        if self.kind == "text":
+            return {"embedding": (output[0] if output.ndim == 2 else output).tolist()}
+        return {"probabilities": (output if output.ndim == 2 else output[None, :]).tolist()}
+
+
+def run_litserve(args: argparse.Namespace) -> None:
+    import litserve as ls
+
+    if args.kind == "text" and args.tokenizer is None:
+        raise SystemExit("error: litserve --kind text needs --tokenizer DIR (the folder with tokenizer.json)")
+    api = OnnxLitAPI(
+        onnx_file=args.onnx,
+        kind=args.kind,
+        tokenizer_dir=args.tokenizer,
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_s,
+    )
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=args.timeout_s)
+    server.run(host=HOST, port=args.port, generate_client_file=False, log_level="warning")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="server", required=True)
+    fa = sub.add_parser("fastapi", help="the tutorial FastAPI + PyTorch fp32 endpoint")
+    fa.add_argument("--kind", choices=("digits", "text"), required=True)
+    fa.add_argument("--weights", type=Path, help="digits: the CNN's safetensors state dict")
+    fa.add_argument("--model-dir", type=Path, help="text: a sentence-transformers model folder")
+    fa.add_argument("--port", type=int, required=True)
+    ls_ = sub.add_parser("litserve", help="LitServe + ONNX Runtime with LitServe's batching")
+    ls_.add_argument("--kind", choices=("digits", "text"), required=True)
+    ls_.add_argument("--onnx", type=Path, required=True, help="the ONNX file to serve")
+    ls_.add_argument("--tokenizer", type=Path, help="text: the folder holding tokenizer.json")
+    ls_.add_argument("--port", type=int, required=True)
+    ls_.add_argument("--max-batch-size", type=int, default=32)
+    ls_.add_argument("--batch-timeout-s", type=float, default=0.005)
+    ls_.add_argument("--workers", type=int, default=1, help="LitServe inference worker processes")
+    ls_.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads per worker"
+    )
+    ls_.add_argument("--timeout-s", type=float, default=30.0, help="LitServe's per-request timeout")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.server == "fastapi":
+        run_fastapi(args)
+    else:
+        run_litserve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
