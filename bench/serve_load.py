@@ -23,6 +23,9 @@ round, marked †) and percentiles pool the same rounds' latencies.
 Server overhead: our throughput at C=32 divided by the champion Runner's own throughput in this process at
 the mean batch size our server formed at C=32 (from its /metrics ``modelyard_batch_size`` histogram).
 
+bench/serve_procs.py holds the servers (what each is started with, what it is sent, its process) and
+bench/loadgen.py the load generator; this script prepares the models, runs the rounds and writes the report.
+
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/serve_load.py [--quick]`` (see bench/README.md). Ends with one
 JSON line.
 """
@@ -31,33 +34,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
-import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 from common import OtherLoad, json_line, log, markdown_table, rounded
+from loadgen import ServerResult, closed_stats, pct, session, usable
+from serve_procs import Prepared, Running, free_port, make_servers, ours_available
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 OUT = HERE / "out"
 WORK = OUT / "serve_load"
-VENV_BIN = Path(sys.executable).parent
-LITSERVE_PY = HERE / ".venv-litserve" / "bin" / "python"
-PEERS = HERE / "serve_peers.py"
 
 SERVERS = ("fastapi", "litserve", "ours")
 SERVER_TITLES = {
@@ -70,33 +65,10 @@ MODELS = {  # demo key -> (registry name, recipes, kind)
     "minilm": ("all-minilm-l6-v2", ["onnx", "onnx > int8-dynamic"], "text"),
 }
 CLIENT_BOUND_CORES = 0.9  # a Python client near one full core is itself the bottleneck
-SATURATED_FRACTION = 0.9  # open loop: achieved below this share of the offered rate = saturated
 
 
 # ---------------------------------------------------------------------------------------------------
 # the bench home: demos through the pipeline, an ONNX champion each
-
-
-@dataclass
-class Prepared:
-    key: str
-    kind: str  # "digits" or "text"
-    name: str  # registry name
-    version: int
-    served: Any  # modelyard.serve.model.ServedModel: the champion's Runner, files under bench/out/serve_load/models/
-    evidence: dict[str, Any]  # the version's registry evidence (measurements, verdict)
-    items: list[Any]  # one request's input each: a (1, 8, 8) float32 image or a sentence
-    weights: Path | None = None  # digits: the baseline's safetensors (the FastAPI peer's PyTorch model)
-    model_dir: Path | None = None  # text: the sentence-transformers folder (the FastAPI peer's model)
-    note: str = ""
-
-    @property
-    def candidate(self) -> Any:
-        return self.served.candidate
-
-    @property
-    def runner(self) -> Any:
-        return self.served.runner
 
 
 def _onnx_versions(reg: Any, name: str, run_id: str) -> list[dict[str, Any]]:
@@ -175,430 +147,7 @@ def prepare(key: str, home: Path) -> Prepared:
 
 
 # ---------------------------------------------------------------------------------------------------
-# servers: how to start each, what to send, how to read the answer
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    health_path: str
-    infer_path: str
-    bodies: list[bytes]
-    read: Callable[[bytes], np.ndarray]  # response body -> the output vector
-    metrics_path: str | None = None
-    why_not: str = ""  # non-empty: not run
-
-
-def _peer_body(p: Prepared, item: Any) -> bytes:
-    if p.kind == "text":
-        return json.dumps({"text": item}).encode()
-    return json.dumps({"inputs": [np.asarray(item, dtype=np.float32).reshape(-1).tolist()]}).encode()
-
-
-def _peer_read(p: Prepared) -> Callable[[bytes], np.ndarray]:
-    key = "embedding" if p.kind == "text" else "probabilities"
-    return lambda body: np.asarray(json.loads(body)[key], dtype=np.float32).reshape(-1)
-
-
-def _ours_body(p: Prepared, item: Any) -> bytes:
-    if p.kind == "text":
-        inputs = [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [item]}]
-        wanted = "embedding"
-    else:
-        x = np.asarray(item, dtype=np.float32)
-        name = p.candidate.spec.inputs[0].name
-        inputs = [{"name": name, "datatype": "FP32", "shape": [1, *x.shape], "data": x.reshape(-1).tolist()}]
-        wanted = "probabilities"
-    return json.dumps({"inputs": inputs, "outputs": [{"name": wanted}]}).encode()
-
-
-def _ours_read(p: Prepared) -> Callable[[bytes], np.ndarray]:
-    wanted = "embedding" if p.kind == "text" else "probabilities"
-
-    def read(body: bytes) -> np.ndarray:
-        outs = {o["name"]: o for o in json.loads(body)["outputs"]}
-        return np.asarray(outs[wanted]["data"], dtype=np.float32).reshape(-1)
-
-    return read
-
-
-def ours_available() -> str:
-    """Empty when ``modelyard serve`` exists in this checkout, else why not."""
-    exe = VENV_BIN / "modelyard"
-    if not exe.is_file():
-        return f"not run: {exe} is missing; install the project into its venv (make venv)"
-    proc = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return "not run: `modelyard serve` is not available in this checkout"
-    return ""
-
-
-def make_servers(p: Prepared, port: int, args: argparse.Namespace, home: Path) -> dict[str, Server]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    peer_bodies = [_peer_body(p, it) for it in p.items]
-    fa = [str(VENV_BIN / "python"), str(PEERS), "fastapi", "--kind", p.kind, "--port", str(port)]
-    fa += ["--weights", str(p.weights)] if p.kind == "digits" else ["--model-dir", str(p.model_dir)]
-    ls = [str(LITSERVE_PY), str(PEERS), "litserve", "--kind", p.kind, "--port", str(port)]
-    ls += ["--onnx", str(p.candidate.path), "--max-batch-size", str(args.litserve_max_batch_size)]
-    ls += ["--batch-timeout-s", str(args.litserve_batch_timeout_s), "--workers", str(args.litserve_workers)]
-    ls += ["--threads", str(max(1, (os.cpu_count() or 1) // args.litserve_workers))]
-    if p.kind == "text":
-        ls += ["--tokenizer", str(p.candidate.tokenizer_dir)]
-    ours = [
-        str(VENV_BIN / "modelyard"),
-        "serve",
-        f"{p.name}@champion",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    servers = {
-        "fastapi": Server("fastapi", fa, env, "/health", "/predict", peer_bodies, _peer_read(p)),
-        "litserve": Server("litserve", ls, env, "/health", "/predict", peer_bodies, _peer_read(p)),
-        "ours": Server(
-            "ours",
-            ours,
-            {**env, "MODELYARD_HOME": str(home)},
-            "/v2/health/ready",
-            f"/v2/models/{p.name}/infer",
-            [_ours_body(p, it) for it in p.items],
-            _ours_read(p),
-            metrics_path="/metrics",
-        ),
-    }
-    if not LITSERVE_PY.is_file():
-        servers[
-            "litserve"
-        ].why_not = "not run: bench/.venv-litserve is missing; create it with `bash bench/setup_litserve.sh`"
-    servers["ours"].why_not = args.ours_why_not
-    return servers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Running:
-    """One server process (in its own process group, so its workers stop with it) and its CPU meter."""
-
-    def __init__(self, server: Server, port: int, log_file: Path) -> None:
-        self.server = server
-        self.base = f"http://127.0.0.1:{port}"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = log_file
-        self._log = log_file.open("wb")
-        self.proc = subprocess.Popen(
-            server.argv,
-            env=server.env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, deadline_s: float) -> None:
-        deadline = time.monotonic() + deadline_s
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"exited with code {self.proc.returncode}; {self._tail()}")
-                try:
-                    if client.get(self.base + self.server.health_path).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"not ready within {deadline_s:.0f} s; {self._tail()}")
-
-    def _tail(self) -> str:
-        self._log.flush()
-        lines = self.log_file.read_text(errors="replace").strip().splitlines()
-        return f"last log line: {lines[-1][:300]!r} (log: {self.log_file})" if lines else "no output"
-
-    def cpu_s(self) -> float:
-        """CPU seconds of the server process and all its children so far."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for pr in procs:
-            try:
-                t = pr.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
-# ---------------------------------------------------------------------------------------------------
-# load generation
-
-
-@dataclass
-class Window:
-    """One measured window: completed requests, latencies, and who used the CPU meanwhile."""
-
-    rps: float
-    latencies_ms: list[float]
-    sent: int
-    errors: int
-    client_cores: float
-    server_cores: float
-    other_cores: float
-    mean_batch: float | None = None
-    offered: float | None = None  # open loop: the nominal arrival rate
-    arrived: float | None = None  # open loop: the rate the Poisson draw actually offered in the window
-
-
-def _client(timeout_s: float) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.AsyncClient(timeout=timeout_s, limits=limits)
-
-
-async def _post(client: httpx.AsyncClient, url: str, body: bytes) -> bool:
-    try:
-        r = await client.post(url, content=body, headers={"content-type": "application/json"})
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200
-
-
-class Meter:
-    """CPU of this process (the client), of the server's process tree, and of everything else."""
-
-    def __init__(self, running: Running) -> None:
-        self.running, self.other = running, OtherLoad()
-
-    def start(self) -> None:
-        self.t0 = self.other.snapshot()
-        self.server0 = self.running.cpu_s()
-
-    def stop(self) -> tuple[float, float, float]:
-        elapsed = max(time.perf_counter() - self.t0[2], 1e-9)
-        client = (time.process_time() - self.t0[1]) / elapsed
-        server = (self.running.cpu_s() - self.server0) / elapsed
-        others = self.other.cores_since(self.t0)  # every process but this one, the server included
-        return client, server, max(0.0, others - server)
-
-
-async def closed_loop(run: Running, c: int, *, warmup_s: float, window_s: float, timeout_s: float) -> Window:
-    url, bodies = run.base + run.server.infer_path, run.server.bodies
-    clients = [_client(timeout_s) for _ in range(c)]
-    meter = Meter(run)
-    records: list[tuple[float, float, bool]] = []
-    t_start = time.perf_counter() + warmup_s
-    t_end = t_start + window_s
-
-    async def worker(i: int) -> None:
-        k = i
-        while (sent := time.perf_counter()) < t_end:
-            ok = await _post(clients[i], url, bodies[k % len(bodies)])
-            records.append((sent, time.perf_counter(), ok))
-            k += c
-
-    async def metering() -> tuple[float, float, float]:
-        await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
-        meter.start()
-        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
-        return meter.stop()
-
-    try:
-        meter_task = asyncio.create_task(metering())
-        await asyncio.gather(*(worker(i) for i in range(c)))
-        client, server, other = await meter_task
-    finally:
-        await asyncio.gather(*(cl.aclose() for cl in clients))
-    done = sum(1 for s, d, ok in records if ok and t_start <= d <= t_end)
-    window = [(s, d, ok) for s, d, ok in records if t_start <= s < t_end]
-    lat = [(d - s) * 1e3 for s, d, ok in window if ok]
-    return Window(
-        done / window_s if window_s > 0 else 0.0,
-        lat,
-        len(window),
-        sum(1 for *_, ok in window if not ok),
-        client,
-        server,
-        other,
-    )
-
-
-async def open_loop(
-    run: Running,
-    rate: float,
-    *,
-    warmup_s: float,
-    window_s: float,
-    drain_s: float,
-    timeout_s: float,
-    connections: int,
-    seed: int,
-) -> Window:
-    url, bodies = run.base + run.server.infer_path, run.server.bodies
-    rng = random.Random(seed)
-    offsets, t = [], 0.0
-    while (t := t + rng.expovariate(rate)) < warmup_s + window_s:
-        offsets.append(t)
-    clients = [_client(timeout_s) for _ in range(connections)]
-    queue: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
-    records: list[tuple[float, float, bool]] = []
-    meter = Meter(run)
-    t0 = time.perf_counter()
-    t_start = t0 + warmup_s
-
-    async def producer() -> None:
-        for k, off in enumerate(offsets):
-            await asyncio.sleep(max(0.0, t0 + off - time.perf_counter()))
-            queue.put_nowait((t0 + off, k))
-        for _ in clients:
-            queue.put_nowait(None)
-
-    async def metering() -> None:
-        await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
-        meter.start()
-
-    async def worker(i: int) -> None:
-        while (job := await queue.get()) is not None:
-            due, k = job
-            ok = await _post(clients[i], url, bodies[k % len(bodies)])
-            records.append((due, time.perf_counter(), ok))
-
-    tasks = [
-        asyncio.create_task(f) for f in (producer(), metering(), *(worker(i) for i in range(connections)))
-    ]
-    _, pending = await asyncio.wait(tasks, timeout=warmup_s + window_s + drain_s)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    cpu = meter.stop()
-    await asyncio.gather(*(cl.aclose() for cl in clients))
-    measured = [(s, d, ok) for s, d, ok in records if s >= t_start]
-    sent = sum(1 for off in offsets if t0 + off >= t_start)
-    ok_done = [(s, d) for s, d, ok in measured if ok]
-    span = max([window_s] + [d - t_start for _, d in ok_done])
-    lat = [(d - s) * 1e3 for s, d in ok_done]
-    w = Window(len(ok_done) / span, lat, sent, sent - len(ok_done), *cpu, offered=rate)
-    w.arrived = sent / window_s
-    return w
-
-
-def batch_rows(metrics_text: str) -> tuple[float, float]:
-    """(sum, count) of the ``modelyard_batch_size`` histogram over all its label sets."""
-    total = count = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith("modelyard_batch_size_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("modelyard_batch_size_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
-
-
-async def scrape(run: Running) -> tuple[float, float] | None:
-    if run.server.metrics_path is None:
-        return None
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            r = await client.get(run.base + run.server.metrics_path)
-    except httpx.HTTPError:
-        return None
-    return batch_rows(r.text) if r.status_code == 200 else None
-
-
-# ---------------------------------------------------------------------------------------------------
-# one server for one round, then all rounds of one model
-
-
-@dataclass
-class ServerResult:
-    closed: dict[int, list[Window]] = field(default_factory=dict)
-    opened: dict[float, list[Window]] = field(default_factory=dict)
-    skipped_rates: dict[float, int] = field(default_factory=dict)  # rate -> rounds skipped (saturated before)
-    check: str = ""
-    why_not: str = ""
-    ready_s: list[float] = field(default_factory=list)  # process start -> health check 200, per round
-
-
-def _saturated(w: Window) -> bool:
-    """Open loop: the server fell behind the arrivals, or failed or left unanswered more than 1 % of them."""
-    return w.rps < SATURATED_FRACTION * (w.arrived or 0.0) or w.errors > 0.01 * max(w.sent, 1)
-
-
-async def check_outputs(run: Running, p: Prepared, reference: np.ndarray, n: int) -> str:
-    """Compare the server's answers for the first ``n`` items with the champion Runner run offline."""
-    got = []
-    async with _client(30.0) as client:
-        for body in run.server.bodies[:n]:
-            r = await client.post(
-                run.base + run.server.infer_path, content=body, headers={"content-type": "application/json"}
-            )
-            if r.status_code != 200:
-                raise RuntimeError(f"answered HTTP {r.status_code} to a valid request: {r.text[:200]}")
-            got.append(run.server.read(r.content))
-    out = np.stack(got)
-    if p.kind == "digits":
-        agree = float(np.mean(out.argmax(axis=1) == reference[:n].argmax(axis=1)))
-        return f"top-1 agreement with the champion offline: {agree:.3f} on {n} images"
-    a = out / np.linalg.norm(out, axis=1, keepdims=True)
-    b = reference[:n] / np.linalg.norm(reference[:n], axis=1, keepdims=True)
-    return f"cosine to the champion offline: min {float(np.min(np.sum(a * b, axis=1))):.4f} on {n} sentences"
-
-
-async def session(
-    run: Running, p: Prepared, res: ServerResult, args: argparse.Namespace, reference: np.ndarray, rnd: int
-) -> None:
-    if not res.check:
-        res.check = await check_outputs(run, p, reference, args.check_items)
-    await closed_loop(run, 8, warmup_s=args.start_warmup_s, window_s=0.0, timeout_s=args.timeout_s)
-    for c in args.concurrency:
-        before = await scrape(run)
-        w = await closed_loop(
-            run, c, warmup_s=args.warmup_s, window_s=args.window_s, timeout_s=args.timeout_s
-        )
-        after = await scrape(run)
-        if before is not None and after is not None and after[1] > before[1]:
-            w.mean_batch = (after[0] - before[0]) / (after[1] - before[1])
-        res.closed.setdefault(c, []).append(w)
-        log(
-            f"    C={c:<3} {w.rps:8.1f} req/s  p99 {_pct(w.latencies_ms, 99):8.1f} ms  errors {w.errors}/{w.sent}"
-        )
-    saturated = False
-    for rate in args.rates:
-        if saturated:
-            res.skipped_rates[rate] = res.skipped_rates.get(rate, 0) + 1
-            continue
-        w = await open_loop(
-            run,
-            rate,
-            warmup_s=args.warmup_s,
-            window_s=args.open_window_s,
-            drain_s=args.drain_s,
-            timeout_s=args.timeout_s,
-            connections=max(args.concurrency),
-            seed=rnd * 1000 + int(rate),
-        )
-        res.opened.setdefault(rate, []).append(w)
-        saturated = _saturated(w)
-        log(
-            f"    {rate:5.0f}/s offered -> {w.rps:7.1f}/s  p99 {_pct(w.latencies_ms, 99):8.1f} ms  failed {w.errors}/{w.sent}"
-        )
+# all rounds of one model, and the champion Runner offline
 
 
 def offline_reference(p: Prepared, n: int) -> np.ndarray:
@@ -709,42 +258,8 @@ def run_model(p: Prepared, args: argparse.Namespace, home: Path) -> ModelResult:
 # report
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def _ms(v: float) -> str:
     return "-" if v != v else f"{v:,.1f}"
-
-
-def usable(ws: list[Window], max_other: float) -> tuple[list[Window], bool]:
-    """The clean windows (other processes below ``max_other`` cores), or every window and True (contended)
-    when none is clean."""
-    clean = [w for w in ws if w.other_cores < max_other]
-    return (clean, False) if clean else (ws, True)
-
-
-def closed_stats(all_ws: list[Window], max_other: float) -> dict[str, Any]:
-    ws, contended = usable(all_ws, max_other)
-    lat = [x for w in ws for x in w.latencies_ms]
-    rps = [w.rps for w in ws]
-    batches = [w.mean_batch for w in ws if w.mean_batch is not None]
-    return {
-        "rps": statistics.median(rps),
-        "low": min(rps),
-        "high": max(rps),
-        "p50": _pct(lat, 50),
-        "p95": _pct(lat, 95),
-        "p99": _pct(lat, 99),
-        "errors": sum(w.errors for w in ws),
-        "sent": sum(w.sent for w in ws),
-        "client": statistics.median(w.client_cores for w in ws),
-        "server": statistics.median(w.server_cores for w in ws),
-        "other": max(w.other_cores for w in all_ws),
-        "batch": statistics.mean(batches) if batches else None,
-        "clean": f"{0 if contended else len(ws)}/{len(all_ws)}",
-        "contended": contended,
-    }
 
 
 def c32(m: ModelResult, server: str, key: str = "rps") -> Any:
@@ -831,8 +346,8 @@ def model_section(m: ModelResult, args: argparse.Namespace) -> str:
                     f"{rate:g}",
                     f"{statistics.median(w.arrived or 0.0 for w in used):,.1f}",
                     f"{statistics.median(w.rps for w in used):,.1f}" + (" †" if contended else ""),
-                    _ms(_pct(lat, 50)),
-                    _ms(_pct(lat, 99)),
+                    _ms(pct(lat, 50)),
+                    _ms(pct(lat, 99)),
                     f"{sum(w.errors for w in used)}/{sum(w.sent for w in used)}",
                     f"{statistics.median(w.client_cores for w in used):.2f}",
                 ]
@@ -910,9 +425,7 @@ def payload(models: list[ModelResult], args: argparse.Namespace, elapsed_s: floa
         m.p.key: {
             f"{rate:g}": {
                 s: _num(
-                    _pct(
-                        [x for w in usable(r.opened[rate], m.max_other_load)[0] for x in w.latencies_ms], 99
-                    ),
+                    pct([x for w in usable(r.opened[rate], m.max_other_load)[0] for x in w.latencies_ms], 99),
                     1,
                 )
                 for s, r in m.servers.items()
