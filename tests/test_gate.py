@@ -167,3 +167,15 @@ def test_no_champion_when_nothing_passes() -> None:
 def test_pareto_front() -> None:
     cands = [_cand("a", 1, 0.90), _cand("b", 2, 0.95), _cand("c", 3, 0.94), _cand("d", 0.5, 0.80)]
     assert set(pareto_front(cands, "classification")) == {"a", "b", "d"}
+
+
+def test_every_gate_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    pol = policy_from_dict(
+        {"budgets": {"max_latency_p99_ms": 5, "max_peak_rss_mb": 400, "max_size_mb": 5, "min_throughput": 10}}
+    )
+    budget = {"latency_p99", "peak_rss", "size", "throughput"}
+    missing = [g.name for g in gates_for(pol) if g.name not in budget and f"`{g.name}`" not in readme]
+    assert not missing, f"gates missing from README: {missing}"
