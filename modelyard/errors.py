@@ -33,3 +33,10 @@ class RegistryError(ModelyardError):
 
 class GateFailed(ModelyardError):
     """No candidate passed the policy's gates."""
+
+
+def first_line(exc: BaseException, *, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), at most ``limit``
+    characters: how an error from another library is quoted inside one of ours."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

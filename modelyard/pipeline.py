@@ -21,19 +21,14 @@ import numpy as np
 from modelyard import gate
 from modelyard.config import DEFAULT_PRICE_USD_PER_HOUR, PRICE_SOURCE, Policy, Settings
 from modelyard.data.dataset import Dataset
-from modelyard.errors import ModelyardError, PassSkipped
+from modelyard.errors import ModelyardError, PassSkipped, first_line
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
+from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, config_to_dict, get_pass, parse_recipe
 from modelyard.runtime.device import cpu_info, cuda_available
 from modelyard.runtime.preprocess import predict
-
-Progress = Callable[[str, float], None]
-
-
-def _no_progress(msg: str, advance: float = 0.0) -> None:
-    return None
 
 
 @dataclass
@@ -76,8 +71,7 @@ def _validate_candidate(
     except ModelyardError as exc:
         raise PassSkipped(f"the produced model fails to load or run: {exc}") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise PassSkipped(f"the produced model fails to load or run: {first}") from None
+        raise PassSkipped(f"the produced model fails to load or run: {first_line(exc, limit=200)}") from None
     if parent.name not in parent_outputs:
         parent_outputs[parent.name] = predict(parent.load(), parent.preprocessor(), sample, batch_size=8)
     ref = parent_outputs[parent.name]
@@ -108,7 +102,7 @@ def build_candidates(
     *,
     policy: Policy,
     threads: int | None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> tuple[list[Candidate], list[dict[str, str]]]:
     """Apply every recipe; shared prefixes are built once. Returns candidates and skipped steps with reasons."""
     parsed = [(r, parse_recipe(r)) for r in recipes]  # validates every recipe before any work
@@ -166,9 +160,12 @@ def build_candidates(
                 progress(f"{prefix}: failed ({exc})", 1.0)
                 break
             except Exception as exc:  # a pass bug must not sink the run; the reason is reported
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 skipped.append(
-                    {"recipe": recipe, "pass": prefix, "reason": f"failed: {type(exc).__name__}: {first}"}
+                    {
+                        "recipe": recipe,
+                        "pass": prefix,
+                        "reason": f"failed: {type(exc).__name__}: {first_line(exc)}",
+                    }
                 )
                 failed_prefixes.add(prefix)
                 if os.environ.get("MODELYARD_DEBUG"):
@@ -312,7 +309,7 @@ def run_pipeline(
     register: bool = True,
     ood_data: dict[str, Any] | None = None,
     ood_source: str | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> RunResult:
     """Audit the data and model, build candidates, measure them all, gate, choose the champion, write
     outputs, register versions. ``ood_data`` maps a set name to out-of-distribution inputs (default: the

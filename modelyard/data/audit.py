@@ -34,7 +34,7 @@ import numpy as np
 
 from modelyard.data import dedup
 from modelyard.data.dataset import Dataset
-from modelyard.errors import ConfigError, DataError
+from modelyard.errors import ConfigError, DataError, first_line
 
 Progress = Callable[[str, float], None]
 NEAR_THRESHOLDS: dict[str, float] = {"image": 0.98, "tabular": 0.99, "text": 0.95}
@@ -331,8 +331,9 @@ def read_datasheet(path: str | Path) -> dict[str, Any]:
         else:
             raise DataError(f"datasheet {p} must be a .toml or .json file, got {p.suffix or 'no suffix'!r}")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read datasheet {p}: {first}; give a readable TOML or JSON file") from None
+        raise DataError(
+            f"cannot read datasheet {p}: {first_line(exc)}; give a readable TOML or JSON file"
+        ) from None
     if not isinstance(data, dict):
         raise DataError(f"datasheet {p} must hold a table of fields, got {type(data).__name__}")
     if "licence" in data and "license" not in data:

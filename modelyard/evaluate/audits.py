@@ -6,27 +6,17 @@ Their findings become caveats on every accuracy figure and gates on every candid
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from modelyard.data.dataset import Dataset
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, first_line
+from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
 
-Progress = Callable[[str, float], None]
 MAX_FEATURE_ITEMS = 20_000
-
-
-def _silent(msg: str, advance: float = 0.0) -> None:
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _features(baseline: Candidate, x: Any) -> tuple[np.ndarray | None, str]:
@@ -51,7 +41,7 @@ def run_audits(
     from modelyard.security.audit import audit_model
     from modelyard.security.backdoor import backdoor_scan as scan_backdoor
 
-    say: Progress = progress or _silent
+    say: Progress = progress or no_progress
     seconds: dict[str, float] = {}
     out: dict[str, Any] = {"model": {}, "data": {}}
     t0 = time.perf_counter()
@@ -69,7 +59,7 @@ def run_audits(
             feats_train, representation = _features(baseline, dataset.x_train)
         feats_test, representation = _features(baseline, dataset.x_test)
     except ModelyardError as exc:
-        representation = f"raw inputs (the baseline's representations failed: {_first_line(exc)})"
+        representation = f"raw inputs (the baseline's representations failed: {first_line(exc)})"
     seconds["audit.features"] = round(time.perf_counter() - t0, 3)
 
     if data_audit:
@@ -107,7 +97,7 @@ def run_audits(
             bd["status"] = "ok"
             bd["representation"] = representation
         except ModelyardError as exc:
-            bd = {"status": "skipped", "reason": f"the backdoor scan could not run: {_first_line(exc)}"}
+            bd = {"status": "skipped", "reason": f"the backdoor scan could not run: {first_line(exc)}"}
         seconds["audit.backdoor"] = round(time.perf_counter() - t0, 3)
     out["model"]["backdoor"] = bd
     out["seconds"] = seconds

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ConfigError, DataError
+from modelyard.errors import ConfigError, DataError, first_line
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import Runner
@@ -369,8 +369,7 @@ def _silent(msg: str, advance: float = 0.0) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def measure_efficiency(

@@ -3,7 +3,6 @@ throughput re-timed round-robin across all candidates so they share the machine'
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +12,9 @@ from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError
 from modelyard.evaluate.evidence import Measurement
+from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.device import cpu_info
-
-Progress = Callable[[str, float], None]
-
-
-def _no_progress(msg: str, advance: float = 0.0) -> None:
-    return None
 
 
 @dataclass
@@ -47,7 +41,7 @@ def evaluate_candidates(
     audits: dict[str, Any] | None = None,
     ood_data: dict[str, Any] | None = None,
     ood_source: str | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> tuple[dict[str, dict[str, Measurement]], dict[str, Any], dict[str, dict[str, Any]]]:
     """Every check on every candidate (baseline included), paired with the baseline; each candidate's
     predictions on each input set computed once. Returns the measurements, how the suite ran, and each

@@ -19,7 +19,7 @@ import numpy as np
 
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
-from modelyard.errors import DataError, ModelyardError
+from modelyard.errors import DataError, ModelyardError, first_line
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.preprocess import predict
@@ -48,13 +48,9 @@ def _take(x: Any, idx: np.ndarray) -> Any:
     return x[idx] if isinstance(x, np.ndarray) else [x[int(i)] for i in idx]
 
 
-def _silent(msg: str, advance: float = 0.0) -> None:
+def no_progress(msg: str, advance: float = 0.0) -> None:
+    """The default ``Progress`` callback: says nothing."""
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def robust_sample_size(policy: Policy, n_available: int) -> tuple[int, str]:
@@ -115,7 +111,7 @@ def prepare_inputs(
     from modelyard.data.ood_sets import builtin_ood
     from modelyard.evaluate import corruptions as C
 
-    say: Progress = progress or _silent
+    say: Progress = progress or no_progress
     task = baseline.spec.task
     inp = SuiteInputs()
     cal = dataset.calibration_split() if task == "classification" else None
@@ -259,6 +255,13 @@ def _unknown(name: str, reason: str) -> Measurement:
     return measure(name, None, reason=reason)
 
 
+def _all_unknown(names: tuple[str, ...], reason: str) -> dict[str, Measurement]:
+    return {n: _unknown(n, reason) for n in names}
+
+
+OOD_CHECKS = ("ood.auroc", "ood.fpr95", "ood.auroc_drop")
+
+
 def classification_checks(
     y: np.ndarray,
     base: dict[str, np.ndarray],
@@ -334,8 +337,7 @@ def classification_checks(
             serving["ood"] = rule
         else:
             reason = inputs.unknown.get("ood", "no out-of-distribution set")
-            for name in ("ood.auroc", "ood.fpr95", "ood.auroc_drop"):
-                out[name] = _unknown(name, reason)
+            out.update(_all_unknown(OOD_CHECKS, reason))
     return out, serving
 
 
@@ -361,8 +363,12 @@ def _robustness(
         pc = {p: cand[k].argmax(1) for p, k in inputs.perturbation_keys.items()}
         out.update(R.consistency_evidence(zb.argmax(1), pb, zc.argmax(1), pc))
     else:
-        for name in ("robustness.consistency", "robustness.consistency_drop"):
-            out[name] = _unknown(name, "no label-preserving perturbation exists for this input type")
+        out.update(
+            _all_unknown(
+                ("robustness.consistency", "robustness.consistency_drop"),
+                "no label-preserving perturbation exists for this input type",
+            )
+        )
     if "adv:pgd" in inputs.sets:
         adv_b = {a: base[f"adv:{a}"] for a in ("fgsm", "pgd")}
         adv_c = {a: cand[f"adv:{a}"] for a in ("fgsm", "pgd")}
@@ -380,12 +386,12 @@ def _robustness(
             )
         )
     elif "adversarial" in inputs.unknown:
-        for name in (
+        adversarial = (
             "robustness.adversarial_accuracy",
             "robustness.attack_success_rate",
             "robustness.adversarial_accuracy_drop",
-        ):
-            out[name] = _unknown(name, inputs.unknown["adversarial"])
+        )
+        out.update(_all_unknown(adversarial, inputs.unknown["adversarial"]))
     return out
 
 
@@ -422,15 +428,13 @@ def embedding_checks(
             out.update(ms)
         else:
             reason = inputs.unknown.get("ood", "no out-of-distribution set")
-            for name in ("ood.auroc", "ood.fpr95", "ood.auroc_drop"):
-                out[name] = _unknown(name, reason)
+            out.update(_all_unknown(OOD_CHECKS, reason))
     return out
 
 
 def check_failed(names: tuple[str, ...], exc: BaseException) -> dict[str, Measurement]:
     """A check that crashed is UNKNOWN with the reason, never a crashed run."""
-    why = f"the check failed: {type(exc).__name__}: {_first_line(exc)}"
-    return {n: _unknown(n, why) for n in names}
+    return _all_unknown(names, f"the check failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def validate_ood_data(ood: dict[str, Any], dataset: Dataset) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError
+from modelyard.errors import ArtifactError, first_line
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.device import default_threads
 
@@ -50,9 +50,8 @@ def make_session(
             providers=providers or ["CPUExecutionProvider"],
         )
     except Exception as exc:  # ORT raises several private exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(
-            f"ONNX Runtime cannot load {path}: {first[:300]}; check the file is a valid ONNX model "
+            f"ONNX Runtime cannot load {path}: {first_line(exc)}; check the file is a valid ONNX model "
             "that ONNX Runtime supports on this device"
         ) from None
 

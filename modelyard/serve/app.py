@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ConfigError, ModelyardError, first_line
 from modelyard.registry import Registry
 from modelyard.serve.batcher import BatchingConfig, DynamicBatcher, QueueFull, choose_batching
 from modelyard.serve.cache import PredictionCache
@@ -41,11 +41,6 @@ from modelyard.serve.protocol import ProtocolError
 from modelyard.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,7 +177,7 @@ class ServerState:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.load_error = _first_line(exc)
+            self.load_error = first_line(exc)
             log.error(
                 "loading models failed: %s", self.load_error, exc_info=not isinstance(exc, ModelyardError)
             )
@@ -247,7 +242,7 @@ class ServerState:
                 "%s moved to version %s, which failed to load (%s); still serving version %s",
                 slot.ref,
                 version,
-                _first_line(exc),
+                first_line(exc),
                 slot.current.model.version,
             )
             return

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError
+from modelyard.errors import ArtifactError, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner, TensorSpec
@@ -417,9 +417,8 @@ class ServedModel:
             try:
                 self.run_batch([item])
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise ArtifactError(
-                    f"{self.name}:{self.version} failed on a warm-up input: {first}; check the model runs offline"
+                    f"{self.name}:{self.version} failed on a warm-up input: {first_line(exc)}; check the model runs offline"
                 ) from None
 
     def typical_input(self, rows: int = 1) -> PreparedInput:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError, ConfigError, PassSkipped
+from modelyard.errors import ArtifactError, ConfigError, PassSkipped, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, register_pass
 
@@ -189,9 +189,8 @@ def export_torch(
                 dynamo=False,
             )
         except Exception as exc:  # the exporter raises many types; report one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(
-                f"onnx: torch.onnx.export failed for candidate {candidate.name!r}: {first[:300]}; "
+                f"onnx: torch.onnx.export failed for candidate {candidate.name!r}: {first_line(exc)}; "
                 "try another opset or make the module traceable"
             ) from None
     got = run_onnx(dest, feeds, ctx.threads)
@@ -241,8 +240,7 @@ def optimize_basic(src: Path, dest: Path) -> None:
     try:
         ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"ONNX Runtime cannot load {src} to optimize it: {first[:300]}") from None
+        raise ArtifactError(f"ONNX Runtime cannot load {src} to optimize it: {first_line(exc)}") from None
 
 
 def compare_speed(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import ArtifactError, ConfigError, PassSkipped
+from modelyard.errors import ArtifactError, ConfigError, PassSkipped, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.runtime.base import RunnerSpec, TensorSpec
@@ -54,8 +54,7 @@ def _gpu_check(path: Path) -> str:
     try:
         ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PassSkipped(f"fp16: ONNX Runtime (CUDA) refuses the fp16 model: {first[:300]}") from None
+        raise PassSkipped(f"fp16: ONNX Runtime (CUDA) refuses the fp16 model: {first_line(exc)}") from None
     return "loads with ONNX Runtime's CUDA execution provider"
 
 
@@ -72,8 +71,7 @@ def convert(src: Path, dest: Path, keep_io_types: bool) -> Any:
         OnnxModel(half).topological_sort()  # the converter appends its input Casts at the end of the graph
         onnx.checker.check_model(half)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"fp16: conversion of {src} failed: {first[:300]}") from None
+        raise ArtifactError(f"fp16: conversion of {src} failed: {first_line(exc)}") from None
     onnx.save(half, str(dest))
     return half
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError, ConfigError, PassSkipped
+from modelyard.errors import ArtifactError, ConfigError, PassSkipped, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.sensitivity import (
     Ranking,
@@ -266,11 +266,6 @@ def _load(path: Path) -> Any:
         raise ArtifactError(f"cannot read ONNX model {path}: {exc}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def check_runs(path: Path, feeds: dict[str, np.ndarray], pass_name: str, threads: int | None) -> None:
     """Load the produced model and run one batch; a refusal becomes PassSkipped with ORT's reason."""
     from modelyard.optimize.passes.export import run_onnx
@@ -280,7 +275,7 @@ def check_runs(path: Path, feeds: dict[str, np.ndarray], pass_name: str, threads
     except ArtifactError as exc:
         raise PassSkipped(f"{pass_name}: ONNX Runtime refuses the quantized model ({exc})") from None
     except Exception as exc:  # ORT's runtime errors have private types
-        raise PassSkipped(f"{pass_name}: the quantized model fails to run: {_first_line(exc)}") from None
+        raise PassSkipped(f"{pass_name}: the quantized model fails to run: {first_line(exc)}") from None
 
 
 def _batches(candidate: Candidate, x: Any, size: int) -> list[dict[str, np.ndarray]]:
@@ -501,7 +496,7 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
             )
         except Exception as exc:
             raise PassSkipped(
-                f"int8-dynamic: ONNX Runtime could not quantize the model: {_first_line(exc)}"
+                f"int8-dynamic: ONNX Runtime could not quantize the model: {first_line(exc)}"
             ) from None
         done = dynamic_quantized_nodes(_load(src), _load(dest), op_types)
     if not done:
@@ -548,7 +543,7 @@ def preprocess_for_static(src: Path, dst: Path) -> tuple[Path, str | None]:
         with quiet_ort():
             quant_pre_process(str(src), str(dst))
     except Exception as exc:
-        return src, f"quant_pre_process failed ({_first_line(exc)}); quantized the model as given"
+        return src, f"quant_pre_process failed ({first_line(exc)}); quantized the model as given"
     return dst, None
 
 
@@ -611,7 +606,7 @@ def int8_static(candidate: Candidate, config: StaticQuantConfig, ctx: PassContex
             )
         except Exception as exc:
             raise PassSkipped(
-                f"int8-static: ONNX Runtime could not quantize the model: {_first_line(exc)}"
+                f"int8-static: ONNX Runtime could not quantize the model: {first_line(exc)}"
             ) from None
     done = quantized_qdq_nodes(_load(dest))
     if not done:
@@ -789,7 +784,7 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
             full = plan.quantize([], "all")
         except Exception as exc:
             raise PassSkipped(
-                f"int8-auto: ONNX Runtime could not quantize the model: {_first_line(exc)}"
+                f"int8-auto: ONNX Runtime could not quantize the model: {first_line(exc)}"
             ) from None
         check_runs(full, batches[0], "int8-auto", ctx.threads)
         nodes = plan.candidates(full)
@@ -910,9 +905,7 @@ def _search_smoothing(
         try:
             full = plan.quantize([], "all")
         except Exception as exc:
-            notes.append(
-                f"smoothing alpha {alpha:g}: ONNX Runtime could not quantize it ({_first_line(exc)})"
-            )
+            notes.append(f"smoothing alpha {alpha:g}: ONNX Runtime could not quantize it ({first_line(exc)})")
             continue
         fid = measure(full)
         ok = key(fid)[0]
