@@ -81,7 +81,7 @@ def test_torch_export_needs_trust_then_loads(
 def test_hugging_face_folder(tmp_path: Path) -> None:
     folder = build_tiny_bert(tmp_path / "bert", classification=True)
     texts = ["good movie", "bad film", "very nice", "awful sad"] * 5
-    ds = Dataset("t", "text", texts, np.array([1, 0, 1, 0] * 5), texts, np.array([1, 0, 1, 0] * 5))
+    ds = Dataset("t", "text", texts, np.array([1, 0, 1, 0] * 5), list(texts), np.array([1, 0, 1, 0] * 5))
     cand = load_baseline(folder, ds)
     assert cand.format == "hf" and cand.spec.labels == ("negative", "positive")
     assert predict(cand.load(), cand.preprocessor(), ds.x_test).shape == (20, 2)

@@ -264,9 +264,10 @@ def test_ood_evidence_shapes_values_and_rule() -> None:
         "fitted_on": "calibration split",
         "n_fit": 40,
     }
+    # without fit items there is no threshold: it is never fitted on the test items the evidence judges
     _, rule_test = ood_evidence(zid, zood, zid, zood, score="msp", n_resamples=50)
-    assert rule_test["fitted_on"] == "test split"
-    assert rule_test["threshold"] == pytest.approx(ood_threshold(msp_score(zid)))
+    assert rule_test["fitted_on"] is None and rule_test["threshold"] is None and rule_test["n_fit"] == 0
+    assert "test split is never used" in rule_test["reason"]
 
 
 def test_ood_evidence_drop_is_positive_for_a_worse_candidate_and_deterministic() -> None:
@@ -285,14 +286,14 @@ def test_ood_evidence_drop_is_positive_for_a_worse_candidate_and_deterministic()
 
 def test_ood_evidence_unknown_with_too_few_items() -> None:
     zid, zood, _ = synthetic()
-    out, rule = ood_evidence(zid[:9], zood, zid[:9], zood)
+    out, rule = ood_evidence(zid[:9], zood, zid[:9], zood, logits_val_cand=zid[:9])
     for m in out.values():
         assert m.status == "unknown" and m.value is None
         assert "too few items: 9 ID and 50 OOD" in m.details["reason"]
     assert rule["threshold"] is None and "only 9 ID items" in rule["reason"]
     out, _ = ood_evidence(zid, {"tiny": zood["flat"][:9]}, zid, {"tiny": zood["flat"][:9]})
     assert out["ood.auroc"].status == "unknown"
-    out, rule = ood_evidence(zid, {}, zid, {})
+    out, rule = ood_evidence(zid, {}, zid, {}, logits_val_cand=zid)
     assert "no OOD set" in out["ood.fpr95"].details["reason"]
     assert rule["threshold"] is not None
 
@@ -331,8 +332,14 @@ def test_embedding_ood_evidence() -> None:
     )
     assert pooled["ood.auroc"].details["per_set"] == {"ood": a.details["per_set"]["far"]}
     assert pooled["ood.auroc"].to_dict()["value"] == a.to_dict()["value"]
-    assert (rule["score"], rule["k"], rule["fitted_on"]) == ("knn_cosine", 1, "test split")
-    assert rule["threshold"] == pytest.approx(ood_threshold(knn_score(eid, ref)))
+    assert (rule["score"], rule["k"], rule["fitted_on"], rule["threshold"]) == ("knn_cosine", 1, None, None)
+    # the threshold comes from fit items outside the reference, never from the scored test items
+    val = centers[np.arange(20) % 3] + 0.1 * rng.normal(size=(20, 16))
+    _, rule = embedding_ood_evidence(
+        eid, eood, eid, eood, reference_base=ref, reference_cand=ref, emb_val_cand=val, n_resamples=10
+    )
+    assert rule["fitted_on"] == "fit items outside the reference" and rule["n_fit"] == 20
+    assert rule["threshold"] == pytest.approx(ood_threshold(knn_score(val, ref)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,36 +10,15 @@ from typing import Any
 import numpy as np
 
 from modelyard.data.dataset import Dataset, Modality
+from modelyard.data.splits import split_indices, take
 from modelyard.errors import DataError
 
 FORMATS = (".npz", ".csv", ".jsonl")
 
 
-def _split_indices(
-    n: int, y: np.ndarray | None, *, test_size: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    if n < 4:
-        raise DataError(f"dataset has {n} examples; at least 4 are needed to hold out a test split")
-    idx = np.arange(n)
-    n_test = int(np.ceil(n * test_size))
-    k = len(np.unique(y)) if y is not None else 0
-    stratify = y is not None and np.min(np.bincount(y)[np.unique(y)]) >= 2 and n_test >= k and n - n_test >= k
-    strat = y if stratify else None
-    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
-    return tr, te
-
-
-def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tuple[Any, Any, Any, Any]:
-    tr, te = _split_indices(len(x), y, test_size=test_size, seed=seed)
-    take = (lambda a, i: a[i]) if isinstance(x, np.ndarray) else (lambda a, i: [a[j] for j in i])
-    return (
-        take(x, tr),
-        take(x, te),
-        None if y is None else y[tr],
-        None if y is None else y[te],
-    )
+def _split(x: Any, y: np.ndarray | None, *, test_size: float, seed: int) -> tuple[Any, Any, Any, Any, str]:
+    tr, te, how = split_indices(len(x), y, test_size=test_size, seed=seed)
+    return take(x, tr), take(x, te), None if y is None else y[tr], None if y is None else y[te], how
 
 
 def _labels(raw: Any, where: str) -> np.ndarray:
@@ -82,8 +61,9 @@ def load_npz(path: Path, *, test_size: float, seed: int) -> Dataset:
         if {"x_test", "y_test"} <= keys:
             xtr, ytr = x, y
             xte, yte = _features(data["x_test"], str(path)), _labels(data["y_test"], str(path))
+            how = "the file's own test split (x_test, y_test)"
         else:
-            xtr, xte, ytr, yte = _split(x, y, test_size=test_size, seed=seed)
+            xtr, xte, ytr, yte, how = _split(x, y, test_size=test_size, seed=seed)
     else:
         raise DataError(
             f"{path} must hold arrays 'x' and 'y' (optionally 'x_test', 'y_test', 'x_cal', 'y_cal'); "
@@ -95,7 +75,7 @@ def load_npz(path: Path, *, test_size: float, seed: int) -> Dataset:
     elif "x_cal" in keys or "y_cal" in keys:
         raise DataError(f"{path}: a calibration split needs both 'x_cal' and 'y_cal'")
     modality: Modality = "image" if xtr.ndim >= 3 else "tabular"
-    return Dataset(path.stem, modality, xtr, ytr, xte, yte, x_cal=xcal, y_cal=ycal)
+    return Dataset(path.stem, modality, xtr, ytr, xte, yte, x_cal=xcal, y_cal=ycal, split=how)
 
 
 def load_csv(
@@ -129,9 +109,11 @@ def load_csv(
         classes = sorted(set(raw))
         y = np.array([classes.index(v) for v in raw], dtype=np.int64)
     x = _features(x, str(path))
-    tr, te = _split_indices(len(x), y, test_size=test_size, seed=seed)
+    tr, te, how = split_indices(len(x), y, test_size=test_size, seed=seed)
     slices = {c: np.array([body[i][header.index(c)] for i in te]) for c in slice_columns}
-    return Dataset(path.stem, "tabular", x[tr], y[tr], x[te], y[te], classes=classes, slices=slices)
+    return Dataset(
+        path.stem, "tabular", x[tr], y[tr], x[te], y[te], classes=classes, slices=slices, split=how
+    )
 
 
 def _text_records(path: Path, *, what: str) -> list[dict[str, Any]]:
@@ -169,8 +151,8 @@ def load_jsonl(path: Path, *, test_size: float, seed: int) -> Dataset:
     else:
         classes = sorted({str(lab) for lab in labels})
         y = np.array([classes.index(str(lab)) for lab in labels], dtype=np.int64)
-    xtr, xte, ytr, yte = _split(texts, y, test_size=test_size, seed=seed)
-    return Dataset(path.stem, "text", xtr, ytr, xte, yte, classes=classes)
+    xtr, xte, ytr, yte, how = _split(texts, y, test_size=test_size, seed=seed)
+    return Dataset(path.stem, "text", xtr, ytr, xte, yte, classes=classes, split=how)
 
 
 def load_dataset(

@@ -6,7 +6,6 @@ Their findings become caveats on every accuracy figure and gates on every candid
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,13 +48,12 @@ def run_audits(
     out["model"]["scan"] = audit_model(baseline.path)
     seconds["audit.model_scan"] = round(time.perf_counter() - t0, 3)
 
-    same_split = dataset.x_train is dataset.x_test
     feats_train = feats_test = None
     representation = "raw inputs"
     t0 = time.perf_counter()
     try:
         say("audit: representations of the data through the baseline", 0.0)
-        if len(dataset.x_train) <= MAX_FEATURE_ITEMS and not same_split:
+        if len(dataset.x_train) <= MAX_FEATURE_ITEMS:
             feats_train, representation = _features(baseline, dataset.x_train)
         feats_test, representation = _features(baseline, dataset.x_test)
     except ModelyardError as exc:
@@ -65,16 +63,7 @@ def run_audits(
     if data_audit:
         t0 = time.perf_counter()
         say("audit: data", 0.0)
-        if same_split:
-            # An embedder compared with its own baseline has no training data: the one split is audited alone.
-            audited = replace(dataset, x_train=dataset.x_test[:0], y_train=None)
-            report = audit_data(audited, features_train=None, features_test=feats_test)
-            report.setdefault("leakage", {})["applies"] = False
-            report.setdefault("caveats", []).append(
-                "the train split is the test split (no training data: leakage does not apply)"
-            )
-        else:
-            report = audit_data(dataset, features_train=feats_train, features_test=feats_test)
+        report = audit_data(dataset, features_train=feats_train, features_test=feats_test)
         report["status"] = "ok"
         report["representation"] = representation
         out["data"] = report

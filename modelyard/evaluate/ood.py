@@ -314,23 +314,27 @@ def _score_row(sid: np.ndarray, sood: np.ndarray) -> dict[str, float]:
     }
 
 
-def _serving_rule(
-    score: str, sid_test: np.ndarray, sval: np.ndarray | None, extra: dict[str, Any]
-) -> dict[str, Any]:
-    fit = sid_test if sval is None else sval
+def _serving_rule(score: str, sval: np.ndarray | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The served OOD rule: τ fitted on ID items of the fit part (``sval``), never on the test items the
+    evidence is measured on; without enough of them there is no threshold, and the reason says why."""
     rule: dict[str, Any] = {
         "score": score,
         **extra,
         "threshold": None,
         "flag": "score > threshold",
         "tpr_target": TPR_TARGET,
-        "fitted_on": "test split" if sval is None else "calibration split",
-        "n_fit": len(fit),
+        "fitted_on": None if sval is None else extra.get("fitted_on", "calibration split"),
+        "n_fit": 0 if sval is None else len(sval),
     }
-    if len(fit) < MIN_ITEMS:
-        rule["reason"] = f"only {len(fit)} ID items to fit the threshold on; need at least {MIN_ITEMS}"
+    if sval is None:
+        rule["reason"] = (
+            "no fit items to fit the threshold on (the test split is never used for it): "
+            "declare a calibration split or give more training data"
+        )
+    elif len(sval) < MIN_ITEMS:
+        rule["reason"] = f"only {len(sval)} ID items to fit the threshold on; need at least {MIN_ITEMS}"
     else:
-        rule["threshold"] = ood_threshold(fit, tpr=TPR_TARGET)
+        rule["threshold"] = ood_threshold(sval, tpr=TPR_TARGET)
     return rule
 
 
@@ -349,7 +353,7 @@ def _evidence(
     reps, rng_seed = _check_positive_int(n_resamples, "n_resamples"), _check_seed(seed)
     x_id_b, sets_b, x_id_c, sets_c = data
     sid_c = _scored(fn_c, x_id_c)
-    rule = _serving_rule(score, sid_c, None if x_val is None else _scored(fn_c, x_val), rule_extra)
+    rule = _serving_rule(score, None if x_val is None else _scored(fn_c, x_val), rule_extra)
     n_id, n_ood = len(sid_c), sum(len(v) for v in sets_c.values())
     counts: dict[str, Any] = {"n_id": n_id, "n_ood": n_ood, "score": score}
     reason = None
@@ -438,8 +442,9 @@ def ood_evidence(
     AUROC of ``score`` over the pooled OOD sets with a bootstrap interval (ID and OOD resampled
     separately), FPR@95TPR (ID positive) and 100·(AUROC_base − AUROC_cand) with a paired interval.
     The rule is ``{"score", "temperature", "threshold", "flag": "score > threshold", "tpr_target",
-    "fitted_on", "n_fit"}``; τ is fitted on ``logits_val_cand`` (the calibration split) when given,
-    else on the test ID logits. Fewer than 10 ID or OOD items make the measurements UNKNOWN.
+    "fitted_on", "n_fit"}``; τ is fitted on ``logits_val_cand`` (the calibration split); without it
+    there is no threshold (it is never fitted on test items). Fewer than 10 ID or OOD items make the
+    measurements UNKNOWN.
     """
     if score not in SCORES:
         raise ConfigError(f"unknown OOD score {score!r}; choose one of: {', '.join(SCORES)}.")
@@ -487,7 +492,8 @@ def embedding_ood_evidence(
 
     Same measurement names and shapes; the rule is ``{"score": "knn_cosine", "k", "reference":
     "training inputs", "threshold", "flag", "tpr_target", "fitted_on", "n_fit"}``. The ID items must
-    not be in the reference set (they would match themselves with cosine 1).
+    not be in the reference set (they would match themselves with cosine 1); nor may ``emb_val_cand``, the
+    fit items the threshold is fitted on (none: no threshold).
     """
     kk = _check_positive_int(k, "k")
     ref_b = _as_embeddings(reference_base, "reference_base")
@@ -504,7 +510,7 @@ def embedding_ood_evidence(
         lambda e: knn_score(e, ref_c, k=kk),
         data,
         e_val,
-        rule_extra={"k": kk, "reference": "training inputs"},
+        rule_extra={"k": kk, "reference": "training inputs", "fitted_on": "fit items outside the reference"},
         table=None,
         n_resamples=n_resamples,
         seed=seed,

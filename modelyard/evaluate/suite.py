@@ -42,6 +42,8 @@ CLASSIFIER_CHECKS = (
 )
 EMBEDDER_CHECKS = ("robustness.perturbation_cosine", "ood.auroc", "ood.fpr95", "ood.auroc_drop")
 Z95 = 1.959963984540054
+EMBED_OOD_VAL_MIN = 10  # fit items kept out of the kNN reference to fit the OOD threshold on
+EMBED_OOD_REFERENCE_MAX = 2000
 
 
 def _take(x: Any, idx: np.ndarray) -> Any:
@@ -83,7 +85,7 @@ class SuiteInputs:
         default_factory=dict
     )  # epsilon (mean), text, steps: JSON for Evidence
     epsilon: Any = None  # the attack budget as used: a number, or one per feature
-    ood_id_idx: np.ndarray | None = None  # test items scored as in-distribution (embedders), None = all
+    ood_fit_how: str | None = None  # what the embedder's kNN reference and OOD threshold were fitted on
     unknown: dict[str, str] = field(default_factory=dict)  # check -> why it cannot run
     seconds: dict[str, float] = field(default_factory=dict)
     sample_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -118,15 +120,20 @@ def prepare_inputs(
     if cal is not None:
         inp.sets["cal"], inp.cal_labels, inp.cal_how = cal
     if task == "embedding":
-        # kNN OOD scores need a reference set of in-distribution items other than the ones scored: when the
-        # train split is the test split, half the items (fixed) are the reference, the other half are scored.
-        if dataset.x_train is dataset.x_test or not len(dataset.x_train):
-            perm = np.random.default_rng(0).permutation(dataset.n_test)
-            half = dataset.n_test // 2
-            inp.sets["train"] = _take(dataset.x_test, np.sort(perm[:half]))
-            inp.ood_id_idx = np.sort(perm[half:])
-        else:
-            inp.sets["train"] = _take(dataset.x_train, np.arange(min(len(dataset.x_train), 2000)))
+        # kNN OOD scores need a reference set of in-distribution items and, for the threshold, other ID items
+        # that are not in it: both from the fit part (a fixed split of it), never from the test items scored.
+        fit = dataset.fit_inputs()
+        perm = np.random.default_rng(0).permutation(len(fit))
+        n_val = max(EMBED_OOD_VAL_MIN, len(fit) // 4) if len(fit) >= 2 * EMBED_OOD_VAL_MIN else 0
+        ref_idx, val_idx = np.sort(perm[n_val:][:EMBED_OOD_REFERENCE_MAX]), np.sort(perm[:n_val])
+        inp.sets["train"] = _take(fit, ref_idx)
+        if n_val:
+            inp.sets["ood_val"] = _take(fit, val_idx)
+        inp.ood_fit_how = (
+            f"kNN reference: {len(ref_idx)} fit items; threshold fitted on {n_val} other fit items"
+            if n_val
+            else f"kNN reference: {len(ref_idx)} fit items; too few fit items to also fit a threshold on"
+        )
     n_rob, why = robust_sample_size(policy, dataset.n_test)
     inp.robust_idx = np.arange(n_rob) if n_rob >= dataset.n_test else _stratified(dataset, n_rob)
     inp.sample_sizes["robustness"] = {"n": int(n_rob), "why": why}
@@ -147,10 +154,8 @@ def prepare_inputs(
     say("building perturbed inputs", 0.0)
     with _timed(inp.seconds, "robustness.inputs"):
         if dataset.modality == "image" and isinstance(x_rob, np.ndarray):
-            lo, hi = baseline.spec.value_range or (
-                float(np.min(dataset.x_train)),
-                float(np.max(dataset.x_train)),
-            )
+            fit_x = np.asarray(dataset.fit_inputs())
+            lo, hi = baseline.spec.value_range or (float(np.min(fit_x)), float(np.max(fit_x)))
             table = C.image_corruptions(x_rob, value_range=(lo, hi), seed=0)
             for cname, by_sev in table.items():
                 inp.corruption_keys[cname] = {}
@@ -165,8 +170,8 @@ def prepare_inputs(
                 inp.sets[f"perturb:{pname}"] = texts
                 inp.perturbation_keys[pname] = f"perturb:{pname}"
         elif isinstance(x_rob, np.ndarray):
-            ref = dataset.x_train if len(dataset.x_train) else dataset.x_test
-            for pname, xs in C.tabular_noise(x_rob, reference=np.asarray(ref), seed=0).items():
+            ref = np.asarray(dataset.fit_inputs())
+            for pname, xs in C.tabular_noise(x_rob, reference=ref, seed=0).items():
                 inp.sets[f"perturb:{pname}"] = xs
                 inp.perturbation_keys[pname] = f"perturb:{pname}"
 
@@ -207,16 +212,15 @@ def _craft_adversarials(
         )
         return
     r = policy.robustness
+    ref = np.asarray(dataset.fit_inputs())  # attack ranges and budget come from fit items, never test items
     if baseline.spec.value_range is not None:
         value_range: Any = baseline.spec.value_range
     else:
-        ref = np.asarray(dataset.x_train if len(dataset.x_train) else dataset.x_test)
         value_range = (ref.min(axis=0), ref.max(axis=0))
     if r.epsilon is not None:
         eps: Any = float(r.epsilon)
         text = f"{r.epsilon:g} (input units, from the policy)"
     else:
-        ref = np.asarray(dataset.x_train if len(dataset.x_train) else dataset.x_test)
         eps, text = A.default_epsilon(dataset.modality, baseline.spec.value_range, reference=ref)
     steps = int(r.pgd_steps)
     inp.sets["adv:fgsm"] = A.fgsm(module, x, y, epsilon=eps, value_range=value_range)
@@ -416,15 +420,17 @@ def embedding_checks(
         if inputs.ood_names:
             ood_b = np.concatenate([base[f"ood:{n}"] for n in inputs.ood_names])
             ood_c = np.concatenate([cand[f"ood:{n}"] for n in inputs.ood_names])
-            ids = inputs.ood_id_idx if inputs.ood_id_idx is not None else np.arange(len(cand["test"]))
             ms, _ = ood.embedding_ood_evidence(
-                base["test"][ids],
+                base["test"],
                 ood_b,
-                cand["test"][ids],
+                cand["test"],
                 ood_c,
                 reference_base=base["train"],
                 reference_cand=cand["train"],
+                emb_val_cand=cand.get("ood_val"),
             )
+            for m in ms.values():
+                m.details["fitted_on"] = inputs.ood_fit_how
             out.update(ms)
         else:
             reason = inputs.unknown.get("ood", "no out-of-distribution set")

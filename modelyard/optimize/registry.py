@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard.data.dataset import Dataset
+from modelyard.data.dataset import Dataset, FitData
 from modelyard.errors import ConfigError
 from modelyard.optimize.candidate import Candidate
 
@@ -23,16 +23,25 @@ Progress = Callable[[str], None]
 
 @dataclass
 class PassContext:
-    """What a pass may use: a folder to write into, the dataset (train split for calibration and
-    fine-tuning), the policy's fidelity floors, a thread count and a progress callback."""
+    """What a pass may use: a folder to write into, the fit part of the dataset (train and calibration
+    splits, for calibration, smoothing, sensitivity searches and fine-tuning), the policy's fidelity floors,
+    a thread count and a progress callback.
+
+    Given a whole ``Dataset``, the context keeps only its fit part (``Dataset.fit_part()``): a pass cannot
+    see, let alone fit on, the test items its candidate will be judged on."""
 
     workdir: Path
-    dataset: Dataset
+    dataset: FitData
     threads: int | None = None
     seed: int = 0
     fidelity: dict[str, float] = field(default_factory=dict)
     progress: Progress = lambda msg: None
     is_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        data: Any = self.dataset
+        if isinstance(data, Dataset):
+            self.dataset = data.fit_part()
 
 
 PassFn = Callable[[Candidate, Any, PassContext], Candidate]

@@ -346,8 +346,12 @@ def evidence_risks(ev: dict[str, Any], cand: dict[str, Any] | None) -> list[str]
                 f"Unknown ({reason}): {', '.join(sorted(names))}; these checks fail closed in the gates."
             )
         rule = as_dict(as_dict(cand.get("serving")).get("ood"))
-        if "test" in str(rule.get("fitted_on") or ""):
+        if "test" in str(
+            rule.get("fitted_on") or ""
+        ):  # evidence written before thresholds left the test split
             out.append(
                 "The OOD threshold was fitted on the test split (no calibration split), so its FPR95 is optimistic."
             )
+        elif rule and rule.get("threshold") is None and rule.get("reason"):
+            out.append(f"No OOD threshold is served: {rule['reason']}.")
     return out

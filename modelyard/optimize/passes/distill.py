@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelyard.data.dataset import Dataset
+from modelyard.data.dataset import FitData
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
@@ -84,7 +84,7 @@ def require_pytorch(candidate: Candidate, pass_name: str, verb: str) -> None:
         )
 
 
-def require_train_data(candidate: Candidate, dataset: Dataset, pass_name: str) -> None:
+def require_train_data(candidate: Candidate, dataset: FitData, pass_name: str) -> None:
     if dataset.x_train is None or len(dataset.x_train) == 0:
         raise PassSkipped(
             f"{pass_name} needs training data (labelled or not) to fine-tune on; dataset {dataset.name!r} has an "
@@ -193,7 +193,7 @@ def image_augment(lo: float, hi: float, noise: float = 0.05) -> Augment:
 def fit(
     student: nn.Module,
     candidate: Candidate,
-    dataset: Dataset,
+    dataset: FitData,
     *,
     epochs: int,
     lr: float,

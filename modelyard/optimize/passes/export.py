@@ -114,7 +114,7 @@ def bert_shape(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 def example_feeds(candidate: Candidate, ctx: PassContext, n: int = 8) -> dict[str, np.ndarray]:
     """A small real batch from the train split, in the candidate's feed format (texts: padded batch)."""
-    sample = ctx.dataset.calibration_sample(n, seed=ctx.seed)
+    sample = ctx.dataset.fit_sample(n, seed=ctx.seed)
     pre = candidate.preprocessor()
     if candidate.tokenizer_dir is not None:
         texts = list(_TRACE_TEXTS) + [str(t) for t in sample]

@@ -96,10 +96,11 @@ def _names(pass_name: str, option: str, value: Any) -> tuple[str, ...]:
 class DynamicQuantConfig:
     """ONNX Runtime dynamic int8. ``exclude_op_types`` stay fp32 (Conv by default). ``smooth_alpha`` (None =
     off) smooths the inputs of MatMul/Gemm/Attention first (SmoothQuant; channel maxima measured on
-    ``smooth_samples`` training inputs)."""
+    ``smooth_samples`` fit inputs). ``reduce_range`` (7-bit weights): None = on x86 CPUs without VNNI, where
+    ONNX Runtime's u8s8 kernels can saturate 16-bit sums, off elsewhere (see ``default_reduce_range``)."""
 
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     weight_type: str = "int8"
     exclude_op_types: tuple[str, ...] = ("Conv",)
     smooth_alpha: float | None = None
@@ -110,7 +111,8 @@ class DynamicQuantConfig:
             _check_alpha("int8-dynamic", "smooth_alpha", self.smooth_alpha)
         _check_count("int8-dynamic", "smooth_samples", self.smooth_samples, 1)
         _check_bool("int8-dynamic", "per_channel", self.per_channel)
-        _check_bool("int8-dynamic", "reduce_range", self.reduce_range)
+        if self.reduce_range is not None:
+            _check_bool("int8-dynamic", "reduce_range", self.reduce_range)
         _check_choice("int8-dynamic", "weight_type", self.weight_type, QUANT_TYPES)
         object.__setattr__(
             self, "exclude_op_types", _names("int8-dynamic", "exclude_op_types", self.exclude_op_types)
@@ -346,6 +348,16 @@ def _with_gemm_aliases(names: Sequence[str], gemms: set[str]) -> list[str]:
     return out
 
 
+def default_reduce_range() -> bool:
+    """7-bit weights for dynamic int8 on x86 CPUs without VNNI: there ONNX Runtime's u8s8 kernels
+    (VPMADDUBSW) add pairs of products into saturating 16-bit sums, which full-range int8 weights can
+    overflow; VNNI, AMX and ARM kernels do not saturate, so full range is kept there."""
+    from modelyard.runtime.device import cpu_info
+
+    info = cpu_info()
+    return info["machine"] in ("x86_64", "AMD64", "i686") and not (info["isa"]["vnni"] or info["isa"]["amx"])
+
+
 def quantize_dynamic_file(
     src: Path,
     dst: Path,
@@ -422,7 +434,7 @@ def smoother(
     targets = [t for t in find_targets(_load(candidate.path)) if t.op_type in wanted]
     if not targets:
         return None
-    x = ctx.dataset.calibration_sample(samples, seed=ctx.seed)
+    x = ctx.dataset.fit_sample(samples, seed=ctx.seed)
     batches = _batches(candidate, x, BATCH)
     stats = channel_max(candidate.path, sorted({t.x for t in targets}), batches, ctx.threads)
     return Smoother(candidate.path, targets, stats, len(x))
@@ -467,6 +479,7 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
     float_model = _load(candidate.path)
     op_types = dynamic_op_types(config.exclude_op_types)
     feeds = example_feeds(candidate, ctx)
+    reduce_range = default_reduce_range() if config.reduce_range is None else config.reduce_range
     notes: list[str] = []
     smooth_meta: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmpdir:
@@ -489,7 +502,7 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
                 src,
                 dest,
                 per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
+                reduce_range=reduce_range,
                 weight_type=config.weight_type,
                 op_types=op_types,
                 gemms=_gemm_names(float_model),
@@ -507,8 +520,10 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
         )
     check_runs(dest, feeds, "int8-dynamic", ctx.threads)
     settings = f"{'per-channel' if config.per_channel else 'per-tensor'} {config.weight_type} weights"
-    if config.reduce_range:
-        settings += ", reduce_range (7-bit weights)"
+    if reduce_range:
+        settings += (
+            ", reduce_range (7-bit weights" + ("" if config.reduce_range else ": x86 without VNNI") + ")"
+        )
     notes.insert(
         0, f"dynamic int8 ({settings}); quantized {len(done)} nodes: {_count([op for _, op in done])}"
     )
@@ -518,7 +533,7 @@ def int8_dynamic(candidate: Candidate, config: DynamicQuantConfig, ctx: PassCont
         "quantization": {
             "method": "dynamic",
             "per_channel": config.per_channel,
-            "reduce_range": config.reduce_range,
+            "reduce_range": reduce_range,
             "weight_type": config.weight_type,
             "quantized_nodes": len(done),
         }
@@ -585,7 +600,7 @@ def int8_static(candidate: Candidate, config: StaticQuantConfig, ctx: PassContex
 
     dest = Path(ctx.workdir) / "model.onnx"
     Path(ctx.workdir).mkdir(parents=True, exist_ok=True)
-    x = ctx.dataset.calibration_sample(config.samples, seed=ctx.seed)
+    x = ctx.dataset.fit_sample(config.samples, seed=ctx.seed)
     feeds = calibration_feeds(candidate, x, config.calibration)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
@@ -675,7 +690,7 @@ def _dynamic_plan(
             src,
             dst,
             per_channel=config.per_channel,
-            reduce_range=False,
+            reduce_range=default_reduce_range(),
             weight_type="int8",
             op_types=op_types,
             gemms=gemms,
@@ -703,7 +718,7 @@ def _dynamic_plan(
 def _static_plan(
     candidate: Candidate, config: AutoQuantConfig, tmp: Path, ctx: PassContext, notes: list[str]
 ) -> _Plan:
-    x = ctx.dataset.calibration_sample(config.samples, seed=ctx.seed)
+    x = ctx.dataset.fit_sample(config.samples, seed=ctx.seed)
     feeds = calibration_feeds(candidate, x, config.calibration)
     src, problem = preprocess_for_static(candidate.path, tmp / "pre.onnx")
     if problem:
@@ -757,7 +772,7 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
         mode = "dynamic" if is_transformer_graph(_load(candidate.path)) else "static"
 
     # Fidelity sample: training inputs, a different draw from the calibration sample.
-    x_fid = ctx.dataset.calibration_sample(config.samples, seed=ctx.seed + 1)
+    x_fid = ctx.dataset.fit_sample(config.samples, seed=ctx.seed + 1)
     batches = _batches(candidate, x_fid, BATCH)
     ref = _outputs(candidate.path, batches, ctx.threads)
     n_items = len(ref)
