@@ -4,10 +4,17 @@ Servers (one at a time, each in its own process; the load generator runs in this
 
 - ``fastapi``   (a) a plain FastAPI + PyTorch fp32 endpoint written the way a tutorial does it: a sync
                 ``def`` endpoint, ``model(x)`` once per request, JSON lists in and out (bench/serve_peers.py).
-- ``litserve``  (b) LitServe serving the same ONNX file as ours with ONNX Runtime and its batching on
-                (``max_batch_size``, ``batch_timeout``), in bench/.venv-litserve (bench/setup_litserve.sh).
-- ``ours``      ``modelyard serve NAME@champion``, OIP v2 JSON ``/v2/models/NAME/infer``, asking for the one
-                output the peers return (``probabilities`` or ``embedding``).
+                It serves the PyTorch fp32 baseline, not the champion: the digits demo's baseline weights, or
+                the all-MiniLM-L6-v2 sentence-transformers folder.
+- ``litserve``  (b) LitServe serving the champion's ONNX file (the file ours serves) with ONNX Runtime and its
+                batching on (``max_batch_size``, ``batch_timeout``), in bench/.venv-litserve
+                (bench/setup_litserve.sh).
+- ``ours``      ``modelyard serve NAME@champion`` (the registry champion, ONNX), OIP v2 JSON
+                ``/v2/models/NAME/infer``, asking for the one output the peers return (``probabilities`` or
+                ``embedding``).
+
+So (b) vs ours compares servers on one model file; (a) vs ours compares the server and the runtime together
+(PyTorch fp32 eager against the ONNX champion).
 
 Models: the digits CNN (one 8x8 image per request) and all-MiniLM-L6-v2 (one sentence per request), from the
 built-in demos run through ``run_pipeline`` into a bench home under bench/out/serve_load/ (kept between runs).
@@ -56,9 +63,10 @@ WORK = OUT / "serve_load"
 
 SERVERS = ("fastapi", "litserve", "ours")
 SERVER_TITLES = {
-    "fastapi": "(a) FastAPI + PyTorch fp32, sync endpoint, one call per request",
-    "litserve": "(b) LitServe + ONNX Runtime, LitServe batching",
-    "ours": "ours: modelyard serve (OIP v2 JSON)",
+    "fastapi": "(a) FastAPI + PyTorch fp32 serving the PyTorch baseline (not the champion), sync endpoint, "
+    "one call per request",
+    "litserve": "(b) LitServe + ONNX Runtime serving the champion's ONNX file, LitServe batching",
+    "ours": "ours: modelyard serve of the champion (OIP v2 JSON)",
 }
 MODELS = {  # demo key -> (registry name, recipes, kind)
     "digits": ("digits-cnn", ["onnx"], "digits"),

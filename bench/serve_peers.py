@@ -2,10 +2,12 @@
 
 ``fastapi``   A plain FastAPI + PyTorch fp32 endpoint written the way a tutorial writes it: a sync ``def``
               endpoint (FastAPI runs it in its thread pool), a pydantic body, ``model(x)`` once per request,
-              JSON lists in and out, one uvicorn worker. Runs in modelyard's venv (it needs torch; for the
-              digits CNN it imports the architecture from ``modelyard.zoo.nets``; for MiniLM it uses
-              sentence-transformers' ``encode``).
-``litserve``  LitServe serving an ONNX file with ONNX Runtime and LitServe's own dynamic batching
+              JSON lists in and out, one uvicorn worker. It serves the PyTorch fp32 baseline, not the registry
+              champion: for the digits CNN the baseline's safetensors weights in the architecture from
+              ``modelyard.zoo.nets``; for MiniLM the sentence-transformers folder and its ``encode``. Runs in
+              modelyard's venv (it needs torch).
+``litserve``  LitServe serving an ONNX file (serve_load.py gives it the registry champion's, the file modelyard
+              serves) with ONNX Runtime and LitServe's own dynamic batching
               (``LitAPI(max_batch_size=..., batch_timeout=...)``). Runs in bench/.venv-litserve (created by
               bench/setup_litserve.sh); it imports neither modelyard nor torch.
 

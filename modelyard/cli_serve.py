@@ -41,17 +41,34 @@ def serve(
             "--reload-on-alias", help="Follow the alias (e.g. champion): promote/rollback swap versions live."
         ),
     ] = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Serve a pickle-based version (TorchScript, .pt2) registered without a trust record; "
+            "it is still scanned first.",
+        ),
+    ] = False,
+    trust_factory: Annotated[
+        bool,
+        typer.Option(
+            "--trust-factory",
+            help="Serve a factory-built version registered without a trust record (imports and runs the factory).",
+        ),
+    ] = False,
     home: Annotated[
         Path | None, typer.Option(help="Home folder (default $MODELYARD_HOME or ./.modelyard).")
     ] = None,
 ) -> None:
     """Serve registry models over the Open Inference Protocol v2 (KServe v2, with binary tensors) and a simple
     JSON POST /predict. Set MODELYARD_API_KEY in the environment to require 'Authorization: Bearer <key>'; it is
-    never a command-line option, so it stays out of the process list and the shell history."""
+    never a command-line option, so it stays out of the process list and the shell history. A pickle-based or
+    factory-built version is served only with the trust record stored when it was registered, or with
+    --trust-pickle / --trust-factory for a version registered without one."""
     import uvicorn
     from rich.console import Console
 
-    from modelyard.serve.app import create_app, resolve_refs
+    from modelyard.serve.app import check_trust, create_app, resolve_refs
     from modelyard.serve.settings import MIB, ServeSettings
 
     settings = ServeSettings.from_env(
@@ -67,9 +84,12 @@ def serve(
         max_body_bytes=int(max_body_mb * MIB) if max_body_mb is not None else None,
         max_queue=max_queue,
         reload_on_alias=reload_on_alias,
+        trust_pickle=trust_pickle,
+        trust_factory=trust_factory,
     )
     app = create_app(settings)
     refs = resolve_refs(settings, app.state.serve.registry)  # fail fast, in one line, on a bad reference
+    check_trust(settings, app.state.serve.registry, refs)  # ... and on a version nobody said to trust
     models = ", ".join(f"{name} v{version}" for _, name, version in refs)
     batching = "batching off" if not settings.batching else "batching from measurements"
     if settings.max_batch_size is not None:
@@ -81,6 +101,9 @@ def serve(
         extras.append("WARNING: reachable from the network with no API key; set MODELYARD_API_KEY")
     if settings.reload_on_alias:
         extras.append("following aliases")
+    extras += [
+        flag for flag, on in (("--trust-pickle", trust_pickle), ("--trust-factory", trust_factory)) if on
+    ]
     Console().print(
         f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
         highlight=False,

@@ -50,6 +50,7 @@ def test_structured_prune_halves_digits_cnn_and_its_onnx(digits: Demo, tmp_path:
         "torch_kind": "safetensors",
         "factory": "modelyard.zoo.nets:digits_cnn",
         "factory_kwargs": {"c1": 8, "c2": 16, "hidden": 32},
+        "trust": base.meta["trust"],  # the built-in factory's trust record travels with the module
     }
     pruned, teacher = cand.torch_module(), base.torch_module()
     assert [pruned.features[0].out_channels, pruned.features[2].out_channels] == [8, 16]

@@ -27,6 +27,8 @@ from modelyard.optimize.candidate import Candidate
 from modelyard.registry import Registry, VersionEntry
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.preprocess import predict
+from modelyard.security import scan_file
+from modelyard.security.trust import FACTORY, trust_record
 from modelyard.serve.model import ServedModel
 from tests.conftest import make_blobs
 from tests.test_serve_app import MODEL, build_blobs_registry
@@ -72,10 +74,13 @@ def register_gated_model(registry: Registry, folder: Path, port: int) -> None:
         task="classification",
         num_classes=3,
     )
+    factory = f"{__name__}:gated_net"
     meta = {
         "torch_kind": "safetensors",
-        "factory": f"{__name__}:gated_net",
+        "factory": factory,
         "factory_kwargs": {"port": port},
+        # a factory-built version is served only with the trust record registered with it
+        "trust": trust_record(FACTORY, flag="--factory", scan=scan_file(path), factory=factory),
     }
     cand = Candidate(GATED, "torch", path, spec, meta=meta)
     registry.register_run(

@@ -9,11 +9,18 @@ from typing import Any
 import numpy as np
 
 from modelyard.data.dataset import Dataset
-from modelyard.errors import ArtifactError, ConfigError, DataError
+from modelyard.errors import ArtifactError, ConfigError, DataError, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 MODEL_FORMATS = "an ONNX file, a safetensors state dict with --factory module:function, TorchScript, torch.export (.pt2), or a Hugging Face folder"
+
+
+def _failure(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, or just its type when its message is empty (a bare ``assert``)."""
+    name = type(exc).__name__
+    line = first_line(exc, limit=200)
+    return name if line == name else f"{name}: {line}"
 
 
 def _probe_output(module: Any, x: np.ndarray) -> np.ndarray:
@@ -36,7 +43,7 @@ def _torch_spec(module: Any, dataset: Dataset, task: str, input_name: str) -> Ru
     except Exception as exc:
         raise DataError(
             f"the model cannot run on the data: inputs of shape {tuple(dataset.x_test.shape[1:])} per example "
-            f"failed with {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the data matches the model input"
+            f"failed with {_failure(exc)}; check the data matches the model input"
         ) from None
     width = int(out.shape[-1])
     out_name = "logits" if task == "classification" else "embedding"
@@ -59,8 +66,12 @@ def load_baseline(
     trust_pickle: bool = False,
     input_name: str = "input",
 ) -> Candidate:
-    """Detect the model format by content, scan it, and build the baseline candidate."""
+    """Detect the model format by content, scan it, and build the baseline candidate.
+
+    A pickle-based file (on ``trust_pickle``) or a factory-built module gets the trust decision that let it
+    in recorded in ``candidate.meta["trust"]`` (see :mod:`modelyard.security.trust`)."""
     from modelyard.security import detect_format, require_safe
+    from modelyard.security.trust import FACTORY, PICKLE, trust_record
 
     path = Path(path)
     if not path.exists():
@@ -68,7 +79,7 @@ def load_baseline(
     fmt = detect_format(path)
     if fmt == "unknown":
         raise ArtifactError(f"cannot tell what kind of model {path} is; modelyard reads {MODEL_FORMATS}")
-    require_safe(path, trust_pickle=trust_pickle)
+    scan = require_safe(path, trust_pickle=trust_pickle)
     task = task or ("classification" if dataset.y_test is not None else "embedding")
     if task not in ("classification", "embedding"):
         raise ConfigError(f"unknown task {task!r}; use classification or embedding")
@@ -96,17 +107,25 @@ def load_baseline(
             )
         from modelyard.runtime.torch import load_torch_module
 
-        meta = {"torch_kind": "safetensors", "factory": factory, "factory_kwargs": dict(factory_kwargs or {})}
+        meta: dict[str, Any] = {
+            "torch_kind": "safetensors",
+            "factory": factory,
+            "factory_kwargs": dict(factory_kwargs or {}),
+            "trust": trust_record(FACTORY, flag="--factory", scan=scan, factory=factory),
+        }
         module = load_torch_module(path, meta)
         cand = Candidate("baseline", "torch", path, _torch_spec(module, dataset, task, input_name), meta=meta)
     elif fmt in ("torchscript", "torch-export"):
         from modelyard.runtime.torch import load_torch_module
 
-        meta = {"torch_kind": "torchscript" if fmt == "torchscript" else "export"}
+        meta = {
+            "torch_kind": "torchscript" if fmt == "torchscript" else "export",
+            "trust": trust_record(PICKLE, flag="--trust-pickle", scan=scan),
+        }
         try:
             module = load_torch_module(path, meta)
         except Exception as exc:
-            raise ArtifactError(f"cannot load {fmt} file {path}: {str(exc).splitlines()[0][:200]}") from None
+            raise ArtifactError(f"cannot load {fmt} file {path}: {first_line(exc, limit=200)}") from None
         cand = Candidate("baseline", "torch", path, _torch_spec(module, dataset, task, input_name), meta=meta)
     else:
         raise ArtifactError(
@@ -149,7 +168,7 @@ def check_fit(candidate: Candidate, dataset: Dataset) -> None:
         out = runner.run(candidate.preprocessor()(dataset.x_test[:2]))
     except Exception as exc:
         raise DataError(
-            f"the model failed on the first test examples: {str(exc).strip().splitlines()[0][:200]}; "
+            f"the model failed on the first test examples: {_failure(exc)}; "
             "check the data matches the model input"
         ) from None
     with contextlib.suppress(StopIteration):

@@ -12,6 +12,10 @@ therefore leaves the database either without the run or with all of it, and ever
 database names is already on disk. Nothing is ever deleted: triggers refuse UPDATE and DELETE on
 the history tables; only the current target of an alias changes, and each change is logged.
 
+A version's manifest keeps the trust record of a pickle-based or factory-built model (``meta["trust"]``: who
+let it in, with which flag, when, and the scan; see :mod:`modelyard.security.trust`); ``register_run`` refuses
+a malformed one, and ``get_version`` returns it as ``trust``.
+
 Rollback walks the alias's history as a stack: a promotion pushes a version, a rollback pops one,
 so two rollbacks after promotions 1 -> 2 -> 3 land on 1, not back on 3.
 
@@ -38,6 +42,7 @@ from typing import Any
 from modelyard.errors import RegistryError
 from modelyard.registry.artifacts import ArtifactStore, check_relpath
 from modelyard.registry.db import connect, read_snapshot, transaction
+from modelyard.security.trust import check_record
 
 CRASH_ENV = "MODELYARD_TEST_CRASH_AT"
 CRASH_POINTS = ("mid_artifact", "after_artifacts", "mid_transaction", "after_commit")
@@ -96,6 +101,20 @@ def _to_json(what: str, value: Any) -> str:
         raise RegistryError(
             f"{what} is not plain JSON ({e}); convert it to dicts, lists, str and finite numbers"
         ) from e
+
+
+def _check_trust(entry: VersionEntry) -> None:
+    """A trust record in a manifest (``meta["trust"]``) must be well formed: it is what lets the server load a
+    pickle-based or factory-built version (see :mod:`modelyard.security.trust`)."""
+    meta = entry.manifest.get("meta") if isinstance(entry.manifest, dict) else None
+    if isinstance(meta, dict) and "trust" in meta:
+        check_record(meta["trust"], label=f"candidate {entry.name!r}")
+
+
+def _trust_of(manifest: Any) -> dict[str, Any] | None:
+    meta = manifest.get("meta") if isinstance(manifest, dict) else None
+    record = meta.get("trust") if isinstance(meta, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def _versions_text(n: int) -> str:
@@ -315,6 +334,7 @@ class Registry:
         if dupes:
             raise RegistryError(f"candidate names must be unique within a run; repeated: {', '.join(dupes)}")
         for e in entries:
+            _check_trust(e)
             if e.parent is not None and (e.parent not in names or e.parent == e.name):
                 raise RegistryError(
                     f"candidate {e.name!r} names parent {e.parent!r}, which is not another candidate of this run; "
@@ -459,7 +479,8 @@ class Registry:
             return [_summary(model, r, aliases) for r in rows]
 
     def get_version(self, model: str, version: int) -> dict[str, Any]:
-        """Everything stored about one version: the summary fields plus manifest, evidence, passes and files."""
+        """Everything stored about one version: the summary fields plus manifest, evidence, passes, files and
+        ``trust`` (the trust record kept in the manifest, None when the version has none)."""
         with self._connect(write=False) as conn, read_snapshot(conn):
             model_id = self._model_id(conn, model)
             self._check_version(conn, model, model_id, version)
@@ -471,6 +492,7 @@ class Registry:
             ).fetchone()
             out = _summary(model, r, self._aliases_by_version(conn, model_id))
             out["manifest"] = json.loads(r["manifest"])
+            out["trust"] = _trust_of(out["manifest"])
             out["evidence"] = json.loads(r["evidence"])
             out["passes"] = json.loads(r["passes"])
             out["files"] = [

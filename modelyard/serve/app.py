@@ -33,6 +33,7 @@ from fastapi import FastAPI
 
 from modelyard.errors import ConfigError, ModelyardError, first_line
 from modelyard.registry import Registry
+from modelyard.security.trust import require_trust
 from modelyard.serve.batcher import BatchingConfig, DynamicBatcher, QueueFull, choose_batching
 from modelyard.serve.cache import PredictionCache
 from modelyard.serve.metrics import ServerMetrics
@@ -91,6 +92,18 @@ def resolve_refs(settings: ServeSettings, registry: Registry) -> list[tuple[str,
         seen[name] = ref
         out.append((ref, name, version))
     return out
+
+
+def check_trust(settings: ServeSettings, registry: Registry, refs: list[tuple[str, str, int]]) -> None:
+    """Refuse, before anything loads, a pickle-based or factory-built version without a trust record that no
+    ``--trust-pickle`` / ``--trust-factory`` stands in for (ArtifactError naming the flag)."""
+    for _, name, version in refs:
+        require_trust(
+            registry.get_version(name, version)["manifest"],
+            label=f"{name}:{version}",
+            trust_pickle=settings.trust_pickle,
+            trust_factory=settings.trust_factory,
+        )
 
 
 def batching_for(settings: ServeSettings, model: ServedModel) -> BatchingConfig:
@@ -195,7 +208,13 @@ class ServerState:
         assert self.workdir is not None
         s = self.settings
         model = await asyncio.to_thread(
-            ServedModel.load, self.registry, ref, threads=s.threads, workdir=self.workdir
+            ServedModel.load,
+            self.registry,
+            ref,
+            threads=s.threads,
+            workdir=self.workdir,
+            trust_pickle=s.trust_pickle,
+            trust_factory=s.trust_factory,
         )
         try:
             config = batching_for(s, model)

@@ -1,7 +1,9 @@
 """One registry version, loaded for serving: its Runner, its input contract and its serving rules.
 
-:meth:`ServedModel.load` resolves a reference, materializes the version's files, rebuilds the Candidate
-from its manifest, loads the Runner once and reads the serving rules the pipeline stored with it
+:meth:`ServedModel.load` resolves a reference, checks the version's trust record (a pickle-based or
+factory-built version needs one, or ``--trust-pickle`` / ``--trust-factory``; see
+:mod:`modelyard.security.trust`), materializes the version's files, rebuilds the Candidate from its manifest,
+scans a pickle-based file, loads the Runner once and reads the serving rules the pipeline stored with it
 (``manifest["meta"]["serving"]``: the calibration temperature, the OOD rule and the input contract; a version
 registered before these existed is served with T = 1, no OOD outputs and a contract derived from its spec).
 
@@ -32,11 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError, first_line
+from modelyard.errors import ArtifactError, UnsafeModelError, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner, TensorSpec
+from modelyard.security import require_safe
 from modelyard.security.contract import check_inputs, input_contract
+from modelyard.security.trust import PICKLE, require_trust
 from modelyard.serve.protocol import InferInput, ProtocolError, tensor_metadata
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,7 @@ def _relocate(manifest: Mapping[str, Any], folder: Path) -> Candidate:
     if not path.exists():
         raise ArtifactError(
             f"the registered files of {cand.name!r} do not include {original.name!r}; "
-            "re-register the model with modelyard ship"
+            "register the model again (modelyard optimize, or modelyard demo for a demo, registers versions)"
         )
     tokenizer: Path | None = None
     if cand.tokenizer_dir is not None:
@@ -138,22 +142,43 @@ class ServedModel:
     ood_rule: dict[str, Any] | None = None
     contract: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    trust: dict[str, Any] | None = None
     _preprocessor: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------------------------------ loading
 
     @classmethod
     def load(
-        cls, registry: Registry, ref: str, *, threads: int | None = None, workdir: Path | str
+        cls,
+        registry: Registry,
+        ref: str,
+        *,
+        threads: int | None = None,
+        workdir: Path | str,
+        trust_pickle: bool = False,
+        trust_factory: bool = False,
     ) -> ServedModel:
-        """Resolve ``ref``, copy the version's files under ``workdir`` and load its Runner once."""
+        """Resolve ``ref``, copy the version's files under ``workdir`` and load its Runner once.
+
+        A pickle-based or factory-built version loads only with its trust record, or with ``trust_pickle`` /
+        ``trust_factory`` standing in for a missing one (ArtifactError otherwise, before any file is copied);
+        a pickle-based file is scanned before it is unpickled, record or not."""
         name, version = registry.resolve(ref)
         info = registry.get_version(name, version)
+        label = f"{name}:{version}"
+        status = require_trust(
+            info["manifest"], label=label, trust_pickle=trust_pickle, trust_factory=trust_factory
+        )
         Path(workdir).mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=workdir))
         try:
             registry.materialize(name, version, folder)
             cand = _relocate(info["manifest"], folder)
+            if status.needed == PICKLE:
+                try:
+                    require_safe(cand.path, trust_pickle=True)
+                except UnsafeModelError as exc:
+                    raise UnsafeModelError(f"{label}: {exc}") from None
             runner = cand.load(
                 threads=threads, spin=False
             )  # idle ORT threads must not eat the HTTP side's CPU
@@ -168,7 +193,12 @@ class ServedModel:
             runner=runner,
             evidence=dict(info.get("evidence") or {}),
             folder=folder,
+            trust=dict(status.record) if status.record is not None else None,
         )
+        if status.needed is not None and status.record is None:
+            note = f"served on {status.serve_flag} without a trust record ({status.problem})"
+            model.notes.append(note)
+            log.warning("%s: %s", label, note)
         model._read_serving_rules()
         return model
 

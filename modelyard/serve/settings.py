@@ -29,7 +29,9 @@ class ServeSettings:
     ``models``: registry references ("name", "name@alias", "name:3"); empty means every model's
     ``@champion``. ``max_batch_size`` / ``max_wait_ms`` None: chosen per model from its measured throughput
     curve (see :func:`modelyard.serve.batcher.choose_batching`). ``latency_budget_ms`` None: the policy's
-    ``budgets.max_latency_p99_ms`` recorded with the version, else 100 ms.
+    ``budgets.max_latency_p99_ms`` recorded with the version, else 100 ms. ``trust_pickle`` / ``trust_factory``:
+    serve a pickle-based / factory-built version that has no trust record (one registered by an older
+    modelyard); a pickle-based file is still scanned first (see :func:`modelyard.security.trust.require_trust`).
     """
 
     home: Path = Path(".modelyard")
@@ -47,6 +49,8 @@ class ServeSettings:
     cache_items: int = 0
     threads: int | None = None
     reload_on_alias: bool = False
+    trust_pickle: bool = False
+    trust_factory: bool = False
     alias_poll_s: float = 1.0
     warmup_calls: int = 3
     drain_timeout_s: float = 30.0
@@ -135,8 +139,14 @@ def _problems(s: ServeSettings) -> list[str]:
         p.append(f"drain_timeout_s must be a number of seconds >= 0, got {s.drain_timeout_s!r}")
     if not isinstance(s.batching, bool):
         p.append(f"batching must be true or false, got {s.batching!r}")
-    if not isinstance(s.reload_on_alias, bool):
-        p.append(f"reload_on_alias must be true or false, got {s.reload_on_alias!r}")
+    flags = {
+        "reload_on_alias": s.reload_on_alias,
+        "trust_pickle": s.trust_pickle,
+        "trust_factory": s.trust_factory,
+    }
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            p.append(f"{name} must be true or false, got {flag!r}")
     if s.max_batch_size is not None and (not _is_int(s.max_batch_size) or s.max_batch_size < 1):
         p.append(
             f"max_batch_size must be an integer >= 1 (or unset to choose it from measurements), got {s.max_batch_size!r}"

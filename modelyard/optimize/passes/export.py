@@ -36,7 +36,7 @@ MAX_OPSET = 20  # highest opset the TorchScript exporter in torch 2.x writes
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization")
 # Keys of a torch candidate's meta that do not describe an ONNX artifact.
-_TORCH_META = ("torch_kind", "factory", "factory_kwargs")
+_TORCH_META = ("torch_kind", "factory", "factory_kwargs", "trust")  # what only a PyTorch module needs
 # Fixed texts traced together with the data sample so the example batch always contains padding.
 _TRACE_TEXTS = ("ok", "a longer sentence, so that the example batch is padded and the mask path is traced")
 
