@@ -117,6 +117,11 @@ class ObjectivePolicy:
 
 @dataclass(frozen=True)
 class HardwarePolicy:
+    """``price_usd_per_hour``: the price the cost figures use. ``target``: the device the candidates are
+    measured on (and the fp16 pass aims at): "cpu", or "gpu", which needs a GPU runtime usable on this machine
+    (torch with CUDA, or onnxruntime-gpu seeing a device; see ``modelyard.runtime.device.gpu_runtime``).
+    ``run_pipeline`` refuses a GPU target without one before any work."""
+
     price_usd_per_hour: float = DEFAULT_PRICE_USD_PER_HOUR
     target: str = "cpu"  # cpu | gpu
 

@@ -134,6 +134,7 @@ class FakeRunner:
             num_classes=2,
         )
         self.name = name
+        self.device = "cpu"
         self.max_batch = max_batch
         self.log = log if log is not None else []
         self.dtypes: set[str] = set()
@@ -150,7 +151,7 @@ class FakeRunner:
 class FakeCandidate(Candidate):
     runner: FakeRunner
 
-    def load(self, *, threads: int | None = None) -> Any:
+    def load(self, *, threads: int | None = None, spin: bool = True, device: str = "cpu") -> Any:
         return self.runner
 
 
@@ -202,9 +203,11 @@ def test_throughput_curve_best_and_batch32(results: dict[str, Measurement]) -> N
     assert best.value == max(curve.values())
     assert curve[str(best.details["best_batch"])] == best.value
     assert b32.value == curve["32"]
-    assert len(b32.details["repeats"]) == THROUGHPUT_ROUNDS
+    assert len(b32.details["rounds_items_per_s"]) == THROUGHPUT_ROUNDS
     assert b32.details["calls"] >= THROUGHPUT_ROUNDS * MIN_CALLS_PER_WINDOW
-    assert min(b32.details["repeats"]) <= b32.value <= max(b32.details["repeats"])
+    assert b32.value == float(np.median(b32.details["rounds_items_per_s"]))
+    assert b32.interval == (min(b32.details["rounds_items_per_s"]), max(b32.details["rounds_items_per_s"]))
+    assert best.details["repeats"][str(best.details["best_batch"])] == best.details["rounds_items_per_s"]
     assert best.details["failed_batch_sizes"] == {}
 
 

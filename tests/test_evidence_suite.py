@@ -119,6 +119,32 @@ def test_report_and_card_show_the_new_checks(digits_run: Any) -> None:
     assert "complies" not in card.lower() and "compliant" not in card.lower()
 
 
+def test_every_candidates_cost_recomputes_from_its_own_throughput(digits_run: Any) -> None:
+    """Every candidate of the run, as written to evidence.json: the cost is the price over the throughput in
+    its own details, that throughput is the final throughput_best (from the interleaved rounds), the cost's
+    interval is the throughput's mapped through the formula, and every efficiency figure names its device."""
+    ev = json.loads((digits_run.run_dir / "evidence.json").read_text())
+    price = ev["hardware"]["price_usd_per_hour"]
+    assert ev["hardware"]["efficiency_device"] == "cpu"
+    assert len(ev["candidates"]) == 3
+    for c in ev["candidates"]:
+        ms = c["measurements"]
+        best, cost = ms["efficiency.throughput_best"], ms["efficiency.cost_usd_per_1m"]
+        assert cost["details"]["price_usd_per_hour"] == price
+        assert cost["value"] == pytest.approx(price / 3600 / cost["details"]["throughput_items_per_s"] * 1e6)
+        assert cost["details"]["throughput_items_per_s"] == best["value"], c["name"]
+        lo, hi = best["interval"]
+        assert 0 < lo <= best["value"] <= hi
+        assert cost["interval"] == pytest.approx([price / 3600 / hi * 1e6, price / 3600 / lo * 1e6])
+        assert best["details"]["sequential_items_per_s"] > 0  # re-timed round-robin, sequential kept
+        assert best["value"] == pytest.approx(float(np.median(best["details"]["rounds_items_per_s"])))
+        for name, m in ms.items():
+            if name.startswith("efficiency."):
+                assert m["details"]["device"] == "cpu", (c["name"], name)
+                if c["format"] == "onnx":
+                    assert m["details"]["providers"] == ["CPUExecutionProvider"], (c["name"], name)
+
+
 def test_onnx_baseline_marks_attacks_unknown_with_the_way_out(
     onnx_classifier: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -4,15 +4,29 @@ How the figures are taken (the same code serves the pipeline and the benchmarks)
 
 - Raw inputs go through ``candidate.preprocessor()`` once, before any timing: tokenization is not timed.
   Inputs are tiled from ``sample_inputs`` to fill each batch size.
+- Device: the candidate is loaded on the device asked for (``device="cpu"``, or "gpu" for the policy's GPU
+  target); every ``efficiency.*`` measurement records the device the Runner reports (``details["device"]``,
+  plus ``details["providers"]`` for ONNX Runtime), so no figure is read as another device's.
 - Latency: batch-1 calls, after warm-up calls, each timed with ``time.perf_counter``; p50 and p99 with
-  distribution-free order-statistic 95% intervals (which assume independent calls).
-- Throughput: per batch size, timed calls for at least ``min_time_s`` in all, split over interleaved rounds
-  (every batch size takes its turn in each round, so all share the machine's drift); the value is the median
-  of the per-call rates (items / call time).
+  distribution-free order-statistic intervals (which assume independent calls). The ranks aim at 95%; the
+  coverage they actually reach is in ``details["interval_coverage"]`` (few calls cannot reach 95% for p99).
+- Throughput: per batch size, timed calls for at least ``min_time_s`` in all, split over ``THROUGHPUT_ROUNDS``
+  (7) interleaved rounds (every batch size takes its turn in each round, so all share the machine's drift).
+  A round's figure is the median of its per-call rates (items / call time); the value is the median of the
+  round figures and its interval the order-statistic interval of that median over the rounds: with 7 rounds
+  that is (min, max) of the rounds, which covers the median round with probability 1 - 2 / 2**7 = 98.4%
+  (rounds assumed independent; drift between rounds widens the interval, as it should). The coverage reached
+  is recorded in ``details["interval_coverage"]`` for any number of rounds: 5 rounds, for instance, reach
+  only 93.75%, which is why 7 are taken. The best batch size is chosen on these same rounds.
 - Peak memory: a fresh process (``python -m modelyard.evaluate._rss_probe``) loads the candidate and runs one
-  batch of 32; its ``ru_maxrss``. An empty probe's figure is reported beside it.
-- Cost: ``price_usd_per_hour / 3600 / best items-per-second * 1e6``, one instance fully busy at the best
-  batch size.
+  batch of 32; its ``ru_maxrss``. An empty probe's figure is reported beside it. The probe loads on the CPU:
+  for a Runner on a GPU the figure is UNKNOWN with that reason.
+- Cost: :func:`cost_measurement` is the one place it is computed, from the final throughput measurement:
+  ``price_usd_per_hour / 3600 / throughput * 1e6`` (one instance fully busy at the best batch size), with
+  ``details["throughput_items_per_s"]`` exactly that throughput and the interval the throughput interval
+  mapped through the same formula (bounds reversed). In the pipeline (``modelyard.evaluate.run``) the final
+  ``throughput_best`` comes from rounds timed round-robin across all candidates, and the cost is rebuilt from
+  it by the same function; the figure from these rounds stays in its details as ``sequential_items_per_s``.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +51,7 @@ from modelyard.errors import ConfigError, DataError, first_line
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import Runner
-from modelyard.runtime.device import default_threads
+from modelyard.runtime.device import default_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +59,8 @@ Feeds = dict[str, np.ndarray]
 ProgressFn = Callable[[str, float], None]
 
 B32 = 32
-THROUGHPUT_ROUNDS = 3
+THROUGHPUT_ROUNDS = 7  # (min, max) of 7 rounds covers their median with probability 98.4%
+INTERVAL_CONFIDENCE = 0.95
 MIN_CALLS_PER_WINDOW = 3
 LOAD_REPEATS = 3
 MAX_SAMPLES_KEPT = 500
@@ -168,7 +183,7 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> Non
 def interleaved_throughput(
     runners: Mapping[str, tuple[Runner, Feeds]],
     *,
-    rounds: int = 5,
+    rounds: int = THROUGHPUT_ROUNDS,
     min_time_s: float = 0.3,
     warmup: int = 1,
 ) -> dict[str, list[float]]:
@@ -178,7 +193,8 @@ def interleaved_throughput(
     (axis 0 of the first array) is the number of items per call. Each runner first gets ``warmup`` untimed
     calls; then in each of ``rounds`` rounds every runner is called repeatedly for at least ``min_time_s``
     and the round's figure is the median of its per-call rates. Interleaving makes all runners share the
-    machine's drift (noisy neighbours, clock changes), so compare them round by round or by median.
+    machine's drift (noisy neighbours, clock changes), so compare them round by round or by median;
+    :func:`throughput_measurement` turns one runner's rounds into a measurement with its interval.
     """
     if not runners:
         raise ConfigError("interleaved_throughput needs at least one runner; got an empty mapping")
@@ -195,17 +211,105 @@ def interleaved_throughput(
 # statistics
 
 
-def _quantile_interval(samples: Sequence[float], q: float, point: float) -> tuple[float, float] | None:
-    """Distribution-free 95% interval for the q-quantile from order statistics (binomial ranks)."""
+class OrderInterval(NamedTuple):
+    """An interval for a quantile between two order statistics, and the probability it covers the quantile."""
+
+    low: float
+    high: float
+    coverage: float
+    ranks: tuple[int, int]
+
+
+def order_statistic_interval(
+    samples: Sequence[float], q: float, *, confidence: float = INTERVAL_CONFIDENCE
+) -> OrderInterval | None:
+    """Distribution-free interval for the ``q``-quantile of the distribution ``samples`` come from.
+
+    The ranks (1-based) are the binomial ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles,
+    clamped to ``[1, n]``; ``coverage`` is what those ranks actually give for independent draws from a
+    continuous distribution, ``P(l <= K <= u - 1)`` with ``K ~ Binomial(n, q)``. It is at least
+    ``confidence`` unless clamping cut the ranks short (few samples, or a quantile near 0 or 1): then it is
+    less, and the caller must say so. None for fewer than two samples.
+    """
     n = len(samples)
     if n < 2:
         return None
+    if not 0.0 < q < 1.0 or not 0.0 < confidence < 1.0:
+        raise ConfigError(f"q and confidence must be in (0, 1), got q={q!r}, confidence={confidence!r}")
     from scipy.stats import binom
 
-    xs = sorted(samples)
-    lo_rank = max(int(binom.ppf(0.025, n, q)), 1)
-    hi_rank = min(int(binom.ppf(0.975, n, q)) + 1, n)
-    return (min(xs[lo_rank - 1], point), max(xs[hi_rank - 1], point))
+    xs = sorted(float(x) for x in samples)
+    alpha = 1.0 - confidence
+    lo_rank = max(int(binom.ppf(alpha / 2, n, q)), 1)
+    hi_rank = min(int(binom.ppf(1 - alpha / 2, n, q)) + 1, n)
+    coverage = float(binom.cdf(hi_rank - 1, n, q) - binom.cdf(lo_rank - 1, n, q))
+    return OrderInterval(xs[lo_rank - 1], xs[hi_rank - 1], coverage, (lo_rank, hi_rank))
+
+
+def _interval_details(iv: OrderInterval | None, what: str) -> dict[str, Any]:
+    if iv is None:
+        return {"interval_method": f"none: fewer than two {what}"}
+    return {
+        "interval_method": f"order statistics {iv.ranks[0]} and {iv.ranks[1]} of the {what} "
+        "(distribution-free; assumes independent " + what + ")",
+        "interval_coverage": round(iv.coverage, 4),
+    }
+
+
+def throughput_measurement(name: str, rounds_items_per_s: Sequence[float], **details: Any) -> Measurement:
+    """A throughput measurement (``efficiency.throughput_best`` or ``_b32``) from per-round figures: the value
+    is their median, the interval the order-statistic interval of that median over the rounds (its coverage
+    in ``details["interval_coverage"]``). ``rounds_items_per_s`` are kept in the details."""
+    rounds = [float(r) for r in rounds_items_per_s]
+    if not rounds:
+        return measure(name, None, reason="no timing rounds", **details)
+    value = float(statistics.median(rounds))
+    iv = order_statistic_interval(rounds, 0.5)
+    return measure(
+        name,
+        value,
+        (iv.low, iv.high) if iv is not None else None,
+        **details,
+        rounds_items_per_s=rounds,
+        **_interval_details(iv, "rounds"),
+    )
+
+
+def cost_measurement(throughput: Measurement, *, price_usd_per_hour: float) -> Measurement:
+    """``efficiency.cost_usd_per_1m`` from a final ``efficiency.throughput_best`` measurement: the one place
+    the cost is computed. value = price / 3600 / throughput * 1e6; ``details["throughput_items_per_s"]`` is
+    exactly ``throughput.value``; the interval is the throughput interval through the same formula (a higher
+    throughput is a lower cost, so the bounds swap). The device travels with it."""
+    _check_positive("price_usd_per_hour", price_usd_per_hour, allow_zero=True)
+    price = float(price_usd_per_hour)
+    details: dict[str, Any] = {
+        "price_usd_per_hour": price,
+        "assumption": COST_ASSUMPTION,
+        "formula": "price_usd_per_hour / 3600 / throughput_items_per_s * 1e6",
+        "best_batch": throughput.details.get("best_batch"),
+        **{k: throughput.details[k] for k in ("device", "providers") if k in throughput.details},
+    }
+    tp = throughput.value
+    if throughput.status != "ok" or tp is None or not tp > 0:
+        reason = throughput.details.get("reason") or "not positive"
+        return measure("efficiency.cost_usd_per_1m", None, reason=f"throughput unknown: {reason}", **details)
+
+    def per_1m(items_per_s: float) -> float:
+        return price / 3600.0 / items_per_s * 1e6
+
+    interval = None
+    if throughput.interval is not None and throughput.interval[0] > 0:
+        interval = (per_1m(throughput.interval[1]), per_1m(throughput.interval[0]))
+    return measure(
+        "efficiency.cost_usd_per_1m",
+        per_1m(tp),
+        interval,
+        **details,
+        throughput_items_per_s=tp,
+        throughput_interval=list(throughput.interval) if throughput.interval is not None else None,
+        interval_method="the throughput interval through the formula (bounds swapped)",
+        interval_coverage=throughput.details.get("interval_coverage"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,6 +392,7 @@ def measure_peak_rss(
         "imports, load, preprocessing and one batch",
         "batch": batch_size,
         "threads": threads or default_threads(),
+        "device": "cpu",  # the probe loads the candidate with Candidate.load's default device
     }
     try:
         with tempfile.TemporaryDirectory(prefix="modelyard-rss-") as tmp:
@@ -372,6 +477,16 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
+def runner_device(runner: Runner) -> dict[str, Any]:
+    """``{"device": ...}`` (plus ``"providers"`` for ONNX Runtime) of a loaded Runner, for a measurement's
+    details."""
+    out: dict[str, Any] = {"device": str(getattr(runner, "device", "unknown"))}
+    providers = getattr(runner, "providers", None)
+    if providers:
+        out["providers"] = [str(p) for p in providers]
+    return out
+
+
 def measure_efficiency(
     candidate: Candidate,
     sample_inputs: Any,
@@ -382,6 +497,7 @@ def measure_efficiency(
     min_time_s: float = 0.5,
     threads: int | None = None,
     measure_rss: bool = True,
+    device: str = "cpu",
     progress: ProgressFn | None = None,
 ) -> dict[str, Measurement]:
     """Every ``efficiency.*`` measurement of one candidate on this machine.
@@ -390,8 +506,11 @@ def measure_efficiency(
     batch size. Throughput is measured at ``batch_sizes`` and at 32 (``efficiency.throughput_b32``); the
     curve and ``throughput_best`` cover all of them. A batch size the model cannot run is left out of the
     curve with its reason. Set ``measure_rss=False`` to skip the fresh-process memory probe (UNKNOWN then).
+    ``device``: "cpu" or "gpu" (see ``Candidate.load``); every measurement records the device the Runner
+    reports. ``efficiency.cost_usd_per_1m`` is :func:`cost_measurement` of ``throughput_best``.
     """
     sizes = _validate(batch_sizes, latency_calls, min_time_s, threads, price_usd_per_hour)
+    resolve_device(device)
     inputs = _normalize_inputs(sample_inputs)
     is_text = isinstance(inputs, list)
     say: ProgressFn = progress if progress is not None else _silent
@@ -411,11 +530,13 @@ def measure_efficiency(
     for _ in range(LOAD_REPEATS):
         runner = None  # let the previous runner go before the next load
         t0 = time.perf_counter()
-        runner = candidate.load(threads=threads)
+        runner = candidate.load(threads=threads, device=device)
         load_s.append(time.perf_counter() - t0)
     if runner is None:  # pragma: no cover - LOAD_REPEATS >= 1
         raise ConfigError("LOAD_REPEATS must be >= 1")
+    where = runner_device(runner)
     common["threads"] = _effective_threads(candidate, threads)
+    common.update(where)
     out["efficiency.load_time_s"] = measure(
         "efficiency.load_time_s",
         statistics.median(load_s),
@@ -423,6 +544,7 @@ def measure_efficiency(
         first_s=load_s[0],
         note="median of 3 Runner constructions in one process; library imports paid by the first, "
         "files likely in the page cache",
+        **where,
     )
 
     # preprocess once, before any timing; warm-up call per batch size (also finds sizes the model rejects)
@@ -451,18 +573,18 @@ def measure_efficiency(
         times_ms = [_call_s(runner, single[i % len(single)]) * 1e3 for i in range(latency_calls)]
     except Exception as exc:
         reason = f"batch-1 calls failed: {_first_line(exc)}"
-        out["efficiency.latency_p50_ms"] = measure("efficiency.latency_p50_ms", None, reason=reason)
-        out["efficiency.latency_p99_ms"] = measure("efficiency.latency_p99_ms", None, reason=reason)
+        for key in ("efficiency.latency_p50_ms", "efficiency.latency_p99_ms"):
+            out[key] = measure(key, None, reason=reason, **where)
     else:
         lat: dict[str, Any] = {
             **common,
             "calls": latency_calls,
             "warmup_calls": warmup_calls,
             "distinct_inputs": len(single),
-            "interval_method": "order-statistic 95% interval (distribution-free, assumes independent calls)",
         }
         for q, key in ((50, "efficiency.latency_p50_ms"), (99, "efficiency.latency_p99_ms")):
             value = float(np.percentile(times_ms, q))
+            iv = order_statistic_interval(times_ms, q / 100)
             extra: dict[str, Any] = (
                 {
                     "samples_ms": [round(t, 4) for t in times_ms[:MAX_SAMPLES_KEPT]],
@@ -471,9 +593,11 @@ def measure_efficiency(
                 if q == 50
                 else {"samples_in": "efficiency.latency_p50_ms"}
             )
-            out[key] = measure(key, value, _quantile_interval(times_ms, q / 100, value), **lat, **extra)
+            interval = (min(iv.low, value), max(iv.high, value)) if iv is not None else None
+            out[key] = measure(key, value, interval, **lat, **extra, **_interval_details(iv, "calls"))
 
-    # throughput: interleaved rounds over the batch sizes, median of per-call rates
+    # throughput: interleaved rounds over the batch sizes; a round's figure is the median of its per-call
+    # rates, a batch size's figure the median of its rounds
     say(f"{candidate.name}: throughput", 0.0)
     per_call = (
         _interleave(
@@ -486,77 +610,79 @@ def measure_efficiency(
         if batch_feeds
         else {}
     )
-    curve = {k: float(statistics.median([r for w in windows for r in w])) for k, windows in per_call.items()}
     repeats = {k: [float(statistics.median(w)) for w in windows] for k, windows in per_call.items()}
+    curve = {k: float(statistics.median(r)) for k, r in repeats.items()}
     calls = {k: sum(len(w) for w in windows) for k, windows in per_call.items()}
     tp: dict[str, Any] = {
         **common,
-        "method": f"median of per-call rates over {THROUGHPUT_ROUNDS} interleaved rounds, "
-        f">= {min_time_s:g} s per batch size",
+        "method": f"median of {THROUGHPUT_ROUNDS} interleaved rounds (a round: the median per-call rate over "
+        f">= {min_time_s / THROUGHPUT_ROUNDS:.3g} s and >= {MIN_CALLS_PER_WINDOW} calls), "
+        f">= {min_time_s:g} s per batch size in all",
     }
     key32 = str(B32)
     if key32 in curve:
-        out["efficiency.throughput_b32"] = measure(
-            "efficiency.throughput_b32", curve[key32], **tp, repeats=repeats[key32], calls=calls[key32]
+        out["efficiency.throughput_b32"] = throughput_measurement(
+            "efficiency.throughput_b32", repeats[key32], **tp, calls=calls[key32]
         )
     else:
         out["efficiency.throughput_b32"] = measure(
-            "efficiency.throughput_b32", None, reason=f"batch 32 failed: {failed.get(key32, 'not run')}"
+            "efficiency.throughput_b32",
+            None,
+            reason=f"batch 32 failed: {failed.get(key32, 'not run')}",
+            **where,
         )
     best_key = max(curve, key=lambda k: curve[k]) if curve else None
     if best_key is not None:
-        out["efficiency.throughput_best"] = measure(
+        out["efficiency.throughput_best"] = throughput_measurement(
             "efficiency.throughput_best",
-            curve[best_key],
+            repeats[best_key],
             **tp,
             curve=curve,
             best_batch=int(best_key),
             repeats=repeats,
             calls=calls,
             failed_batch_sizes=failed,
+            batch_selection="the batch size with the highest median, chosen on these same rounds",
         )
     else:
         out["efficiency.throughput_best"] = measure(
-            "efficiency.throughput_best", None, reason="no batch size ran", failed_batch_sizes=failed
+            "efficiency.throughput_best",
+            None,
+            reason="no batch size ran",
+            failed_batch_sizes=failed,
+            **where,
         )
 
     # size on disk
     try:
         files = candidate.files()
         out["efficiency.size_bytes"] = measure(
-            "efficiency.size_bytes", candidate.size_bytes(), files=[p.name for p in files]
+            "efficiency.size_bytes", candidate.size_bytes(), files=[p.name for p in files], **where
         )
     except OSError as exc:
-        out["efficiency.size_bytes"] = measure("efficiency.size_bytes", None, reason=_first_line(exc))
+        out["efficiency.size_bytes"] = measure(
+            "efficiency.size_bytes", None, reason=_first_line(exc), **where
+        )
 
-    # peak memory in a fresh process
-    if measure_rss:
+    # peak memory in a fresh process (which loads on the CPU)
+    if measure_rss and where["device"] == "cpu":
         say(f"{candidate.name}: peak memory (fresh process)", 0.0)
-        out["efficiency.peak_rss_bytes"] = measure_peak_rss(candidate, inputs, threads=threads)
-    else:
+        rss = measure_peak_rss(candidate, inputs, threads=threads)
         out["efficiency.peak_rss_bytes"] = measure(
-            "efficiency.peak_rss_bytes", None, reason="not measured (measure_rss=False)"
-        )
-
-    # cost per million predictions
-    best = out["efficiency.throughput_best"].value
-    cost_details: dict[str, Any] = {
-        "price_usd_per_hour": float(price_usd_per_hour),
-        "assumption": COST_ASSUMPTION,
-        "formula": "price_usd_per_hour / 3600 / throughput_best * 1e6",
-    }
-    if best is not None and best > 0:
-        out["efficiency.cost_usd_per_1m"] = measure(
-            "efficiency.cost_usd_per_1m",
-            float(price_usd_per_hour) / 3600.0 / best * 1e6,
-            **cost_details,
-            throughput_items_per_s=best,
-            best_batch=int(best_key) if best_key is not None else None,
+            rss.name, rss.value, rss.interval, **{**rss.details, **where}
         )
     else:
-        out["efficiency.cost_usd_per_1m"] = measure(
-            "efficiency.cost_usd_per_1m", None, reason="throughput unknown", **cost_details
+        why = (
+            "not measured (measure_rss=False)"
+            if not measure_rss
+            else f"not measured: the memory probe loads on the CPU and this Runner runs on {where['device']}"
         )
+        out["efficiency.peak_rss_bytes"] = measure("efficiency.peak_rss_bytes", None, reason=why, **where)
+
+    # cost per million predictions, from the throughput measurement above
+    out["efficiency.cost_usd_per_1m"] = cost_measurement(
+        out["efficiency.throughput_best"], price_usd_per_hour=price_usd_per_hour
+    )
     say(f"{candidate.name}: efficiency measured", 1.0)
     return out
 

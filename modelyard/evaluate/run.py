@@ -1,5 +1,12 @@
 """Measure the baseline and every candidate: the evidence suite, the security checks, efficiency, then
-throughput re-timed round-robin across all candidates so they share the machine's drift."""
+throughput re-timed round-robin across all candidates so they share the machine's drift.
+
+Efficiency runs on the device of the policy's ``[hardware] target`` (``Candidate.load(device=...)``); a
+candidate whose runtime cannot reach that device gets UNKNOWN efficiency figures with the reason, never
+figures from another device. With two or more candidates, the final ``efficiency.throughput_best`` of each is
+built from the interleaved rounds (at the batch size its own rounds found best: chosen on one set of rounds,
+measured on another) and ``efficiency.cost_usd_per_1m`` is rebuilt from it by ``cost_measurement``; both are
+new measurements that replace the sequential ones, whose figures stay in the details."""
 
 from __future__ import annotations
 
@@ -11,10 +18,10 @@ import numpy as np
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError
-from modelyard.evaluate.evidence import Measurement
+from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
-from modelyard.runtime.device import cpu_info
+from modelyard.runtime.device import GPU_FIX, cpu_info, gpu_runtime, resolve_device
 
 
 @dataclass
@@ -55,6 +62,7 @@ def evaluate_candidates(
 
     task = baseline.spec.task
     everyone = [baseline, *candidates]
+    device = policy.hardware.target
     audits = audits or {}
     if task == "classification" and dataset.y_test is None:
         raise DataError("a classifier needs test labels")
@@ -122,9 +130,12 @@ def evaluate_candidates(
                 )
         rules[cand.name] = {**serving, "input_contract": input_contract(cand.spec)}
         progress(f"{cand.name}: speed and memory", 0.0)
+        unreachable = _unreachable(cand, device)
         with S._timed(seconds, "efficiency"):
             ms.update(
-                measure_efficiency(
+                _unknown_efficiency(unreachable, device)
+                if unreachable
+                else measure_efficiency(
                     cand,
                     sample,
                     price_usd_per_hour=price_usd_per_hour,
@@ -133,13 +144,9 @@ def evaluate_candidates(
                     min_time_s=options.min_time_s,
                     threads=threads,
                     measure_rss=options.measure_rss,
+                    device=device,
                 )
             )
-        isa = cpu_info()["isa"]
-        isa_text = ", ".join(flag for flag, on in isa.items() if on) or "no AVX2/AVX-512/VNNI/AMX"
-        for name, m in ms.items():
-            if name.startswith("efficiency."):
-                m.details["cpu_isa"] = isa_text
         results[cand.name] = ms
         progress(f"{cand.name}: evaluated", 1.0)
     if task == "classification":
@@ -147,7 +154,13 @@ def evaluate_candidates(
     if len(everyone) > 1:
         progress("comparing throughput, interleaved", 0.0)
         with S._timed(seconds, "efficiency"):
-            _interleaved_best(everyone, results, sample, price_usd_per_hour, options, threads)
+            _interleaved_best(everyone, results, sample, price_usd_per_hour, options, threads, device)
+    isa = cpu_info()["isa"]
+    isa_text = ", ".join(flag for flag, on in isa.items() if on) or "no AVX2/AVX-512/VNNI/AMX"
+    for ms in results.values():
+        for name, m in ms.items():
+            if name.startswith("efficiency."):
+                m.details["cpu_isa"] = isa_text
     suite = {
         "seconds": seconds,
         "sample_sizes": inputs.sample_sizes,
@@ -164,6 +177,27 @@ def _tile(x: Any, n: int) -> Any:
     return x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
 
 
+def _unreachable(cand: Candidate, device: str) -> str | None:
+    """Why ``cand``'s runtime cannot run on ``device`` here, or None when it can."""
+    if resolve_device(device) == "cpu":
+        return None
+    status = gpu_runtime()
+    if status.reaches(cand.format):
+        return None
+    runtime = "ONNX Runtime" if cand.format == "onnx" else "torch"
+    why = status.note_for(cand.format)
+    return f"not measured: the target is the GPU and {runtime} cannot run there ({why}); {GPU_FIX}"
+
+
+def _unknown_efficiency(reason: str, device: str) -> dict[str, Measurement]:
+    """Every efficiency measurement UNKNOWN with ``reason``: the figures would come from another device."""
+    return {
+        name: measure(name, None, reason=reason, device=f"not loaded ({resolve_device(device)} unreachable)")
+        for name in MEASUREMENTS
+        if name.startswith("efficiency.")
+    }
+
+
 def _interleaved_best(
     everyone: list[Candidate],
     results: dict[str, dict[str, Measurement]],
@@ -171,34 +205,53 @@ def _interleaved_best(
     price_usd_per_hour: float,
     options: EvalOptions,
     threads: int | None,
+    device: str = "cpu",
 ) -> None:
-    """Re-measure every candidate's best-batch throughput round-robin, so all of them share the machine's
-    drift (a shared machine is noisy); the median of the rounds replaces the sequential figure, and the cost
-    per 1M predictions follows it."""
-    from modelyard.evaluate.efficiency import interleaved_throughput
+    """Re-time every candidate's best-batch throughput round-robin, so all of them share the machine's drift
+    (a shared machine is noisy). Each candidate's ``efficiency.throughput_best`` is replaced by a new
+    measurement built from these rounds (median, order-statistic interval), with the sequential figure kept in
+    its details, and ``efficiency.cost_usd_per_1m`` by ``cost_measurement`` of it: nothing is patched."""
+    from modelyard.evaluate.efficiency import (
+        THROUGHPUT_ROUNDS,
+        cost_measurement,
+        interleaved_throughput,
+        runner_device,
+        throughput_measurement,
+    )
 
     runners = {}
+    where: dict[str, dict[str, Any]] = {}
     for cand in everyone:
         best = results[cand.name].get("efficiency.throughput_best")
         if best is None or best.value is None:
             continue
         batch = int(best.details.get("best_batch") or 32)
-        runners[cand.name] = (cand.load(threads=threads), cand.preprocessor()(_tile(sample, batch)))
+        runner = cand.load(threads=threads, device=device)
+        where[cand.name] = runner_device(runner)
+        runners[cand.name] = (runner, cand.preprocessor()(_tile(sample, batch)))
     if len(runners) < 2:
         return
-    rounds = interleaved_throughput(runners, rounds=5, min_time_s=max(0.1, options.min_time_s / 2))
+    min_time_s = max(0.1, options.min_time_s / 2)
+    rounds = interleaved_throughput(runners, rounds=THROUGHPUT_ROUNDS, min_time_s=min_time_s)
+    replaced = ("method", "rounds_items_per_s", "interval_method", "interval_coverage", "batch_selection")
     for name, per_round in rounds.items():
-        ms = results[name]
-        best = ms["efficiency.throughput_best"]
-        median = float(np.median(per_round))
-        best.details["sequential_items_per_s"] = best.value
-        best.details["interleaved_rounds_items_per_s"] = [round(r, 2) for r in per_round]
-        best.details["method"] = (
-            "median of 5 rounds timed round-robin across all candidates at each one's best batch size "
-            f"({best.details.get('best_batch')})"
+        seq = results[name]["efficiency.throughput_best"]
+        kept = {k: v for k, v in seq.details.items() if k not in replaced}
+        best = throughput_measurement(
+            "efficiency.throughput_best",
+            per_round,
+            **{**kept, **where[name]},
+            method=f"median of {THROUGHPUT_ROUNDS} rounds timed round-robin across all {len(runners)} "
+            f"candidates at each one's best batch size (here {seq.details.get('best_batch')}), "
+            f">= {min_time_s:g} s per round",
+            batch_selection="the best batch size was chosen on the sequential rounds (curve, repeats); "
+            "this figure comes from fresh rounds",
+            sequential_items_per_s=seq.value,
+            sequential_interval=list(seq.interval) if seq.interval is not None else None,
+            sequential_method=seq.details.get("method"),
+            sequential_rounds_items_per_s=seq.details.get("rounds_items_per_s"),
         )
-        best.value = median
-        cost = ms.get("efficiency.cost_usd_per_1m")
-        if cost is not None and median > 0:
-            cost.value = price_usd_per_hour / 3600.0 / median * 1e6
-            cost.status = "ok"
+        results[name]["efficiency.throughput_best"] = best
+        results[name]["efficiency.cost_usd_per_1m"] = cost_measurement(
+            best, price_usd_per_hour=price_usd_per_hour
+        )

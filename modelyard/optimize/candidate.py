@@ -39,20 +39,24 @@ class Candidate:
     def is_baseline(self) -> bool:
         return self.parent is None
 
-    def load(self, *, threads: int | None = None, spin: bool = True) -> Runner:
+    def load(self, *, threads: int | None = None, spin: bool = True, device: str = "cpu") -> Runner:
         """Load this candidate as a Runner (ONNX Runtime for ONNX files, PyTorch otherwise). ``spin=False``:
-        ONNX Runtime threads sleep between calls (what a server wants)."""
+        ONNX Runtime threads sleep between calls (what a server wants). ``device``: "cpu" (default), "gpu"
+        (the policy's ``[hardware] target``) or "cuda:N"; a GPU the runtime cannot reach is a ConfigError.
+        The Runner's ``device`` says where it runs."""
         if self.format == "onnx":
             from modelyard.runtime.onnx import OrtRunner
 
-            return OrtRunner(self.path, spec=self.spec, threads=threads, spin=spin)
+            return OrtRunner(self.path, spec=self.spec, threads=threads, spin=spin, device=device)
         if self.format == "hf":
             from modelyard.runtime.hf import HFRunner
 
-            return HFRunner(self.path, task=self.spec.task, threads=threads)
+            return HFRunner(self.path, task=self.spec.task, threads=threads, device=device)
+        from modelyard.runtime.device import resolve_device
         from modelyard.runtime.torch import TorchRunner
 
-        return TorchRunner(self.torch_module(), spec=self.spec, threads=threads)
+        resolve_device(device)  # a bad choice is refused before the module is built
+        return TorchRunner(self.torch_module(), spec=self.spec, threads=threads, device=device)
 
     def torch_module(self) -> Any:
         """The candidate as a ``torch.nn.Module`` (for passes that train or export). Raises if it has none."""

@@ -353,9 +353,10 @@ def risks(evidence: dict[str, Any]) -> list[str]:
         )
     if hw.get("int8_note"):
         out.append(f"Hardware: {hw['int8_note']}")
+    device = f", device {hw['efficiency_device']}" if hw.get("efficiency_device") else ""
     out.append(
         (
-            f"Speed, memory and cost were measured on the hardware listed above ({hw['cpu']})"
+            f"Speed, memory and cost were measured on the hardware listed above ({hw['cpu']}{device})"
             if hw.get("cpu")
             else "The evidence does not record the hardware that speed, memory and cost were measured on"
         )

@@ -273,7 +273,8 @@ def gate_status(gate: dict[str, Any]) -> str:
 
 
 def hardware_rows(hw: dict[str, Any]) -> list[tuple[str, str]]:
-    """Hardware, ISA flags, the int8 note and the price assumption as (label, text) rows."""
+    """Hardware, the target and the device the efficiency figures were taken on, ISA flags, the int8 note and
+    the price assumption as (label, text) rows."""
     isa = hw.get("isa")
     isa_text = (
         ", ".join(f"{k}: {'yes' if flag else 'no'}" for k, flag in sorted(isa.items()))
@@ -290,6 +291,9 @@ def hardware_rows(hw: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if hw.get("machine"):
         rows.append(("Machine", str(hw["machine"])))
+    if hw.get("target"):
+        rows.append(("Target", str(hw["target"])))
+    rows.append(("Efficiency measured on", str(hw.get("efficiency_device") or NOT_RECORDED)))
     rows += [("ISA", isa_text), ("int8 note", str(hw.get("int8_note") or NOT_RECORDED))]
     measured = hw.get("int8_measured")
     if isinstance(measured, list) and measured:

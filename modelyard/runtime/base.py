@@ -72,9 +72,14 @@ class RunnerSpec:
 
 @runtime_checkable
 class Runner(Protocol):
-    """Anything that turns a batch of named arrays into named arrays."""
+    """Anything that turns a batch of named arrays into named arrays.
+
+    ``device`` is where the computation actually runs, as a short string: "cpu", or "cuda:N" for GPU N
+    (read back from the runtime after loading, not copied from what was asked for).
+    """
 
     spec: RunnerSpec
+    device: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

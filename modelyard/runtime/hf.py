@@ -125,8 +125,17 @@ def load_hf_module(folder: Path, task: str) -> Any:
 class HFRunner(TorchRunner):
     """A Hugging Face model folder run with PyTorch (the reference the ONNX variants are compared with)."""
 
-    def __init__(self, folder: Path | str, *, task: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        task: str | None = None,
+        threads: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         folder = Path(folder)
         task = task or infer_task(folder)
-        super().__init__(load_hf_module(folder, task), spec=hf_spec(folder, task), threads=threads)
+        super().__init__(
+            load_hf_module(folder, task), spec=hf_spec(folder, task), threads=threads, device=device
+        )
         self.folder = folder

@@ -1,4 +1,8 @@
-"""ONNX Runtime runner."""
+"""ONNX Runtime runner: on the CPU, or on a CUDA GPU through the CUDA execution provider.
+
+The runner's ``device`` is read back from the providers the session actually uses
+(``session.get_providers()``), never from what was asked for; a CUDA device that ONNX Runtime cannot give is a
+ConfigError, not a silent fall-back to the CPU."""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ArtifactError, first_line
+from modelyard.errors import ArtifactError, ConfigError, first_line
 from modelyard.runtime.base import RunnerSpec, TensorSpec
-from modelyard.runtime.device import default_threads
+from modelyard.runtime.device import GPU_FIX, default_threads, device_index, resolve_device
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -38,8 +42,34 @@ def session_options(threads: int | None = None, *, spin: bool = True) -> Any:
     return so
 
 
+def providers_for(device: str) -> list[Any]:
+    """ONNX Runtime providers for a resolved device ("cpu" or "cuda:N"); CUDA keeps the CPU provider as the
+    home of the nodes CUDA has no kernel for. A CUDA device on a build without the CUDA provider is
+    refused."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ConfigError(
+            f"ONNX Runtime {ort.__version__} here has no CUDAExecutionProvider "
+            f"(it has {', '.join(available)}), so it cannot run on {device}; {GPU_FIX}"
+        )
+    return [("CUDAExecutionProvider", {"device_id": device_index(device)}), "CPUExecutionProvider"]
+
+
+def session_device(sess: Any) -> str:
+    """The device a session runs on, from the providers it actually uses: "cuda:N" when CUDA comes first."""
+    used = list(sess.get_providers())
+    if used and used[0] == "CUDAExecutionProvider":
+        options = (sess.get_provider_options() or {}).get("CUDAExecutionProvider", {})
+        return f"cuda:{int(options.get('device_id', 0) or 0)}"
+    return "cpu"
+
+
 def make_session(
-    path: Path, threads: int | None = None, providers: list[str] | None = None, *, spin: bool = True
+    path: Path, threads: int | None = None, providers: list[Any] | None = None, *, spin: bool = True
 ) -> Any:
     import onnxruntime as ort
 
@@ -73,7 +103,11 @@ def spec_from_session(sess: Any, task: str, num_classes: int | None = None) -> R
 
 
 class OrtRunner:
-    """Runs an ONNX file with ONNX Runtime on the CPU (thread count configurable, default all cores)."""
+    """Runs an ONNX file with ONNX Runtime (thread count configurable, default all cores).
+
+    ``device``: "cpu" (default), "gpu" or "cuda:N". After loading, ``device`` is the device the session runs
+    on ("cpu" or "cuda:N") and ``providers`` the execution providers it uses, in ONNX Runtime's order.
+    """
 
     def __init__(
         self,
@@ -83,9 +117,18 @@ class OrtRunner:
         threads: int | None = None,
         task: str = "classification",
         spin: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.path = Path(path)
-        self.session = make_session(self.path, threads, spin=spin)
+        wanted = resolve_device(device)
+        self.session = make_session(self.path, threads, providers_for(wanted), spin=spin)
+        self.providers: tuple[str, ...] = tuple(self.session.get_providers())
+        self.device = session_device(self.session)
+        if self.device != wanted:
+            raise ConfigError(
+                f"ONNX Runtime was asked for {wanted} but runs {self.path.name} on {self.device} "
+                f"(providers: {', '.join(self.providers)}); {GPU_FIX}"
+            )
         own = spec_from_session(self.session, spec.task if spec else task, spec.num_classes if spec else None)
         if spec is not None:
             # Keep the declared task, labels and value range; take names and dtypes from the graph.

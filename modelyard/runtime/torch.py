@@ -10,6 +10,7 @@ import numpy as np
 
 from modelyard.errors import ArtifactError, ConfigError
 from modelyard.runtime.base import RunnerSpec
+from modelyard.runtime.device import GPU_FIX, gpu_runtime, resolve_device
 
 
 def resolve_factory(ref: str) -> Any:
@@ -61,17 +62,26 @@ def load_torch_module(path: Path, meta: dict[str, Any]) -> Any:
 
 
 class TorchRunner:
-    """Runs a ``torch.nn.Module`` in inference mode on the CPU.
+    """Runs a ``torch.nn.Module`` in inference mode, on the CPU by default.
 
-    Single-input modules get the input positionally; multi-input modules get keyword arguments.
+    Single-input modules get the input positionally; multi-input modules get keyword arguments. ``device``:
+    "cpu", "gpu" or "cuda:N"; a CUDA device torch cannot reach here is a ConfigError. ``self.device`` is the
+    device the module's computation runs on ("cpu" or "cuda:N"); outputs always come back as numpy arrays.
     """
 
-    def __init__(self, module: Any, *, spec: RunnerSpec, threads: int | None = None) -> None:
+    def __init__(
+        self, module: Any, *, spec: RunnerSpec, threads: int | None = None, device: str = "cpu"
+    ) -> None:
         import torch
 
+        wanted = resolve_device(device)
+        if wanted != "cpu" and not torch.cuda.is_available():
+            raise ConfigError(f"torch cannot run on {wanted} here ({gpu_runtime().torch_note}); {GPU_FIX}")
         if threads:
             torch.set_num_threads(threads)
-        self.module = module
+        self._torch_device = torch.device(wanted)
+        self.device = str(self._torch_device)
+        self.module = module if wanted == "cpu" else module.to(self._torch_device)
         self.spec = spec
         self._input_names = [t.name for t in spec.inputs]
 
@@ -82,7 +92,9 @@ class TorchRunner:
         if missing and len(self._input_names) == 1:
             raise ArtifactError(f"missing input {missing[0]!r}")
         tensors = {
-            k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items() if k in self._input_names
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(self._torch_device)
+            for k, v in feeds.items()
+            if k in self._input_names
         }
         with torch.inference_mode():
             if len(self._input_names) == 1:
@@ -93,4 +105,4 @@ class TorchRunner:
             out = next(iter(out.values()))
         elif isinstance(out, tuple | list):
             out = out[0]
-        return {self.spec.output_name: out.detach().float().numpy()}
+        return {self.spec.output_name: out.detach().float().cpu().numpy()}

@@ -1,9 +1,11 @@
 """The ``fp16`` pass: float32 ONNX -> float16 ONNX, for GPU targets only.
 
 On CPU, ONNX Runtime's fp16 kernels are few and slower than fp32 (the graph fills with Casts), so the pass
-skips unless the run targets a GPU. Conversion uses ``onnxruntime.transformers.float16`` (ops that are
-unsafe in fp16 stay fp32 via its default block list); ``keep_io_types`` keeps float32 inputs and outputs so
-the preprocessors and evaluation code see the same dtypes as before.
+skips unless the run targets a GPU. When ONNX Runtime's CUDA execution provider sees a device, the converted
+model is test-loaded there and the pass skips if it lands on the CPU. Conversion uses
+``onnxruntime.transformers.float16`` (ops that are unsafe in fp16 stay fp32 via its default block list);
+``keep_io_types`` keeps float32 inputs and outputs so the preprocessors and evaluation code see the same
+dtypes as before.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import ArtifactError, ConfigError, PassSkipped, first_line
+from modelyard.errors import ArtifactError, ConfigError, ModelyardError, PassSkipped, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.runtime.base import RunnerSpec, TensorSpec
@@ -46,16 +48,24 @@ class Fp16Config:
 
 
 def _gpu_check(path: Path) -> str:
-    """Open the model on CUDA when this ONNX Runtime build has it; returns a note."""
-    import onnxruntime as ort
+    """Open the fp16 model with ONNX Runtime on CUDA (the device it will be measured and served on) when ONNX
+    Runtime can run there; a note saying where it loaded, or why it was not test-loaded (the pipeline then
+    leaves its efficiency UNKNOWN rather than time it on the CPU). Skips when ONNX Runtime refuses the model
+    on CUDA or places it on the CPU."""
+    from modelyard.runtime.device import gpu_runtime
+    from modelyard.runtime.onnx import make_session, providers_for, session_device
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "not test-loaded: this ONNX Runtime build has no CUDA execution provider"
+    status = gpu_runtime()
+    if not status.ort_cuda:
+        return f"not test-loaded: ONNX Runtime cannot run on the GPU here ({status.ort_note})"
     try:
-        ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    except Exception as exc:
-        raise PassSkipped(f"fp16: ONNX Runtime (CUDA) refuses the fp16 model: {first_line(exc)}") from None
-    return "loads with ONNX Runtime's CUDA execution provider"
+        sess = make_session(path, providers=providers_for("cuda:0"))
+    except ModelyardError as exc:
+        raise PassSkipped(f"fp16: ONNX Runtime (CUDA) refuses the fp16 model: {exc}") from None
+    device = session_device(sess)
+    if device == "cpu":
+        raise PassSkipped("fp16: ONNX Runtime placed the fp16 model on the CPU, not on the GPU")
+    return f"loads with ONNX Runtime on {device} (providers: {', '.join(sess.get_providers())})"
 
 
 def convert(src: Path, dest: Path, keep_io_types: bool) -> Any:
