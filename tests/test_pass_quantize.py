@@ -130,7 +130,7 @@ def test_dynamic_on_digits_keeps_conv_fp32_and_runs(digits, digits_onnx: Candida
     assert q.meta["quantization"] == {
         "method": "dynamic",
         "per_channel": True,
-        "reduce_range": False,
+        "reduce_range": quant.default_reduce_range(),
         "weight_type": "int8",
         "quantized_nodes": 2,
     }

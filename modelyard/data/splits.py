@@ -66,7 +66,7 @@ def split_indices(
         te = np.array(sorted(test), dtype=np.int64)
         tr = np.setdiff1d(np.arange(n), te)
         how = (
-            f"split here: {len(te)} of {n} items held out for evaluation ({test_size:.0%}, seed {seed}), "
+            f"{len(te)} of {n} items held out for evaluation ({test_size:.0%}, seed {seed}), "
             f"linked items (paraphrase pairs) kept on one side"
         )
         return tr, te, how
@@ -77,7 +77,7 @@ def split_indices(
     stratify = y is not None and np.min(np.bincount(y)[np.unique(y)]) >= 2 and n_test >= k and n - n_test >= k
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y if stratify else None)
     how = (
-        f"split here: {len(te)} of {n} items held out for evaluation ({test_size:.0%}, seed {seed}"
+        f"{len(te)} of {n} items held out for evaluation ({test_size:.0%}, seed {seed}"
         f"{', stratified by label' if stratify else ''})"
     )
     return tr, te, how

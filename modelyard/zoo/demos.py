@@ -21,6 +21,7 @@ from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 DEMOS = ("digits", "minilm", "tabular")
 DIGITS_EPOCHS = 40
+SENTENCES_HELD_OUT = 0.5  # share of the built-in sentences kept for evaluation (no pass sees them)
 ZOO_VERSION = "v2"  # bumped when a demo's training data changes, so a stale cached model is not reused
 
 
@@ -81,19 +82,26 @@ def tabular_dataset() -> Dataset:
 
 
 def sentences_dataset() -> Dataset:
+    """The built-in sentence set, split once (seeded, paraphrase pairs kept on one side): passes fit on the
+    fit half, the evidence measures fidelity and paraphrase recall on the held-out half."""
+    from modelyard.data.splits import remap_links, split_indices, take
+
     path = Path(__file__).with_name("minilm_sentences.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     sents = list(data["sentences"])
+    pairs = [(int(i), int(j)) for i, j in data["pairs"]]
+    fit_idx, test_idx, how = split_indices(len(sents), test_size=SENTENCES_HELD_OUT, seed=0, links=pairs)
     return Dataset(
         name="modelyard-sentences",
         modality="text",
-        x_train=sents,
+        x_train=take(sents, fit_idx),
         y_train=None,
-        x_test=sents,
+        x_test=take(sents, test_idx),
         y_test=None,
-        pairs=[(int(i), int(j)) for i, j in data["pairs"]],
+        pairs=remap_links(pairs, test_idx),
         source="modelyard built-in sentence set (written for this project)",
         license="Apache-2.0 (part of modelyard)",
+        split=how,
     )
 
 
@@ -138,7 +146,11 @@ def _classifier(
     *,
     value_range: tuple[float, float] | None = None,
 ) -> Candidate:
-    """The baseline candidate of a demo classifier saved as a safetensors state dict of a zoo factory."""
+    """The baseline candidate of a demo classifier saved as a safetensors state dict of a zoo factory; its trust
+    record says the factory is modelyard's own built-in code."""
+    from modelyard.security import scan_file
+    from modelyard.security.trust import FACTORY, trust_record
+
     k = len(ds.classes or ())
     spec = RunnerSpec(
         inputs=(TensorSpec(input_name, "float32", (None, *example_shape)),),
@@ -148,7 +160,8 @@ def _classifier(
         value_range=value_range,
         labels=tuple(ds.classes or ()),
     )
-    meta = {"torch_kind": "safetensors", "factory": factory, "factory_kwargs": {}}
+    trust = trust_record(FACTORY, flag="modelyard demo", scan=scan_file(path), factory=factory)
+    meta = {"torch_kind": "safetensors", "factory": factory, "factory_kwargs": {}, "trust": trust}
     return Candidate(name="baseline", format="torch", path=path, spec=spec, meta=meta)
 
 
