@@ -94,10 +94,10 @@ def _validate_candidate(
         raise PassSkipped("the produced model gives NaN or infinite outputs")
     if cand.spec.task == "classification":
         agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
-        return f"checked against its parent on {len(sample)} training inputs: top-1 agreement {agree:.3f}"
+        return f"checked against its parent on {len(sample)} fit inputs: top-1 agreement {agree:.3f}"
     a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
     b = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
-    return f"checked against its parent on {len(sample)} training inputs: mean cosine {float(np.mean(np.sum(a * b, 1))):.4f}"
+    return f"checked against its parent on {len(sample)} fit inputs: mean cosine {float(np.mean(np.sum(a * b, 1))):.4f}"
 
 
 def _prefixed(progress: Progress, prefix: str) -> Callable[[str], None]:

@@ -131,6 +131,13 @@ def test_digits_demo_picks_a_measured_cheaper_variant(home: Path, capsys: pytest
     cost = lambda n: by_name[n]["measurements"]["efficiency.cost_usd_per_1m"]["value"]  # noqa: E731
     assert cost(champ) < cost("baseline")
     assert by_name[champ]["verdict"]["passed"]
+    assert len(by_name) == 7  # the baseline and every step of the four default recipes
+    for c in ev["candidates"]:  # every cost recomputes from the throughput in its own details
+        ms = c["measurements"]
+        cost, best = ms["efficiency.cost_usd_per_1m"], ms["efficiency.throughput_best"]
+        per_item = ev["hardware"]["price_usd_per_hour"] / 3600 / cost["details"]["throughput_items_per_s"]
+        assert cost["value"] == pytest.approx(per_item * 1e6), c["name"]
+        assert cost["details"]["throughput_items_per_s"] == best["value"], c["name"]
     assert ev["pareto"]
     assert Registry(home).resolve("digits-cnn@champion")[0] == "digits-cnn"
     html, card = (run / "report.html").read_text(), (run / "MODEL_CARD.md").read_text()

@@ -5,9 +5,11 @@ Shape of ``evidence.json`` (schema ``modelyard.evidence/1``)::
     {
       "schema": "modelyard.evidence/1", "run_id": str, "created": ISO-8601 str,
       "model": {"name": str, "task": "classification"|"embedding", "source": str},
-      "dataset": Dataset.describe(),
+      "dataset": Dataset.describe() (with "split": how the test items were held out from the fit part),
       "hardware": {"cpu": str, "cores": int, "isa": {"avx2": bool, "avx512": bool, "vnni": bool, "amx": bool},
-                   "int8_note": str, "price_usd_per_hour": float, "price_source": str},
+                   "int8_note": str, "price_usd_per_hour": float, "price_source": str,
+                   "target": "cpu"|"gpu", "efficiency_device": str (where every efficiency.* figure was taken;
+                   each measurement's details also name its "device")},
       "policy": Policy.to_dict(),
       "candidates": [
         {"name": str, "parent": str|None, "format": str, "passes": [{"pass": str, "config": {}}],
@@ -133,15 +135,24 @@ MEASUREMENTS: dict[str, tuple[str, str]] = {
     ),
     "efficiency.latency_p50_ms": ("ms", "median latency of one batch-1 call"),
     "efficiency.latency_p99_ms": ("ms", "99th percentile latency of one batch-1 call"),
-    "efficiency.throughput_b32": ("items/s", "throughput at batch 32"),
-    "efficiency.throughput_best": ("items/s", "throughput at the best batch size measured"),
+    "efficiency.throughput_b32": (
+        "items/s",
+        "throughput at batch 32, order-statistic interval over timing rounds",
+    ),
+    "efficiency.throughput_best": (
+        "items/s",
+        "throughput at the best batch size measured, order-statistic interval over timing rounds",
+    ),
     "efficiency.peak_rss_bytes": (
         "bytes",
         "peak resident memory of a fresh process that loads and runs the model",
     ),
     "efficiency.size_bytes": ("bytes", "artifact size on disk"),
     "efficiency.load_time_s": ("s", "time to load the artifact into a ready Runner"),
-    "efficiency.cost_usd_per_1m": ("USD", "hardware cost of 1 million predictions at the best throughput"),
+    "efficiency.cost_usd_per_1m": (
+        "USD",
+        "hardware cost of 1 million predictions at the best throughput (price / 3600 / throughput * 1e6)",
+    ),
 }
 
 
