@@ -19,7 +19,7 @@ from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.optimize import registry as passes_registry
 from modelyard.optimize.baseline import load_baseline
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import quantize as quant
+from modelyard.optimize.passes.int8 import auto, configs
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.pipeline import run_pipeline
 from modelyard.zoo.demos import sentences_dataset
@@ -200,11 +200,11 @@ def test_int8_auto_smoothing_and_fp32_nodes_ignore_the_test_items(tmp_path: Path
     floors = {"agreement_min": 0.97}
     metas = []
     for cfg_name, cfg in (
-        ("smooth", quant.AutoQuantConfig(mode="dynamic", smooth_alphas=(0.5, 0.8))),
-        ("rank", quant.AutoQuantConfig(mode="dynamic", smooth_alphas=())),
+        ("smooth", configs.AutoQuantConfig(mode="dynamic", smooth_alphas=(0.5, 0.8))),
+        ("rank", configs.AutoQuantConfig(mode="dynamic", smooth_alphas=())),
     ):
-        a = quant.int8_auto(cand, cfg, PassContext(tmp_path / f"{cfg_name}a", ds, threads=1, fidelity=floors))
-        b = quant.int8_auto(
+        a = auto.int8_auto(cand, cfg, PassContext(tmp_path / f"{cfg_name}a", ds, threads=1, fidelity=floors))
+        b = auto.int8_auto(
             cand, cfg, PassContext(tmp_path / f"{cfg_name}b", other, threads=1, fidelity=floors)
         )
         for key in ("fp32_nodes", "search", "fidelity_train", "quantization"):

@@ -13,11 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import modelyard.optimize.passes.export as export_pass  # registers "onnx"
 import modelyard.optimize.passes.fp16 as fp16_pass  # registers "fp16"
-import modelyard.optimize.passes.quantize as quant  # registers the int8 passes
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ArtifactError, ConfigError, PassSkipped
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import sensitivity as sens
+from modelyard.optimize.passes.int8 import auto, configs, dynamic, static  # registers the int8 passes
+from modelyard.optimize.passes.int8 import sensitivity as sens
+from modelyard.optimize.passes.int8.ort import default_reduce_range
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.zoo.demos import load_demo
@@ -123,14 +124,14 @@ def conv_only_candidate(folder: Path) -> Candidate:
 
 
 def test_dynamic_on_digits_keeps_conv_fp32_and_runs(digits, digits_onnx: Candidate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    q = quant.int8_dynamic(digits_onnx, quant.DynamicQuantConfig(), ctx_for(tmp_path, digits.dataset))
+    q = dynamic.int8_dynamic(digits_onnx, configs.DynamicQuantConfig(), ctx_for(tmp_path, digits.dataset))
     ops = op_counts(q.path)
     assert ops["Conv"] == 2 and ops["ConvInteger"] == 0
     assert ops["MatMulInteger"] == 2  # both Linear layers (exported as Gemm) are quantized
     assert q.meta["quantization"] == {
         "method": "dynamic",
         "per_channel": True,
-        "reduce_range": quant.default_reduce_range(),
+        "reduce_range": default_reduce_range(),
         "weight_type": "int8",
         "quantized_nodes": 2,
     }
@@ -145,8 +146,8 @@ def test_dynamic_with_conv_gives_convinteger_that_ort_132_runs(
     # Older ONNX Runtime builds had no CPU kernel for ConvInteger(u8, s8) and refused such a model at session
     # creation (ORT #3130/#6430). ONNX Runtime 1.32 (pinned here) runs it; the pass checks every produced model
     # by loading and running it, so a build without the kernel gives PassSkipped (see the next test).
-    q = quant.int8_dynamic(
-        digits_onnx, quant.DynamicQuantConfig(exclude_op_types=()), ctx_for(tmp_path, digits.dataset)
+    q = dynamic.int8_dynamic(
+        digits_onnx, configs.DynamicQuantConfig(exclude_op_types=()), ctx_for(tmp_path, digits.dataset)
     )
     assert op_counts(q.path)["ConvInteger"] == 2
     assert q.meta["quantization"]["quantized_nodes"] == 4
@@ -168,15 +169,15 @@ def test_a_model_ort_refuses_becomes_pass_skipped(
     with pytest.raises(
         PassSkipped, match=r"int8-dynamic: ONNX Runtime refuses the quantized model .*ConvInteger"
     ):
-        quant.int8_dynamic(
-            digits_onnx, quant.DynamicQuantConfig(exclude_op_types=()), ctx_for(tmp_path, digits.dataset)
+        dynamic.int8_dynamic(
+            digits_onnx, configs.DynamicQuantConfig(exclude_op_types=()), ctx_for(tmp_path, digits.dataset)
         )
 
 
 def test_dynamic_with_nothing_to_quantize_is_skipped(digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cand = conv_only_candidate(tmp_path / "m")
     with pytest.raises(PassSkipped, match=r"nothing to quantize .*exclude_op_types=\['Conv'\]"):
-        quant.int8_dynamic(cand, quant.DynamicQuantConfig(), ctx_for(tmp_path / "w", digits.dataset))
+        dynamic.int8_dynamic(cand, configs.DynamicQuantConfig(), ctx_for(tmp_path / "w", digits.dataset))
     assert not (tmp_path / "w" / "model.onnx").exists()
 
 
@@ -190,15 +191,15 @@ def test_dynamic_with_nothing_to_quantize_is_skipped(digits, tmp_path: Path) -> 
 )
 def test_dynamic_config_validation(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError, match=message):
-        quant.DynamicQuantConfig(**kwargs)
+        configs.DynamicQuantConfig(**kwargs)
 
 
 def test_list_options_become_tuples() -> None:
-    assert quant.DynamicQuantConfig(exclude_op_types=["Conv", "Gather"]).exclude_op_types == (
+    assert configs.DynamicQuantConfig(exclude_op_types=["Conv", "Gather"]).exclude_op_types == (
         "Conv",
         "Gather",
     )  # type: ignore[arg-type]
-    assert quant.StaticQuantConfig(exclude_nodes=["a"]).exclude_nodes == ("a",)  # type: ignore[arg-type]
+    assert configs.StaticQuantConfig(exclude_nodes=["a"]).exclude_nodes == ("a",)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,8 +210,8 @@ def test_list_options_become_tuples() -> None:
 def test_static_each_calibration_agrees_on_test_split(
     digits, digits_onnx: Candidate, tmp_path: Path, calibration: str
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = quant.StaticQuantConfig(calibration=calibration, samples=64)
-    q = quant.int8_static(digits_onnx, cfg, ctx_for(tmp_path, digits.dataset))
+    cfg = configs.StaticQuantConfig(calibration=calibration, samples=64)
+    q = static.int8_static(digits_onnx, cfg, ctx_for(tmp_path, digits.dataset))
     ops = op_counts(q.path)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
     assert q.meta["quantization"]["calibration"] == calibration
@@ -223,8 +224,8 @@ def test_static_each_calibration_agrees_on_test_split(
 
 def test_static_exclude_nodes_keeps_them_float(digits, digits_onnx: Candidate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     first_conv = next(n.name for n in onnx.load(str(digits_onnx.path)).graph.node if n.op_type == "Conv")
-    q = quant.int8_static(
-        digits_onnx, quant.StaticQuantConfig(exclude_nodes=(first_conv,)), ctx_for(tmp_path, digits.dataset)
+    q = static.int8_static(
+        digits_onnx, configs.StaticQuantConfig(exclude_nodes=(first_conv,)), ctx_for(tmp_path, digits.dataset)
     )
     quantized = {n.name for n in sens.quantized_qdq_nodes(onnx.load(str(q.path)))}
     assert first_conv not in quantized
@@ -236,21 +237,21 @@ def test_bad_calibration_name_is_a_config_error() -> None:
     with pytest.raises(
         ConfigError, match=r"int8-static: calibration must be one of minmax, percentile, entropy; got 'kl'"
     ):
-        quant.StaticQuantConfig(calibration="kl")
+        configs.StaticQuantConfig(calibration="kl")
     with pytest.raises(
         ConfigError, match=r"int8-auto: calibration must be one of minmax, percentile, entropy"
     ):
-        quant.AutoQuantConfig(calibration="MinMax")
+        configs.AutoQuantConfig(calibration="MinMax")
 
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "message"),
     [
-        (quant.StaticQuantConfig, {"samples": 0}, "samples must be an integer >= 1"),
-        (quant.StaticQuantConfig, {"activation_type": "fp8"}, "activation_type must be one of int8, uint8"),
-        (quant.AutoQuantConfig, {"mode": "fast"}, "mode must be one of auto, dynamic, static"),
-        (quant.AutoQuantConfig, {"max_fp32_nodes": -1}, "max_fp32_nodes must be an integer >= 0"),
-        (quant.AutoQuantConfig, {"margin": 0.7}, r"margin must be a number in \[0, 0.5\)"),
+        (configs.StaticQuantConfig, {"samples": 0}, "samples must be an integer >= 1"),
+        (configs.StaticQuantConfig, {"activation_type": "fp8"}, "activation_type must be one of int8, uint8"),
+        (configs.AutoQuantConfig, {"mode": "fast"}, "mode must be one of auto, dynamic, static"),
+        (configs.AutoQuantConfig, {"max_fp32_nodes": -1}, "max_fp32_nodes must be an integer >= 0"),
+        (configs.AutoQuantConfig, {"margin": 0.7}, r"margin must be a number in \[0, 0.5\)"),
     ],
 )
 def test_static_and_auto_config_validation(cls: type, kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
@@ -265,9 +266,9 @@ def test_static_and_auto_config_validation(cls: type, kwargs: dict, message: str
 @pytest.mark.parametrize(
     ("fn", "config"),
     [
-        (quant.int8_dynamic, quant.DynamicQuantConfig()),
-        (quant.int8_static, quant.StaticQuantConfig()),
-        (quant.int8_auto, quant.AutoQuantConfig()),
+        (dynamic.int8_dynamic, configs.DynamicQuantConfig()),
+        (static.int8_static, configs.StaticQuantConfig()),
+        (auto.int8_auto, configs.AutoQuantConfig()),
     ],
 )
 def test_int8_passes_skip_non_onnx_candidates(digits, tmp_path: Path, fn, config) -> None:  # type: ignore[no-untyped-def]
@@ -303,7 +304,9 @@ def test_fp16_converts_for_a_gpu_target(digits, digits_onnx: Candidate, tmp_path
 
 
 def test_fp16_refuses_an_int8_model(digits, digits_onnx: Candidate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    q = quant.int8_dynamic(digits_onnx, quant.DynamicQuantConfig(), ctx_for(tmp_path / "q", digits.dataset))
+    q = dynamic.int8_dynamic(
+        digits_onnx, configs.DynamicQuantConfig(), ctx_for(tmp_path / "q", digits.dataset)
+    )
     with pytest.raises(PassSkipped, match="already quantized to int8"):
         fp16_pass.fp16_pass(q, fp16_pass.Fp16Config(), ctx_for(tmp_path / "h", digits.dataset, is_gpu=True))
 
@@ -313,7 +316,7 @@ def test_fp16_refuses_an_int8_model(digits, digits_onnx: Candidate, tmp_path: Pa
 
 
 def test_auto_on_digits_needs_no_fp32_nodes(digits, digits_onnx: Candidate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    q = quant.int8_auto(digits_onnx, quant.AutoQuantConfig(samples=64), ctx_for(tmp_path, digits.dataset))
+    q = auto.int8_auto(digits_onnx, configs.AutoQuantConfig(samples=64), ctx_for(tmp_path, digits.dataset))
     assert q.meta["quantization"]["method"] == "auto-static"
     assert q.meta["fp32_nodes"] == []
     assert len(q.meta["search"]) == 1 and q.meta["search"][0]["passed"] is True
@@ -325,7 +328,7 @@ def test_auto_on_digits_needs_no_fp32_nodes(digits, digits_onnx: Candidate, tmp_
 
 def test_outlier_model_breaks_plain_int8(tmp_path: Path) -> None:
     cand, ds = outlier_candidate(tmp_path / "m")
-    q = quant.int8_static(cand, quant.StaticQuantConfig(), ctx_for(tmp_path / "w", ds))
+    q = static.int8_static(cand, configs.StaticQuantConfig(), ctx_for(tmp_path / "w", ds))
     x = ds.x_test
     a = q.load().run({"features": x})["logits"].argmax(1)
     b = cand.load().run({"features": x})["logits"].argmax(1)
@@ -334,8 +337,8 @@ def test_outlier_model_breaks_plain_int8(tmp_path: Path) -> None:
 
 def test_auto_static_keeps_the_crushed_layer_in_fp32(tmp_path: Path) -> None:
     cand, ds = outlier_candidate(tmp_path / "m")
-    q = quant.int8_auto(
-        cand, quant.AutoQuantConfig(), ctx_for(tmp_path / "w", ds, fidelity={"agreement_min": 0.99})
+    q = auto.int8_auto(
+        cand, configs.AutoQuantConfig(), ctx_for(tmp_path / "w", ds, fidelity={"agreement_min": 0.99})
     )
     assert q.meta["quantization"]["method"] == "auto-static"
     # quant_pre_process fuses MatMul+Add into a Gemm named after the MatMul
@@ -356,15 +359,15 @@ def test_auto_static_keeps_the_crushed_layer_in_fp32(tmp_path: Path) -> None:
 def test_auto_dynamic_ranks_by_isolation(tmp_path: Path) -> None:
     cand, ds = outlier_candidate(tmp_path / "m")
     # smoothing off: with it the zero-weight outlier channel is simply shrunk and nothing stays fp32
-    cfg = quant.AutoQuantConfig(mode="dynamic", margin=0.0, smooth_alphas=())
-    q = quant.int8_auto(cand, cfg, ctx_for(tmp_path / "w", ds, fidelity={"agreement_min": 0.98}))
+    cfg = configs.AutoQuantConfig(mode="dynamic", margin=0.0, smooth_alphas=())
+    q = auto.int8_auto(cand, cfg, ctx_for(tmp_path / "w", ds, fidelity={"agreement_min": 0.98}))
     assert q.meta["quantization"]["method"] == "auto-dynamic"
     assert q.meta["fp32_nodes"] == ["mm1"]
     assert q.meta["sensitivity"]["method"].startswith("isolation")
     assert op_counts(q.path)["MatMulInteger"] == 1
-    smoothed = quant.int8_auto(
+    smoothed = auto.int8_auto(
         cand,
-        quant.AutoQuantConfig(mode="dynamic", margin=0.0),
+        configs.AutoQuantConfig(mode="dynamic", margin=0.0),
         ctx_for(tmp_path / "s", ds, fidelity={"agreement_min": 0.98}),
     )
     assert smoothed.meta["fp32_nodes"] == [] and smoothed.meta["quantization"]["smooth_alpha"] is not None
@@ -376,7 +379,7 @@ def test_auto_gives_up_at_max_fp32_nodes_with_the_best_reached(tmp_path: Path) -
         PassSkipped,
         match=r"keeping at most 0 of 2 quantizable node\(s\) in fp32 .*best reached with 0 fp32 node\(s\): agreement 0\.\d+ \(target 0\.9950\)",
     ):
-        quant.int8_auto(cand, quant.AutoQuantConfig(max_fp32_nodes=0), ctx_for(tmp_path / "w", ds))
+        auto.int8_auto(cand, configs.AutoQuantConfig(max_fp32_nodes=0), ctx_for(tmp_path / "w", ds))
 
 
 def test_auto_picks_dynamic_for_a_transformer_graph(tmp_path: Path) -> None:
@@ -387,16 +390,16 @@ def test_auto_picks_dynamic_for_a_transformer_graph(tmp_path: Path) -> None:
     onnx_cand = export_pass.onnx_pass(
         base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "onnx", ds)
     )
-    q = quant.int8_auto(
+    q = auto.int8_auto(
         onnx_cand,
-        quant.AutoQuantConfig(samples=24),
+        configs.AutoQuantConfig(samples=24),
         ctx_for(tmp_path / "w", ds, fidelity={"cosine_mean_min": 0.9, "cosine_p5_min": 0.8}),
     )
     assert q.meta["quantization"]["method"] == "auto-dynamic"
     assert q.meta["fidelity_floors"] == {"cosine_mean_min": 0.9, "cosine_p5_min": 0.8}
     assert set(q.meta["search"][0]["fidelity"]) >= {"cosine_mean", "cosine_p5", "top10"}
     assert op_counts(q.path)["QAttention"] >= 1
-    d = quant.int8_dynamic(onnx_cand, quant.DynamicQuantConfig(), ctx_for(tmp_path / "d", ds))
+    d = dynamic.int8_dynamic(onnx_cand, configs.DynamicQuantConfig(), ctx_for(tmp_path / "d", ds))
     assert op_counts(d.path)["QAttention"] == 2  # the fused graph quantizes (DefaultTensorType is passed)
 
 

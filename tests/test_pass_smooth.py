@@ -1,4 +1,4 @@
-"""SmoothQuant-style smoothing (modelyard.optimize.passes.smooth) and its use in int8-dynamic / int8-auto."""
+"""SmoothQuant-style smoothing (modelyard.optimize.passes.int8.smooth) and its use in int8-dynamic / int8-auto."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import modelyard.optimize.passes.export as export_pass
-import modelyard.optimize.passes.quantize as quant
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.passes import smooth
+from modelyard.optimize.passes.int8 import auto, configs, dynamic, smooth
+from modelyard.optimize.passes.int8.ort import dynamic_op_types
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
@@ -143,7 +143,7 @@ def test_mlp_smoothing_is_exact_and_shares_one_mul(tmp_path: Path) -> None:
 def test_tiny_bert_smoothing_is_exact_with_attention(tiny_bert_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cand, ds = tiny_bert_onnx
     assert op_counts(cand.path)["Attention"] == 2  # the fused graph
-    sm = quant.smoother(cand, ctx_for(tmp_path, ds), 16, quant.dynamic_op_types(("Conv",)))
+    sm = smooth.smoother(cand, ctx_for(tmp_path, ds), 16, dynamic_op_types(("Conv",)))
     assert sm is not None
     kinds = Counter(t.op_type for t in sm.targets)
     assert kinds["Attention"] == 2 and kinds["MatMul"] == 6
@@ -155,7 +155,7 @@ def test_tiny_bert_smoothing_is_exact_with_attention(tiny_bert_onnx, tmp_path: P
         assert report.scale_range[0] != pytest.approx(1.0) or report.scale_range[1] != pytest.approx(1.0)
         a, b = run_all(cand.path, feeds)[0], run_all(dst, feeds)[0]
         assert float(np.max(np.abs(a - b))) < 1e-4
-    assert quant.smoothing_error(cand.path, dst, feeds, 1) < 1e-4
+    assert smooth.smoothing_error(cand.path, dst, feeds, 1) < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,9 +170,9 @@ def relative_error(cand: Candidate, parent: Candidate, x: np.ndarray) -> float:
 
 def test_smoothing_improves_dynamic_int8_on_an_outlier_channel(tmp_path: Path) -> None:
     cand, ds = outlier_mlp(tmp_path / "m")
-    plain = quant.int8_dynamic(cand, quant.DynamicQuantConfig(), ctx_for(tmp_path / "p", ds))
-    smoothed = quant.int8_dynamic(
-        cand, quant.DynamicQuantConfig(smooth_alpha=0.5), ctx_for(tmp_path / "s", ds)
+    plain = dynamic.int8_dynamic(cand, configs.DynamicQuantConfig(), ctx_for(tmp_path / "p", ds))
+    smoothed = dynamic.int8_dynamic(
+        cand, configs.DynamicQuantConfig(smooth_alpha=0.5), ctx_for(tmp_path / "s", ds)
     )
     err_plain = relative_error(plain, cand, ds.x_test)
     err_smooth = relative_error(smoothed, cand, ds.x_test)
@@ -196,9 +196,9 @@ def test_smoothing_improves_dynamic_int8_on_an_outlier_channel(tmp_path: Path) -
 
 def test_auto_smooths_instead_of_keeping_nodes_fp32(tmp_path: Path) -> None:
     cand, ds = outlier_mlp(tmp_path / "m")
-    cfg = quant.AutoQuantConfig(mode="dynamic", smooth_alphas=(0.5, 0.8))
+    cfg = configs.AutoQuantConfig(mode="dynamic", smooth_alphas=(0.5, 0.8))
     floors = {"agreement_min": 0.97}
-    q = quant.int8_auto(cand, cfg, ctx_for(tmp_path / "w", ds, fidelity=floors))
+    q = auto.int8_auto(cand, cfg, ctx_for(tmp_path / "w", ds, fidelity=floors))
     rounds = q.meta["search"]
     assert rounds[0]["passed"] is False and rounds[0]["smooth_alpha"] is None
     assert [r["smooth_alpha"] for r in rounds[1:3]] == [0.5, 0.8]
@@ -210,9 +210,9 @@ def test_auto_smooths_instead_of_keeping_nodes_fp32(tmp_path: Path) -> None:
     assert q.meta["fidelity_train"]["agreement"] >= 0.975
     assert any(n.startswith("round 1 (alpha 0.5, 3 nodes smoothed, all quantized)") for n in q.notes)
     assert op_counts(q.path)["MatMulInteger"] == 3
-    plain = quant.int8_auto(
+    plain = auto.int8_auto(
         cand,
-        quant.AutoQuantConfig(mode="dynamic", smooth_alphas=()),
+        configs.AutoQuantConfig(mode="dynamic", smooth_alphas=()),
         ctx_for(tmp_path / "p", ds, fidelity=floors),
     )
     assert plain.meta["quantization"]["smooth_alpha"] is None and "smoothing" not in plain.meta
@@ -222,7 +222,7 @@ def test_auto_smooths_instead_of_keeping_nodes_fp32(tmp_path: Path) -> None:
 
 def test_static_auto_does_not_smooth(tmp_path: Path) -> None:
     cand, ds = outlier_mlp(tmp_path / "m")
-    q = quant.int8_auto(cand, quant.AutoQuantConfig(mode="static"), ctx_for(tmp_path / "w", ds))
+    q = auto.int8_auto(cand, configs.AutoQuantConfig(mode="static"), ctx_for(tmp_path / "w", ds))
     assert "smooth_alpha" not in q.meta["quantization"] and "smoothing" not in q.meta
 
 
@@ -253,32 +253,32 @@ def test_nothing_to_smooth_is_noted(tmp_path: Path) -> None:
     ("cls", "kwargs", "message"),
     [
         (
-            quant.DynamicQuantConfig,
+            configs.DynamicQuantConfig,
             {"smooth_alpha": 1.5},
             r"int8-dynamic: smooth_alpha must be a number in \[0, 1\]",
         ),
         (
-            quant.DynamicQuantConfig,
+            configs.DynamicQuantConfig,
             {"smooth_alpha": True},
             r"smooth_alpha must be a number in \[0, 1\].*got True",
         ),
         (
-            quant.DynamicQuantConfig,
+            configs.DynamicQuantConfig,
             {"smooth_alpha": "0.5"},
             r"smooth_alpha must be a number in \[0, 1\].*got '0.5'",
         ),
         (
-            quant.DynamicQuantConfig,
+            configs.DynamicQuantConfig,
             {"smooth_samples": 0},
             "int8-dynamic: smooth_samples must be an integer >= 1",
         ),
         (
-            quant.AutoQuantConfig,
+            configs.AutoQuantConfig,
             {"smooth_alphas": 0.5},
             r"int8-auto: smooth_alphas must be a list of numbers",
         ),
         (
-            quant.AutoQuantConfig,
+            configs.AutoQuantConfig,
             {"smooth_alphas": (0.5, -0.1)},
             r"int8-auto: smooth_alphas must be a number in \[0, 1\].*got -0.1",
         ),
@@ -290,13 +290,13 @@ def test_smoothing_option_validation(cls: type, kwargs: dict, message: str) -> N
 
 
 def test_smoothing_option_defaults() -> None:
-    assert quant.DynamicQuantConfig().smooth_alpha is None
-    assert quant.AutoQuantConfig().smooth_alphas == (0.5, 0.65, 0.8)
-    assert quant.AutoQuantConfig(smooth_alphas=[1, 0.5]).smooth_alphas == (1.0, 0.5)  # type: ignore[arg-type]
+    assert configs.DynamicQuantConfig().smooth_alpha is None
+    assert configs.AutoQuantConfig().smooth_alphas == (0.5, 0.65, 0.8)
+    assert configs.AutoQuantConfig(smooth_alphas=[1, 0.5]).smooth_alphas == (1.0, 0.5)  # type: ignore[arg-type]
 
 
 def test_shortfall_sums_the_gaps_below_the_floors() -> None:
-    from modelyard.optimize.passes.sensitivity import shortfall
+    from modelyard.optimize.passes.int8.sensitivity import shortfall
 
     floors = {"cosine_mean_min": 0.99, "cosine_p5_min": 0.98, "top10_min": 0.95}
     fid = {"cosine_mean": 0.995, "cosine_p5": 0.97, "top10": 0.93, "damage": 0.01}

@@ -30,6 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.errors import PassSkipped
+from modelyard.optimize.candidate import Candidate
+from modelyard.optimize.passes.int8.ort import BATCH, _batches, _load
+from modelyard.optimize.registry import PassContext
+
 SMOOTH_OPS = ("MatMul", "Gemm", "Attention")
 MIN_SCALE = 1e-2
 MAX_SCALE = 1e2
@@ -245,3 +250,64 @@ def smooth_file(
     smoothed, report = smooth_model(onnx.load(str(src)), stats, alpha, targets)
     onnx.save(smoothed, str(dst))
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# smoothing a candidate for the int8 passes: channel maxima from training inputs, the fp32 exactness check
+
+SMOOTH_TOLERANCE = 1e-3  # max abs output change allowed for the fp32 smoothed graph (relative to max |y|)
+
+
+@dataclass
+class Smoother:
+    """Channel statistics of one fp32 graph, ready to write smoothed copies of it for any alpha."""
+
+    src: Path
+    targets: list[Any]
+    stats: dict[str, np.ndarray]
+    samples: int
+
+    def write(self, dst: Path, alpha: float) -> SmoothReport:
+        return smooth_file(self.src, dst, self.stats, alpha, self.targets)
+
+
+def smoother(
+    candidate: Candidate, ctx: PassContext, samples: int, op_types: Sequence[str]
+) -> Smoother | None:
+    """Measure per-channel max |x| of every smoothable input on ``samples`` training inputs (natural-length
+    batches of 32, like the runtime sees them); None when the graph has nothing to smooth."""
+    wanted = {"Gemm", *op_types} if "MatMul" in op_types else set(op_types)
+    targets = [t for t in find_targets(_load(candidate.path)) if t.op_type in wanted]
+    if not targets:
+        return None
+    x = ctx.dataset.fit_sample(samples, seed=ctx.seed)
+    batches = _batches(candidate, x, BATCH)
+    stats = channel_max(candidate.path, sorted({t.x for t in targets}), batches, ctx.threads)
+    return Smoother(candidate.path, targets, stats, len(x))
+
+
+def smoothing_error(
+    original: Path, smoothed: Path, feeds: dict[str, np.ndarray], threads: int | None
+) -> float:
+    """Max abs difference of the two fp32 graphs' first output on ``feeds``, relative to max |y| (>= 1)."""
+    from modelyard.optimize.passes.export import run_onnx
+
+    a = run_onnx(original, feeds, threads)
+    b = run_onnx(smoothed, feeds, threads)
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
+
+
+def _check_smoothing(err: float, pass_name: str) -> None:
+    if not err <= SMOOTH_TOLERANCE:
+        raise PassSkipped(
+            f"{pass_name}: the smoothed fp32 graph differs from the original by {err:.2e} (relative, allowed "
+            f"{SMOOTH_TOLERANCE:g}); run without smoothing"
+        )
+
+
+def _smooth_note(report: SmoothReport, samples: int) -> str:
+    lo, hi = report.scale_range
+    return (
+        f"SmoothQuant smoothing alpha {report.alpha:g} on {report.tensors} input tensor(s) of "
+        f"{len(report.nodes)} node(s) (channel maxima from {samples} training inputs; scales {lo:.3g}-{hi:.3g})"
+    )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.errors import ConfigError
+from modelyard.optimize.passes.int8.ort import FeedReader
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +235,6 @@ def rank_by_qdq_error(
         create_weight_matching,
         modify_model_output_intermediate_tensors,
     )
-
-    from modelyard.optimize.passes.quantize import FeedReader
 
     aug = tmp / "debug_float.onnx"
     modify_model_output_intermediate_tensors(str(float_path), str(aug))
