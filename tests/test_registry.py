@@ -18,7 +18,8 @@ import pytest
 
 from modelyard.errors import RegistryError
 from modelyard.registry import Registry, VersionEntry
-from modelyard.registry.store import CRASH_ENV
+from modelyard.registry import db as db_module
+from modelyard.registry.store import CHECKPOINTS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VOCAB = b"[PAD]\n[UNK]\nhello\nworld\n"
@@ -297,6 +298,23 @@ def test_custom_alias_and_rollback_errors(reg: Registry) -> None:
         reg.audit_log("other")
 
 
+@pytest.mark.parametrize("table", [*db_module._APPEND_ONLY, "aliases"])
+@pytest.mark.parametrize("statement", ["UPDATE", "DELETE"])
+def test_every_history_table_refuses_update_and_delete(reg: Registry, table: str, statement: str) -> None:
+    db = sqlite3.connect(reg.db_path)
+    try:
+        assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] > 0  # the trigger has a row to guard
+        column = db.execute(f"SELECT * FROM {table} LIMIT 1").description[0][0]
+        sql = f"UPDATE {table} SET {column} = {column}" if statement == "UPDATE" else f"DELETE FROM {table}"
+        if table == "aliases" and statement == "UPDATE":  # aliases move by UPDATE; every move is logged
+            db.execute(sql)
+            return
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(sql)
+    finally:
+        db.close()
+
+
 def test_history_is_append_only(reg: Registry) -> None:
     db = sqlite3.connect(reg.db_path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -357,11 +375,16 @@ def test_unknown_names_on_empty_registry(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- crash consistency
 
 _CHILD = """
-import json, sys
+import json, os, signal, sys
 from pathlib import Path
 from modelyard.registry import Registry, VersionEntry
 entries = [VersionEntry(**{**e, "files": {k: Path(v) for k, v in e["files"].items()}}) for e in json.loads(sys.argv[2])]
-Registry(Path(sys.argv[1])).register_run("digits-cnn", entries, run_id="run-2", champion="pruned", reason="crash test")
+def crash_at(point):  # killed without any cleanup at the chosen checkpoint
+    if point == sys.argv[3]:
+        os.kill(os.getpid(), signal.SIGKILL)
+Registry(Path(sys.argv[1])).register_run(
+    "digits-cnn", entries, run_id="run-2", champion="pruned", reason="crash test", checkpoint=crash_at
+)
 """
 
 
@@ -408,9 +431,10 @@ def test_killed_register_run_leaves_all_or_nothing(
         {**dataclasses.asdict(e), "files": {k: str(v) for k, v in e.files.items()}}
         for e in _entries(tmp_path / "src", "r2")
     ]
-    env = {**os.environ, CRASH_ENV: point, "PYTHONPATH": str(REPO)}
+    assert point in CHECKPOINTS
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(reg.home), json.dumps(spec)],
+        [sys.executable, "-c", _CHILD, str(reg.home), json.dumps(spec), point],
         env=env,
         capture_output=True,
         text=True,
@@ -446,16 +470,22 @@ def test_killed_register_run_leaves_all_or_nothing(
     assert (dest / "model.onnx").read_bytes() == b"r2:pruned:weights" * 50
 
 
-def test_crash_hook_rejects_unknown_point(
-    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_checkpoints_are_called_in_order_and_production_reads_no_test_variable(
+    reg: Registry, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(CRASH_ENV, "sometime")
-    with pytest.raises(
-        RegistryError, match=r"MODELYARD_TEST_CRASH_AT='sometime' is not a crash point; use one of"
-    ):
-        reg.register_run(
-            "digits-cnn", _entries(tmp_path / "src", "r2"), run_id="run-2", champion=None, reason="x"
-        )
+    seen: list[str] = []
+    reg.register_run(
+        "digits-cnn",
+        _entries(tmp_path / "src", "r2"),
+        run_id="run-2",
+        champion=None,
+        reason="x",
+        checkpoint=seen.append,
+    )
+    assert seen[-3:] == ["after_artifacts", "mid_transaction", "after_commit"]
+    assert set(seen) == set(CHECKPOINTS) and seen.index("mid_artifact") < seen.index("after_artifacts")
+    source = (REPO / "modelyard").rglob("*.py")
+    assert not [p for p in source if "MODELYARD_TEST_" in p.read_text(encoding="utf-8")]
 
 
 def test_manifest_json_is_stored_as_text(reg: Registry) -> None:

@@ -19,20 +19,18 @@ a malformed one, and ``get_version`` returns it as ``trust``.
 Rollback walks the alias's history as a stack: a promotion pushes a version, a rollback pops one,
 so two rollbacks after promotions 1 -> 2 -> 3 land on 1, not back on 3.
 
-Test hook: when the environment variable ``MODELYARD_TEST_CRASH_AT`` is set (to ``mid_artifact``,
-``after_artifacts``, ``mid_transaction`` or ``after_commit``), ``register_run`` kills its own process
-with SIGKILL at that point. It is read only inside ``register_run``; it exists for the
-crash-consistency tests and has no other use.
+``register_run`` takes an optional ``checkpoint`` callable, called with the name of each point where a crash
+must leave all or nothing (``CHECKPOINTS``: ``mid_artifact``, ``after_artifacts``, ``mid_transaction``,
+``after_commit``). Production code passes none; the crash-consistency tests inject one that kills the process.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import os
 import re
-import signal
 import sqlite3
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,8 +42,7 @@ from modelyard.registry.artifacts import ArtifactStore, check_relpath
 from modelyard.registry.db import connect, read_snapshot, transaction
 from modelyard.security.trust import check_record
 
-CRASH_ENV = "MODELYARD_TEST_CRASH_AT"
-CRASH_POINTS = ("mid_artifact", "after_artifacts", "mid_transaction", "after_commit")
+CHECKPOINTS = ("mid_artifact", "after_artifacts", "mid_transaction", "after_commit")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -119,11 +116,6 @@ def _trust_of(manifest: Any) -> dict[str, Any] | None:
 
 def _versions_text(n: int) -> str:
     return "none" if n == 0 else ("1" if n == 1 else f"1..{n}")
-
-
-def _crash_for_test() -> None:
-    """Kill this process without any cleanup (the crash-consistency test hook)."""
-    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 class Registry:
@@ -214,6 +206,7 @@ class Registry:
         run_id: str,
         champion: str | None,
         reason: str,
+        checkpoint: Callable[[str], None] | None = None,
     ) -> dict[str, int]:
         """Store the candidates of one run as new versions of ``model``; returns {candidate name: version}.
 
@@ -226,17 +219,13 @@ class Registry:
         reason = _check_reason(reason)
         rows = self._validate_entries(entries, champion)
 
-        crash_at = os.environ.get(CRASH_ENV) or None  # test hook, see the module docstring
-        if crash_at is not None and crash_at not in CRASH_POINTS:
-            raise RegistryError(
-                f"{CRASH_ENV}={crash_at!r} is not a crash point; use one of {', '.join(CRASH_POINTS)}"
-            )
+        at: Callable[[str], None] = checkpoint or (lambda point: None)  # see CHECKPOINTS
 
         with self._connect(write=True) as conn:
             self._check_new_run(conn, run_id)
 
             # 1. Files, outside any transaction: each is atomic on its own, and unreferenced until commit.
-            hook = _crash_for_test if crash_at == "mid_artifact" else None
+            hook = None if checkpoint is None else (lambda: at("mid_artifact"))
             stored: list[dict[str, tuple[str, int]]] = []
             for entry in entries:
                 stored.append(
@@ -245,8 +234,7 @@ class Registry:
                         for rel, src in sorted(entry.files.items())
                     }
                 )
-            if crash_at == "after_artifacts":
-                _crash_for_test()
+            at("after_artifacts")
 
             # 2. One transaction for the run, its versions, files, lineage and the alias move.
             with transaction(conn):
@@ -293,8 +281,8 @@ class Registry:
                             passes,
                         ),
                     )
-                    if crash_at == "mid_transaction" and i == len(entries) // 2:
-                        _crash_for_test()
+                    if i == len(entries) // 2:
+                        at("mid_transaction")
                     for rel, (digest, size) in files.items():
                         conn.execute(
                             "INSERT OR IGNORE INTO blobs (sha256, size_bytes) VALUES (?, ?)", (digest, size)
@@ -318,8 +306,7 @@ class Registry:
                         reason=reason,
                         run_id=run_id,
                     )
-            if crash_at == "after_commit":
-                _crash_for_test()
+            at("after_commit")
         return numbers
 
     @staticmethod
