@@ -3,6 +3,7 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
+from modelyard._version import __version__
 from modelyard.config import Policy, Settings, load_policy
 from modelyard.data.dataset import Dataset
 from modelyard.data.loaders import load_dataset
@@ -25,8 +26,6 @@ from modelyard.registry import Registry
 from modelyard.runtime.base import Runner, RunnerSpec, TensorSpec
 from modelyard.security import scan_file
 from modelyard.zoo.demos import load_demo
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError",

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from modelyard.errors import ConfigError, DataError
+from modelyard.evaluate._inputs import tile as _tile
 from modelyard.evaluate.efficiency import (
     MIN_CALLS_PER_WINDOW,
     THROUGHPUT_ROUNDS,
-    _tile,
     compare_speed,
     interleaved_throughput,
     measure_efficiency,
-    measure_peak_rss,
 )
 from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
+from modelyard.evaluate.memory import measure_peak_rss
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 

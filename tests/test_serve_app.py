@@ -621,8 +621,8 @@ async def test_shutdown_refuses_new_requests_and_drains(
 
 
 def test_batching_choice(registry: Registry, offline: dict[str, Any]) -> None:
-    from modelyard.serve.app import batching_for
     from modelyard.serve.batcher import choose_batching
+    from modelyard.serve.state import batching_for
 
     model = offline["model"]
     measured = batching_for(settings_for(registry), model)

@@ -9,7 +9,7 @@ import pytest
 from modelyard.errors import ArtifactError
 from modelyard.evaluate import ood
 from modelyard.evaluate.metrics import softmax
-from modelyard.serve.model import classifier_outputs
+from modelyard.serve.outputs import classifier_outputs
 
 
 @pytest.mark.parametrize("kind", ["energy", "msp", "maxlogit"])

@@ -18,9 +18,9 @@ How the figures are taken (the same code serves the pipeline and the benchmarks)
   (rounds assumed independent; drift between rounds widens the interval, as it should). The coverage reached
   is recorded in ``details["interval_coverage"]`` for any number of rounds: 5 rounds, for instance, reach
   only 93.75%, which is why 7 are taken. The best batch size is chosen on these same rounds.
-- Peak memory: a fresh process (``python -m modelyard.evaluate._rss_probe``) loads the candidate and runs one
-  batch of 32; its ``ru_maxrss``. An empty probe's figure is reported beside it. The probe loads on the CPU:
-  for a Runner on a GPU the figure is UNKNOWN with that reason.
+- Peak memory (:mod:`modelyard.evaluate.memory`): a fresh process (``python -m modelyard.evaluate._rss_probe``)
+  loads the candidate and runs one batch of 32; its ``ru_maxrss``. An empty probe's figure is reported beside
+  it. The probe loads on the CPU: for a Runner on a GPU the figure is UNKNOWN with that reason.
 - Cost: :func:`cost_measurement` is the one place it is computed, from the final throughput measurement:
   ``price_usd_per_hour / 3600 / throughput * 1e6`` (one instance fully busy at the best batch size), with
   ``details["throughput_items_per_s"]`` exactly that throughput and the interval the throughput interval
@@ -31,24 +31,20 @@ How the figures are taken (the same code serves the pipeline and the benchmarks)
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from modelyard.errors import ConfigError, DataError, first_line
+from modelyard.errors import ConfigError
+from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
 from modelyard.evaluate.evidence import Measurement, measure
+from modelyard.evaluate.memory import measure_peak_rss
 from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import Runner
 from modelyard.runtime.device import default_threads, resolve_device
@@ -65,8 +61,6 @@ MIN_CALLS_PER_WINDOW = 3
 LOAD_REPEATS = 3
 MAX_SAMPLES_KEPT = 500
 MAX_DISTINCT_LATENCY_INPUTS = 64
-PROBE_TIMEOUT_S = 300.0
-PROBE_BATCH = 32
 
 COST_ASSUMPTION = (
     "one instance kept fully busy at the best batch size measured; excludes idle time, "
@@ -75,46 +69,7 @@ COST_ASSUMPTION = (
 
 
 # ---------------------------------------------------------------------------------------------------
-# inputs
-
-
-def _as_texts(x: Any) -> list[str] | None:
-    """The inputs as a list of texts, or None when they are numeric."""
-    if isinstance(x, np.ndarray):
-        return [str(t) for t in x.tolist()] if x.dtype.kind in "US" else None
-    if isinstance(x, Sequence) and not isinstance(x, str | bytes) and len(x) and isinstance(x[0], str):
-        return [str(t) for t in x]
-    return None
-
-
-def _normalize_inputs(sample_inputs: Any) -> np.ndarray | list[str]:
-    if isinstance(sample_inputs, str | bytes):
-        raise DataError(
-            "sample_inputs must be an array or a list of texts, got a single string; wrap it in a list"
-        )
-    texts = _as_texts(sample_inputs)
-    if texts is not None:
-        return texts
-    try:
-        arr = np.asarray(sample_inputs)
-    except (TypeError, ValueError) as exc:
-        raise DataError(
-            f"sample_inputs must be an array or a list of texts; numpy cannot read it: {exc}"
-        ) from None
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        raise DataError(
-            f"sample_inputs must hold at least one example along axis 0, got shape {arr.shape}; "
-            "pass a few test examples"
-        )
-    return arr
-
-
-def _tile(inputs: np.ndarray | list[str], n: int, start: int = 0) -> np.ndarray | list[str]:
-    """``n`` examples taken cyclically from ``inputs``, beginning at index ``start``."""
-    idx = (start + np.arange(n)) % len(inputs)
-    if isinstance(inputs, list):
-        return [inputs[int(i)] for i in idx]
-    return np.take(inputs, idx, axis=0)
+# timing primitives shared by measure_efficiency, interleaved_throughput and the benchmarks
 
 
 def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
@@ -124,10 +79,6 @@ def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
     if first.ndim == 0:
         raise ConfigError("feeds must be batched arrays (batch on axis 0); got a 0-d array")
     return int(first.shape[0])
-
-
-# ---------------------------------------------------------------------------------------------------
-# timing primitives shared by measure_efficiency, interleaved_throughput and the benchmarks
 
 
 def _call_s(runner: Runner, feeds: Feeds) -> float:
@@ -173,13 +124,6 @@ def _interleave(
     return out
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
 def interleaved_throughput(
     runners: Mapping[str, tuple[Runner, Feeds]],
     *,
@@ -202,7 +146,7 @@ def interleaved_throughput(
         raise ConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
-    _check_positive("min_time_s", min_time_s)
+    check_positive("min_time_s", min_time_s)
     per_call = _interleave(runners, rounds=rounds, min_time_s=min_time_s, warmup=warmup)
     return {name: [float(statistics.median(w)) for w in windows] for name, windows in per_call.items()}
 
@@ -280,7 +224,7 @@ def cost_measurement(throughput: Measurement, *, price_usd_per_hour: float) -> M
     the cost is computed. value = price / 3600 / throughput * 1e6; ``details["throughput_items_per_s"]`` is
     exactly ``throughput.value``; the interval is the throughput interval through the same formula (a higher
     throughput is a lower cost, so the bounds swap). The device travels with it."""
-    _check_positive("price_usd_per_hour", price_usd_per_hour, allow_zero=True)
+    check_positive("price_usd_per_hour", price_usd_per_hour, allow_zero=True)
     price = float(price_usd_per_hour)
     details: dict[str, Any] = {
         "price_usd_per_hour": price,
@@ -309,131 +253,6 @@ def cost_measurement(throughput: Measurement, *, price_usd_per_hour: float) -> M
         throughput_interval=list(throughput.interval) if throughput.interval is not None else None,
         interval_method="the throughput interval through the formula (bounds swapped)",
         interval_coverage=throughput.details.get("interval_coverage"),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# memory probe
-
-
-def _pythonpath() -> str:
-    """PYTHONPATH for the probe: this package's root, the caller's own PYTHONPATH, and the caller's sys.path
-    entries outside the Python installation (so a user's model factory module imports there too)."""
-    root = str(Path(__file__).resolve().parents[2])
-    prefixes = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    entries = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    for p in sys.path:
-        if not p or not Path(p).is_dir():
-            continue
-        rp = str(Path(p).resolve())
-        if not any(rp == pre or rp.startswith(pre + os.sep) for pre in prefixes):
-            entries.append(rp)
-    return os.pathsep.join(dict.fromkeys(entries))
-
-
-def _run_probe(args: list[str], timeout_s: float) -> dict[str, Any]:
-    """Run the probe; its JSON result, or ``{"ok": False, "error": reason}``."""
-    from modelyard.evaluate._rss_probe import MARKER
-
-    cmd = [sys.executable, "-m", "modelyard.evaluate._rss_probe", *args]
-    env = {**os.environ, "PYTHONPATH": _pythonpath()}
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"memory probe timed out after {timeout_s:g} s"}
-    except OSError as exc:
-        return {"ok": False, "error": f"memory probe could not start {sys.executable}: {exc}"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARKER):
-            try:
-                result = json.loads(line[len(MARKER) :])
-            except json.JSONDecodeError:
-                break
-            if isinstance(result, dict):
-                if not result.get("ok"):
-                    result = {
-                        "ok": False,
-                        "error": f"memory probe failed: {result.get('error', 'no reason')}",
-                    }
-                return result
-            break
-    tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
-    last = f": {tail[-1][:300]}" if tail else " with no output"
-    return {"ok": False, "error": f"memory probe {how}{last}"}
-
-
-@functools.lru_cache(maxsize=4)
-def _empty_probe_rss(timeout_s: float) -> int | None:
-    result = _run_probe(["--empty"], timeout_s)
-    return int(result["peak_rss_bytes"]) if result.get("ok") else None
-
-
-def measure_peak_rss(
-    candidate: Candidate,
-    sample_inputs: Any,
-    *,
-    threads: int | None = None,
-    batch_size: int = PROBE_BATCH,
-    timeout_s: float = PROBE_TIMEOUT_S,
-) -> Measurement:
-    """``efficiency.peak_rss_bytes``: peak resident memory of a fresh process that loads ``candidate`` and
-    runs one batch of ``batch_size`` raw inputs (preprocessing included). Never raises for a failing probe:
-    the measurement is then UNKNOWN with the reason in ``details["reason"]``."""
-    name = "efficiency.peak_rss_bytes"
-    _check_positive("timeout_s", timeout_s)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    inputs = _tile(_normalize_inputs(sample_inputs), batch_size)
-    base: dict[str, Any] = {
-        "method": "peak resident memory (VmHWM on Linux) of a fresh Python process: interpreter start, "
-        "imports, load, preprocessing and one batch",
-        "batch": batch_size,
-        "threads": threads or default_threads(),
-        "device": "cpu",  # the probe loads the candidate with Candidate.load's default device
-    }
-    try:
-        with tempfile.TemporaryDirectory(prefix="modelyard-rss-") as tmp:
-            manifest = candidate.to_dict()
-            manifest["path"] = str(Path(candidate.path).resolve())
-            if candidate.tokenizer_dir is not None:
-                manifest["tokenizer_dir"] = str(Path(candidate.tokenizer_dir).resolve())
-            man_path = Path(tmp) / "manifest.json"
-            man_path.write_text(json.dumps(manifest), encoding="utf-8")
-            if isinstance(inputs, list):
-                in_path = Path(tmp) / "inputs.json"
-                in_path.write_text(json.dumps(inputs), encoding="utf-8")
-            else:
-                in_path = Path(tmp) / "inputs.npz"
-                np.savez(in_path, inputs=np.asarray(inputs))
-            args = [str(man_path), str(in_path)]
-            if threads:
-                args += ["--threads", str(int(threads))]
-            result = _run_probe(args, timeout_s)
-    except (OSError, TypeError, ValueError) as exc:
-        result = {"ok": False, "error": f"memory probe could not be prepared: {_first_line(exc)}"}
-    if not result.get("ok"):
-        reason = str(result.get("error"))
-        log.warning("peak memory of %s is UNKNOWN: %s", candidate.name, reason)
-        return measure(name, None, reason=reason, **base)
-    empty = _empty_probe_rss(timeout_s)
-    peak = int(result["peak_rss_bytes"])
-    return measure(
-        name,
-        peak,
-        **base,
-        source=str(result.get("source", "")),
-        ru_maxrss_bytes=result.get("ru_maxrss_bytes"),
-        ru_maxrss_note="not used on Linux: the kernel carries the parent's ru_maxrss across fork+exec, so it "
-        "can show the measuring process's peak instead of the probe's",
-        load_peak_rss_bytes=result.get("load_peak_rss_bytes"),
-        baseline_rss_bytes=empty,
-        above_baseline_bytes=(peak - empty) if empty is not None else None,
-        baseline_note="baseline_rss_bytes = the same probe loading nothing (interpreter, numpy, modelyard); "
-        "subtract it for the model's own cost",
-        modules_imported=result.get("modules", {}),
     )
 
 
@@ -473,10 +292,6 @@ def _silent(msg: str, advance: float = 0.0) -> None:
     """The default progress callback: says nothing."""
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
-
-
 def runner_device(runner: Runner) -> dict[str, Any]:
     """``{"device": ...}`` (plus ``"providers"`` for ONNX Runtime) of a loaded Runner, for a measurement's
     details."""
@@ -511,7 +326,7 @@ def measure_efficiency(
     """
     sizes = _validate(batch_sizes, latency_calls, min_time_s, threads, price_usd_per_hour)
     resolve_device(device)
-    inputs = _normalize_inputs(sample_inputs)
+    inputs = normalize_inputs(sample_inputs)
     is_text = isinstance(inputs, list)
     say: ProgressFn = progress if progress is not None else _silent
     measured_sizes = tuple(sorted({*sizes, B32}))
@@ -552,11 +367,11 @@ def measure_efficiency(
     batch_feeds: dict[int, Feeds] = {}
     failed: dict[str, str] = {}
     for b in measured_sizes:
-        feeds = pre(_tile(inputs, b))
+        feeds = pre(tile(inputs, b))
         try:
             runner.run(feeds)
         except Exception as exc:  # a model with a fixed batch size, or out of memory at large batches
-            failed[str(b)] = _first_line(exc)
+            failed[str(b)] = error_line(exc)
             log.warning("%s cannot run at batch %d: %s", candidate.name, b, failed[str(b)])
             continue
         batch_feeds[b] = feeds
@@ -565,14 +380,14 @@ def measure_efficiency(
     say(f"{candidate.name}: latency", 0.0)
     warmup_calls = min(10, max(2, latency_calls // 10))
     single = [
-        pre(_tile(inputs, 1, i)) for i in range(min(len(inputs), latency_calls, MAX_DISTINCT_LATENCY_INPUTS))
+        pre(tile(inputs, 1, i)) for i in range(min(len(inputs), latency_calls, MAX_DISTINCT_LATENCY_INPUTS))
     ]
     try:
         for i in range(warmup_calls):
             runner.run(single[i % len(single)])
         times_ms = [_call_s(runner, single[i % len(single)]) * 1e3 for i in range(latency_calls)]
     except Exception as exc:
-        reason = f"batch-1 calls failed: {_first_line(exc)}"
+        reason = f"batch-1 calls failed: {error_line(exc)}"
         for key in ("efficiency.latency_p50_ms", "efficiency.latency_p99_ms"):
             out[key] = measure(key, None, reason=reason, **where)
     else:
@@ -660,9 +475,7 @@ def measure_efficiency(
             "efficiency.size_bytes", candidate.size_bytes(), files=[p.name for p in files], **where
         )
     except OSError as exc:
-        out["efficiency.size_bytes"] = measure(
-            "efficiency.size_bytes", None, reason=_first_line(exc), **where
-        )
+        out["efficiency.size_bytes"] = measure("efficiency.size_bytes", None, reason=error_line(exc), **where)
 
     # peak memory in a fresh process (which loads on the CPU)
     if measure_rss and where["device"] == "cpu":

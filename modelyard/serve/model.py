@@ -19,6 +19,10 @@ Open Inference Protocol view of the model:
 requests (feeds concatenated along axis 0, or texts tokenized together), split back per request. With one
 request per call the outputs are byte-identical to offline ``predict``; when requests share a call, ONNX
 Runtime may differ in the last bits (a kernel's float results can depend on the batch size).
+
+Request inputs are checked by :mod:`modelyard.serve.inputs`, classifier outputs computed by
+:mod:`modelyard.serve.outputs`, and the manifest re-pointed at the materialized files by
+:mod:`modelyard.serve.manifest`.
 """
 
 from __future__ import annotations
@@ -37,78 +41,25 @@ import numpy as np
 from modelyard.errors import ArtifactError, UnsafeModelError, first_line
 from modelyard.optimize.candidate import Candidate
 from modelyard.registry import Registry
-from modelyard.runtime.base import Runner, TensorSpec
+from modelyard.runtime.base import Runner
 from modelyard.security import require_safe
 from modelyard.security.contract import check_inputs, input_contract
 from modelyard.security.trust import PICKLE, require_trust
-from modelyard.serve.protocol import InferInput, ProtocolError, tensor_metadata
+from modelyard.serve.inputs import (
+    TEXT_INPUT,
+    PreparedInput,
+    bad_request,
+    json_array,
+    json_columns,
+    match_inputs,
+    owned,
+    texts_of,
+)
+from modelyard.serve.manifest import platform_of, relocate
+from modelyard.serve.outputs import OOD_SCORES, classifier_outputs
+from modelyard.serve.protocol import InferInput, tensor_metadata
 
 log = logging.getLogger(__name__)
-
-TEXT_INPUT = "text"
-OOD_SCORES = ("msp", "energy", "maxlogit")
-_PLATFORMS = {
-    ("onnx", None): "onnx_onnxv1",
-    ("torch", "torchscript"): "pytorch_torchscript",
-    ("torch", "export"): "pytorch_export",
-    ("torch", "safetensors"): "pytorch_safetensors",
-    ("hf", None): "huggingface_pytorch",
-}
-
-
-@dataclass
-class PreparedInput:
-    """One request's validated inputs: named arrays (array models) or texts (text models), with its row count."""
-
-    rows: int
-    feeds: dict[str, np.ndarray] | None = None
-    texts: list[str] | None = None
-
-    def cache_feeds(self) -> dict[str, np.ndarray]:
-        """The inputs as arrays for the prediction cache key."""
-        if self.texts is not None:
-            return {TEXT_INPUT: np.array(self.texts, dtype=object)}
-        return dict(self.feeds or {})
-
-
-def _bad(message: str) -> ProtocolError:
-    return ProtocolError(message, 400)
-
-
-def _relocate(manifest: Mapping[str, Any], folder: Path) -> Candidate:
-    """The manifest's Candidate with its file paths re-pointed inside the materialized ``folder``.
-
-    The pipeline registers a file artifact's files relative to its parent folder, a folder artifact's
-    (Hugging Face) relative to itself, and a separate tokenizer folder's files under ``tokenizer/``."""
-    cand = Candidate.from_dict(dict(manifest))
-    original = cand.path
-    path = folder if cand.format == "hf" else folder / original.name
-    if not path.exists():
-        raise ArtifactError(
-            f"the registered files of {cand.name!r} do not include {original.name!r}; "
-            "register the model again (modelyard optimize, or modelyard demo for a demo, registers versions)"
-        )
-    tokenizer: Path | None = None
-    if cand.tokenizer_dir is not None:
-        if cand.tokenizer_dir == original and path.is_dir():
-            tokenizer = path
-        elif (folder / "tokenizer" / "tokenizer.json").is_file():
-            tokenizer = folder / "tokenizer"
-        elif (folder / "tokenizer.json").is_file():
-            tokenizer = folder
-        else:
-            raise ArtifactError(
-                f"candidate {cand.name!r} is a text model but its registered files hold no tokenizer.json; "
-                "re-register it with its tokenizer"
-            )
-    cand.path = path
-    cand.tokenizer_dir = tokenizer
-    return cand
-
-
-def _platform(cand: Candidate) -> str:
-    kind = cand.meta.get("torch_kind", "safetensors") if cand.format == "torch" else None
-    return _PLATFORMS.get((cand.format, kind), f"modelyard_{cand.format}")
 
 
 def _dims(shape: Sequence[int | None]) -> list[int]:
@@ -173,7 +124,7 @@ class ServedModel:
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=workdir))
         try:
             registry.materialize(name, version, folder)
-            cand = _relocate(info["manifest"], folder)
+            cand = relocate(info["manifest"], folder)
             if status.needed == PICKLE:
                 try:
                     require_safe(cand.path, trust_pickle=True)
@@ -259,7 +210,7 @@ class ServedModel:
 
     @property
     def platform(self) -> str:
-        return _platform(self.candidate)
+        return platform_of(self.candidate)
 
     @property
     def labels(self) -> tuple[str, ...] | None:
@@ -308,41 +259,24 @@ class ServedModel:
     def prepare(self, inputs: Sequence[InferInput]) -> PreparedInput:
         """Check OIP request inputs against the metadata and the input contract; ProtocolError(400) lists
         every problem."""
-        by_name: dict[str, InferInput] = {}
-        for inp in inputs:
-            if inp.name in by_name:
-                raise _bad(f"input {inp.name!r} is given twice; send each input once")
-            by_name[inp.name] = inp
         expected = {m["name"]: m for m in self.inputs_metadata()}
-        problems = [
-            f"missing input {n!r} ({m['datatype']}, shape {m['shape']})"
-            for n, m in expected.items()
-            if n not in by_name
-        ]
-        problems += [f"unexpected input {n!r}" for n in by_name if n not in expected]
-        for n, inp in by_name.items():
-            if n in expected and inp.datatype != expected[n]["datatype"]:
-                problems.append(
-                    f"input {n!r} must have datatype {expected[n]['datatype']}, got {inp.datatype}"
-                )
-        if problems:
-            raise _bad(f"model {self.name!r} takes {_describe(expected)}: " + "; ".join(problems))
+        by_name = match_inputs(self.name, inputs, expected)
         if self.is_text:
-            return self.prepare_texts(_texts_of(by_name[TEXT_INPUT]))
+            return self.prepare_texts(texts_of(by_name[TEXT_INPUT]))
         return self.prepare_feeds({n: by_name[n].data for n in expected})
 
     def prepare_texts(self, texts: Sequence[Any]) -> PreparedInput:
         if not texts:
-            raise _bad(f"input {TEXT_INPUT!r} holds no texts; send at least one")
+            raise bad_request(f"input {TEXT_INPUT!r} holds no texts; send at least one")
         if not all(isinstance(t, str) for t in texts):
-            raise _bad(f"input {TEXT_INPUT!r} must hold texts (strings)")
+            raise bad_request(f"input {TEXT_INPUT!r} must hold texts (strings)")
         return PreparedInput(rows=len(texts), texts=list(texts))
 
     def prepare_feeds(self, feeds: Mapping[str, np.ndarray]) -> PreparedInput:
-        arrays = {k: _owned(v) for k, v in feeds.items()}
+        arrays = {k: owned(v) for k, v in feeds.items()}
         problems = check_inputs(self.contract, arrays)
         if problems:
-            raise _bad("; ".join(problems))
+            raise bad_request("; ".join(problems))
         first = arrays[self.runner.spec.inputs[0].name]
         rows = int(first.shape[0]) if self.batchable and first.ndim else 1
         return PreparedInput(rows=max(rows, 1), feeds=arrays)
@@ -351,26 +285,14 @@ class ServedModel:
         """Inputs of the simple JSON ``/predict``: texts, rows of an array model's single input, or records
         ``{input name: row}``."""
         if not isinstance(items, Sequence) or isinstance(items, str | bytes) or not items:
-            raise _bad("'inputs' must be a non-empty list of items")
+            raise bad_request("'inputs' must be a non-empty list of items")
         if self.is_text:
             if not all(isinstance(t, str) for t in items):
-                raise _bad(f"model {self.name!r} takes texts: 'inputs' must be a list of strings")
+                raise bad_request(f"model {self.name!r} takes texts: 'inputs' must be a list of strings")
             return self.prepare_texts(items)
         specs = self.runner.spec.inputs
-        if all(isinstance(it, Mapping) for it in items):
-            names = [t.name for t in specs]
-            bad = sorted({k for it in items for k in it if k not in names})
-            missing = sorted({n for it in items for n in names if n not in it})
-            if bad or missing:
-                raise _bad(f"records must have exactly the keys {names}; unexpected {bad}, missing {missing}")
-            columns = {t.name: [it[t.name] for it in items] for t in specs}
-        elif len(specs) == 1 and not any(isinstance(it, Mapping) for it in items):
-            columns = {specs[0].name: list(items)}
-        else:
-            raise _bad(
-                f"model {self.name!r} has inputs {[t.name for t in specs]}: send records {{input name: row}}"
-            )
-        feeds = {t.name: _json_array(t, columns[t.name]) for t in specs}
+        columns = json_columns(self.name, specs, items)
+        feeds = {t.name: json_array(t, columns[t.name]) for t in specs}
         return self.prepare_feeds(feeds)
 
     # ------------------------------------------------------------------------------------------ running
@@ -468,87 +390,6 @@ class ServedModel:
         return PreparedInput(rows=rows if self.batchable else 1, feeds=feeds)
 
 
-def _owned(value: Any) -> np.ndarray:
-    """A C-contiguous, writable array (request buffers are read-only views; PyTorch warns on those)."""
-    arr = np.asarray(value)
-    if not arr.flags.c_contiguous or not arr.flags.writeable:
-        arr = np.array(arr, copy=True, order="C")
-    return arr
-
-
 def _rows(item: PreparedInput, model: ServedModel) -> int:
     first = (item.feeds or {})[model.runner.spec.inputs[0].name]
     return int(first.shape[0]) if first.ndim else 1
-
-
-def _describe(expected: Mapping[str, Mapping[str, Any]]) -> str:
-    return ", ".join(f"{n} ({m['datatype']}, shape {m['shape']})" for n, m in expected.items())
-
-
-def _texts_of(inp: InferInput) -> list[str]:
-    shape = list(inp.shape)
-    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise _bad(f"input {TEXT_INPUT!r} must have shape [N] (or [N, 1]), got {shape}")
-    out = []
-    for i, v in enumerate(np.asarray(inp.data, dtype=object).ravel()):
-        if isinstance(v, bytes | bytearray | memoryview):
-            try:
-                out.append(bytes(v).decode("utf-8"))
-            except UnicodeDecodeError:
-                raise _bad(f"text {i} of input {TEXT_INPUT!r} is not valid UTF-8") from None
-        elif isinstance(v, str):
-            out.append(v)
-        else:
-            raise _bad(f"text {i} of input {TEXT_INPUT!r} is {type(v).__name__}, not a string")
-    return out
-
-
-def _json_array(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
-    """JSON rows as an array of the input's dtype; refuses ragged rows and values the dtype cannot hold."""
-    try:
-        raw = np.asarray(rows)
-    except (ValueError, OverflowError):
-        raise _bad(f"input {spec.name!r}: rows must all have one shape and hold numbers") from None
-    if raw.dtype.kind not in "biuf":
-        raise _bad(f"input {spec.name!r}: rows must all have one shape and hold numbers")
-    with np.errstate(all="ignore"):
-        arr = raw.astype(spec.dtype)
-        exact = np.isinf(arr) <= np.isinf(raw) if arr.dtype.kind == "f" else arr.astype(raw.dtype) == raw
-    if not np.all(exact):
-        raise _bad(f"input {spec.name!r} takes {spec.dtype} values; some values do not fit")
-    return arr
-
-
-def classifier_outputs(
-    raw: np.ndarray, *, temperature: float, ood_rule: Mapping[str, Any] | None
-) -> dict[str, np.ndarray]:
-    """logits, calibrated probabilities and, with a rule, the OOD score and flag. The formulas are those of
-    ``modelyard.evaluate.metrics.softmax`` and ``modelyard.evaluate.ood`` (so the served flag applies the
-    evaluated rule), inline without input validation: this runs on every request."""
-    z = raw.astype(np.float64)
-    scaled = z / temperature
-    e = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    out: dict[str, np.ndarray] = {
-        "logits": raw,
-        "probabilities": (e / e.sum(axis=1, keepdims=True)).astype(np.float32),
-    }
-    if ood_rule is None:
-        return out
-    kind = ood_rule["score"]
-    if kind == "energy":
-        t = float(ood_rule.get("temperature") or 1.0)
-        zt = z / t
-        m = zt.max(axis=1)
-        score = -t * (m + np.log(np.exp(zt - m[:, None]).sum(axis=1)))
-    elif kind == "maxlogit":
-        score = -z.max(axis=1)
-    elif kind == "msp":
-        ez = np.exp(z - z.max(axis=1, keepdims=True))
-        score = -(ez / ez.sum(axis=1, keepdims=True)).max(axis=1)
-    else:
-        raise ArtifactError(
-            f"unknown OOD score {kind!r} in the candidate's serving rule; known: energy, maxlogit, msp"
-        )
-    out["ood_score"] = score
-    out["ood_flag"] = score > float(ood_rule["threshold"])
-    return out

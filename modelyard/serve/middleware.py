@@ -1,0 +1,146 @@
+"""The server's pure ASGI middleware: the API key, the body-size limit, the in-flight gauge, request metrics
+and the last-resort 500.
+
+It checks the API key (every path but ``/v2/health/*`` when a key is set, compared in constant time) and the
+body size (413 as soon as ``Content-Length`` or the streamed bytes pass ``max_body_bytes``), refuses new
+requests while the server shuts down, counts in-flight requests, records request metrics, and answers any
+unexpected exception with a 500 whose traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from modelyard.serve.state import ServerState
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no API key needed
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+async def _send_json(
+    send: Send, status: int, doc: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(doc).encode("utf-8")
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ServerMiddleware:
+    """Auth, body-size limit, in-flight gauge, request metrics and the last-resort 500, as pure ASGI."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    def _authorized(self, scope: Scope) -> bool:
+        key = self.state.settings.api_key
+        if key is None:
+            return True
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(token.strip(), key.encode("utf-8"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.state.metrics
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = int(message["status"]), True
+            await send(message)
+
+        metrics.inflight_requests.inc()
+        try:
+            await self._handle(scope, receive, tracked_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not status["sent"]:
+                await _send_json(tracked_send, 500, {"error": "internal error"})
+        finally:
+            metrics.inflight_requests.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            labels = (scope.get("state") or {}).get("model_labels") or ("", "")
+            if status["sent"]:  # a client that left before any answer is not counted
+                metrics.observe_request(
+                    labels[0], labels[1], endpoint, int(status["code"]), time.perf_counter() - started
+                )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if path not in OPEN_PATHS and not self._authorized(scope):
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": "missing or wrong API key; send the header 'Authorization: Bearer <MODELYARD_API_KEY>'"
+                },
+                [(b"www-authenticate", b'Bearer realm="modelyard"')],
+            )
+            return
+        limit = self.state.settings.max_body_bytes
+        too_big = {
+            "error": f"request body is larger than the server's limit of {limit} bytes; send less data per request or raise --max-body-mb"
+        }
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _send_json(
+                    send,
+                    400,
+                    {"error": f"Content-Length {length.decode(errors='replace')!r} is not a byte count"},
+                )
+                return
+            if declared > limit:
+                await _send_json(send, 413, too_big)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, too_big)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        if self.state.shutting_down and path not in OPEN_PATHS:
+            await _send_json(send, 503, {"error": "the server is shutting down; retry on another instance"})
+            return
+        await self.app(scope, replay, send)

@@ -1,0 +1,344 @@
+"""What one server app holds (``app.state.serve``, a :class:`ServerState`) and its lifecycle.
+
+1. start-up starts a background task that resolves the model references, loads each version
+   (:class:`~modelyard.serve.model.ServedModel`), warms it up and starts its
+   :class:`~modelyard.serve.batcher.DynamicBatcher`; ``/v2/health/ready`` answers 503 until every model is
+   loaded and warm, and says why when loading failed;
+2. with ``reload_on_alias`` a watcher re-resolves each alias reference every ``alias_poll_s``; when the
+   version changes it loads and warms the new version with its own batcher, swaps it in (one reference
+   assignment), then drains the old batcher, so no request is dropped;
+3. shut-down refuses new requests (503 "shutting down"), drains every batcher (in-flight requests finish)
+   and removes the materialized files.
+
+The app (:func:`modelyard.serve.app.create_app`) and the HTTP surface (:mod:`modelyard.serve.routes`) both
+use this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import ConfigError, ModelyardError, first_line
+from modelyard.registry import Registry
+from modelyard.security.trust import require_trust
+from modelyard.serve.batcher import BatchingConfig, DynamicBatcher, QueueFull, choose_batching
+from modelyard.serve.cache import PredictionCache
+from modelyard.serve.inputs import PreparedInput
+from modelyard.serve.metrics import ServerMetrics
+from modelyard.serve.model import ServedModel, latency_budget_ms
+from modelyard.serve.protocol import ProtocolError
+from modelyard.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deployment:
+    """One loaded version with its own batcher."""
+
+    model: ServedModel
+    batcher: DynamicBatcher
+    batching: BatchingConfig
+
+
+@dataclass
+class ModelSlot:
+    """What a model name serves now. ``current`` is replaced in one assignment on an alias move."""
+
+    name: str
+    ref: str
+    current: Deployment
+    follows_alias: bool
+    failed_version: int | None = None
+
+
+def resolve_refs(settings: ServeSettings, registry: Registry) -> list[tuple[str, str, int]]:
+    """``(ref, model name, version)`` for every model to serve: ``settings.models``, or every model's
+    ``@champion``. Raises ConfigError when there is nothing to serve or a name is listed twice."""
+    refs = list(settings.models)
+    if not refs:
+        models = registry.list_models()
+        refs = [f"{m['name']}@champion" for m in models if "champion" in m["aliases"]]
+        if not refs:
+            known = ", ".join(m["name"] for m in models) or "none"
+            raise ConfigError(
+                f"no model in {registry.home} has a champion to serve (registered models: {known}); "
+                "name one, e.g. 'modelyard serve NAME:VERSION', or promote a version to champion"
+            )
+    out = []
+    seen: dict[str, str] = {}
+    for ref in refs:
+        name, version = registry.resolve(ref)
+        if name in seen:
+            raise ConfigError(
+                f"model {name!r} is listed twice ({seen[name]!r} and {ref!r}); serve one version per model"
+            )
+        seen[name] = ref
+        out.append((ref, name, version))
+    return out
+
+
+def check_trust(settings: ServeSettings, registry: Registry, refs: list[tuple[str, str, int]]) -> None:
+    """Refuse, before anything loads, a pickle-based or factory-built version without a trust record that no
+    ``--trust-pickle`` / ``--trust-factory`` stands in for (ArtifactError naming the flag)."""
+    for _, name, version in refs:
+        require_trust(
+            registry.get_version(name, version)["manifest"],
+            label=f"{name}:{version}",
+            trust_pickle=settings.trust_pickle,
+            trust_factory=settings.trust_factory,
+        )
+
+
+def batching_for(settings: ServeSettings, model: ServedModel) -> BatchingConfig:
+    """The batching a model gets: off when asked or when it cannot batch, else the measured choice with any
+    command-line override on top."""
+    if not settings.batching:
+        return BatchingConfig(max_queue=settings.max_queue, why="batching off (--no-batching)")
+    if not model.batchable:
+        return BatchingConfig(
+            max_queue=settings.max_queue, why="batching off: the model has a fixed batch size"
+        )
+    budget = settings.latency_budget_ms or latency_budget_ms(model.evidence)
+    config = choose_batching(model.measurements, latency_budget_ms=budget, max_queue=settings.max_queue)
+    overrides: dict[str, Any] = {}
+    if settings.max_batch_size is not None:
+        overrides["max_batch_size"] = settings.max_batch_size
+    if settings.max_wait_ms is not None:
+        overrides["max_wait_s"] = settings.max_wait_ms / 1000.0
+    if overrides:
+        config = replace(config, **overrides)
+        config.why = (
+            f"batches up to {config.max_batch_size}, waiting up to {config.max_wait_s * 1000:g} ms "
+            "(set on the command line)"
+        )
+    return config
+
+
+@dataclass
+class ServerState:
+    """Everything one app holds; ``app.state.serve``."""
+
+    settings: ServeSettings
+    registry: Registry
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    cache: PredictionCache = field(init=False)
+    slots: dict[str, ModelSlot] = field(default_factory=dict)
+    ready: bool = False
+    shutting_down: bool = False
+    load_error: str | None = None
+    workdir: Path | None = None
+    loaded: threading.Event = field(default_factory=threading.Event)  # set when loading ended, well or not
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _retired: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.cache = PredictionCache(self.settings.cache_items)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start loading in the background (a restarted lifespan starts from scratch)."""
+        self.slots, self._tasks = {}, []
+        self.ready = self.shutting_down = False
+        self.load_error = None
+        self.loaded.clear()
+        self.workdir = Path(tempfile.mkdtemp(prefix="modelyard-serve-"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._load_all(), name="modelyard-load"))
+
+    async def shutdown(self) -> None:
+        self.shutting_down = True
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        timeout = self.settings.drain_timeout_s or 0.001
+        for slot in self.slots.values():
+            await self._retire(slot.current, timeout_s=timeout)
+        for task in list(self._retired):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _load_all(self) -> None:
+        try:
+            refs = await asyncio.to_thread(resolve_refs, self.settings, self.registry)
+            for ref, name, version in refs:
+                dep = await self._deploy(f"{name}:{version}")  # the version resolved (and shown) once
+                follows = "@" in ref or ":" not in ref
+                self.slots[name] = ModelSlot(name, ref, dep, follows_alias=follows)
+                log.info("serving %s version %s: %s", name, dep.model.version, dep.batching.why)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.load_error = first_line(exc)
+            log.error(
+                "loading models failed: %s", self.load_error, exc_info=not isinstance(exc, ModelyardError)
+            )
+            self.loaded.set()
+            return
+        self.ready = True
+        self.loaded.set()
+        if self.settings.reload_on_alias and any(s.follows_alias for s in self.slots.values()):
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._watch(), name="modelyard-alias-watch")
+            )
+
+    async def _deploy(self, ref: str) -> Deployment:
+        """Load, warm up and start one version (the slow parts off the event loop)."""
+        assert self.workdir is not None
+        s = self.settings
+        model = await asyncio.to_thread(
+            ServedModel.load,
+            self.registry,
+            ref,
+            threads=s.threads,
+            workdir=self.workdir,
+            trust_pickle=s.trust_pickle,
+            trust_factory=s.trust_factory,
+        )
+        try:
+            config = batching_for(s, model)
+            await asyncio.to_thread(model.warm_up, s.warmup_calls, batch_rows=config.max_batch_size)
+            version = str(model.version)
+            on_batch, on_queue = self.metrics.batch_callbacks(model.name, version)
+            batcher = DynamicBatcher(model.run_batch, config=config, on_batch=on_batch, on_queue=on_queue)
+            await batcher.start()
+        except BaseException:
+            model.close()
+            raise
+        self.metrics.model_ready.labels(model.name, version).set(1)
+        return Deployment(model, batcher, config)
+
+    async def _retire(self, dep: Deployment, *, timeout_s: float) -> None:
+        try:
+            await dep.batcher.drain(timeout_s=timeout_s)
+        finally:
+            self.metrics.model_ready.labels(dep.model.name, str(dep.model.version)).set(0)
+            dep.model.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.alias_poll_s)
+            for slot in list(self.slots.values()):
+                if slot.follows_alias and not self.shutting_down:
+                    await self._follow(slot)
+
+    async def _follow(self, slot: ModelSlot) -> None:
+        try:
+            _, version = await asyncio.to_thread(self.registry.resolve, slot.ref)
+        except ModelyardError as exc:
+            log.warning("cannot resolve %s: %s", slot.ref, exc)
+            return
+        if version in (slot.current.model.version, slot.failed_version):
+            return
+        try:
+            new = await self._deploy(f"{slot.name}:{version}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            slot.failed_version = version
+            log.error(
+                "%s moved to version %s, which failed to load (%s); still serving version %s",
+                slot.ref,
+                version,
+                first_line(exc),
+                slot.current.model.version,
+            )
+            return
+        old, slot.current = slot.current, new
+        slot.failed_version = None
+        log.info("%s now serves version %s (was %s)", slot.ref, version, old.model.version)
+        task = asyncio.get_running_loop().create_task(
+            self._retire(old, timeout_s=self.settings.drain_timeout_s or 0.001)
+        )
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def slot(self, name: str, version: str | None = None) -> ModelSlot:
+        """The slot serving ``name`` (and ``version`` when given); ProtocolError 404/503 otherwise."""
+        if self.shutting_down:
+            raise ProtocolError("the server is shutting down; retry on another instance", 503)
+        slot = self.slots.get(name)
+        if slot is None:
+            if not self.ready:
+                raise ProtocolError(
+                    f"the server is not ready ({self.not_ready_reason()}); retry shortly", 503
+                )
+            served = ", ".join(sorted(self.slots)) or "none"
+            raise ProtocolError(f"unknown model {name!r}; this server serves: {served}", 404)
+        if version is not None and version != str(slot.current.model.version):
+            raise ProtocolError(
+                f"model {name!r} version {version!r} is not served; the served version is "
+                f"{slot.current.model.version}",
+                404,
+            )
+        return slot
+
+    def default_slot(self) -> ModelSlot:
+        if self.shutting_down:
+            raise ProtocolError("the server is shutting down; retry on another instance", 503)
+        if not self.ready:
+            raise ProtocolError(f"the server is not ready ({self.not_ready_reason()}); retry shortly", 503)
+        if len(self.slots) != 1:
+            raise ProtocolError(
+                f"several models are served ({', '.join(sorted(self.slots))}); name one in 'model'"
+            )
+        return next(iter(self.slots.values()))
+
+    def not_ready_reason(self) -> str:
+        if self.shutting_down:
+            return "shutting down"
+        if self.load_error:
+            return f"loading failed: {self.load_error}"
+        return "loading and warming up models"
+
+    async def infer(
+        self, slot: ModelSlot, version: str | None, prepare: Callable[[ServedModel], PreparedInput]
+    ) -> tuple[dict[str, Any], Deployment]:
+        """Validate, look up the cache, run through the batcher; returns the outputs and the deployment used.
+
+        A request caught between an alias swap and the old batcher's drain is re-run on the new version."""
+        for _ in range(3):
+            dep = slot.current
+            if version is not None and version != str(dep.model.version):
+                raise ProtocolError(
+                    f"model {slot.name!r} version {version!r} is not served; the served version is "
+                    f"{dep.model.version}",
+                    404,
+                )
+            model = dep.model
+            item = prepare(model)
+            key = None
+            if self.cache.enabled:
+                key = PredictionCache.key(model.name, str(model.version), item.cache_feeds(), None)
+                hit = self.cache.get(key)
+                self.metrics.observe_cache(model.name, str(model.version), hit=hit is not None)
+                if hit is not None:
+                    return hit, dep
+            try:
+                outputs = await dep.batcher.submit(
+                    item, rows=item.rows, timeout_s=self.settings.request_timeout_s
+                )
+            except QueueFull:
+                if dep.batcher.draining and not self.shutting_down and slot.current is not dep:
+                    continue
+                raise
+            if key is not None:
+                self.cache.put(key, outputs)
+            return outputs, dep
+        raise QueueFull("the model is being replaced; retry", retry_after_s=1.0)
