@@ -20,7 +20,7 @@ from modelyard.errors import (
 from modelyard.evaluate.evidence import Measurement
 from modelyard.optimize.baseline import load_baseline
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.registry import available_passes, parse_recipe
+from modelyard.optimize.recipes import available_passes, parse_recipe
 from modelyard.pipeline import EvalOptions, RunResult, run_pipeline
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner, RunnerSpec, TensorSpec

@@ -26,7 +26,8 @@ from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.candidate import Candidate
-from modelyard.optimize.registry import PassContext, config_to_dict, get_pass, parse_recipe
+from modelyard.optimize.recipes import get_pass, parse_recipe
+from modelyard.optimize.registry import PassContext, config_to_dict
 from modelyard.runtime.device import check_target, cpu_info, gpu_runtime
 from modelyard.runtime.preprocess import predict
 

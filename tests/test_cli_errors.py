@@ -194,3 +194,12 @@ def test_recipes_spelling_is_accepted(
         ["optimize", "--model", str(model), "--data", str(data), "--recipes", "onnx > int4-magic"], capsys
     )
     _assert_one_line_error(code, out, "unknown pass 'int4-magic'")
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["optimize", "--nope"], ["models", "show"]])
+def test_usage_errors_exit_2_without_a_traceback(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from modelyard.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Error:" in err and "Traceback" not in err and "╭" not in err

@@ -12,6 +12,7 @@ from modelyard.data.loaders import load_dataset
 from modelyard.errors import PassSkipped
 from modelyard.optimize import registry as pass_registry
 from modelyard.optimize.baseline import load_baseline
+from modelyard.optimize.recipes import available_passes
 from modelyard.pipeline import build_candidates
 
 
@@ -32,7 +33,7 @@ def broken_pass(candidate, config, ctx):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def with_broken_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    pass_registry.available_passes()
+    available_passes()  # the real passes first, so they do not overwrite the test's entry
     info = pass_registry.PassInfo("broken", BrokenConfig, broken_pass, "test-only pass")
     monkeypatch.setitem(pass_registry._PASSES, "broken", info)
 

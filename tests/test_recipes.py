@@ -9,7 +9,8 @@ import pytest
 
 from modelyard.cli import main
 from modelyard.errors import ConfigError
-from modelyard.optimize.registry import available_passes, build_config, config_to_dict, parse_recipe
+from modelyard.optimize.recipes import available_passes, build_config, parse_recipe
+from modelyard.optimize.registry import config_to_dict
 
 EXPECTED = {"onnx", "int8-dynamic", "int8-static", "int8-auto", "prune", "distill", "fp16"}
 

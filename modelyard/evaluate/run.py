@@ -35,6 +35,11 @@ class EvalOptions:
     n_resamples: int = 2000
     backdoor_scan: bool = True
 
+    @classmethod
+    def quick(cls) -> EvalOptions:
+        """The ``--quick`` preset: fewer batch sizes and timing repeats (faster, noisier efficiency figures)."""
+        return cls(batch_sizes=(1, 32), latency_calls=50, min_time_s=0.15, n_resamples=1000)
+
 
 def evaluate_candidates(
     baseline: Candidate,

@@ -6,17 +6,15 @@ exits 1 (a finding, not an error); bad input exits 2 through the CLI's error han
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from modelyard.cli.render import console, err_console
+
 audit_app = typer.Typer(no_args_is_help=True, help="Audit a dataset or a model file on their own.")
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
 
 
 def _out_path(out: Path | None, home: Path | None, kind: str) -> Path:

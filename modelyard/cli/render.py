@@ -1,4 +1,5 @@
-"""Rendering of a run for the terminal: the candidates table, the checks beyond accuracy, audits, outputs."""
+"""Rendering for the terminal: the CLI's consoles, and a run's candidates table, checks beyond accuracy,
+audits and outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+# `serve` prints its one start-up line with Rich's default width (80 columns when not a terminal).
+serve_console = Console()
 
 
 def _fmt(m: dict[str, Any] | None, kind: str = "g") -> str:

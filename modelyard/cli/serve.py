@@ -66,8 +66,8 @@ def serve(
     factory-built version is served only with the trust record stored when it was registered, or with
     --trust-pickle / --trust-factory for a version registered without one."""
     import uvicorn
-    from rich.console import Console
 
+    from modelyard.cli.render import serve_console
     from modelyard.serve.app import check_trust, create_app, resolve_refs
     from modelyard.serve.settings import MIB, ServeSettings
 
@@ -104,7 +104,7 @@ def serve(
     extras += [
         flag for flag, on in (("--trust-pickle", trust_pickle), ("--trust-factory", trust_factory)) if on
     ]
-    Console().print(
+    serve_console.print(
         f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
         highlight=False,
     )
