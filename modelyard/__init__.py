@@ -18,10 +18,11 @@ from modelyard.errors import (
     UnsafeModelError,
 )
 from modelyard.evaluate.evidence import Measurement
+from modelyard.evaluate.run import EvalOptions
 from modelyard.optimize.baseline import load_baseline
 from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.recipes import available_passes, parse_recipe
-from modelyard.pipeline import EvalOptions, RunResult, run_pipeline
+from modelyard.pipeline import RunResult, run_pipeline
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner, RunnerSpec, TensorSpec
 from modelyard.security import scan_file

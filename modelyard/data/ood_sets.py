@@ -38,7 +38,7 @@ def _check_options(n_per_set: Any, seed: Any) -> tuple[int, int]:
 def _on_grid(x: np.ndarray) -> np.ndarray:
     """Round to the digits' grey levels k/16, clip to [0, 1], shape (N, 1, 8, 8) float32."""
     grid = np.clip(np.rint(x * LEVELS), 0, LEVELS) / LEVELS
-    return grid.reshape(-1, 1, SIDE, SIDE).astype(np.float32)
+    return np.asarray(grid.reshape(-1, 1, SIDE, SIDE), dtype=np.float32)
 
 
 def _digit_images(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -99,13 +99,13 @@ def _macro_f1_rows(tp: np.ndarray, true_count: np.ndarray, pred_count: np.ndarra
     denom = true_count + pred_count
     present = denom > 0
     f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=present)
-    return f1.sum(axis=1) / present.sum(axis=1)
+    return np.asarray(f1.sum(axis=1) / present.sum(axis=1))
 
 
 def _per_item_kl(pb: np.ndarray, pc: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """KL(p_base,i ‖ p_cand,i) per item, with the same flooring as ``M.mean_kl``."""
     terms = np.where(pb > 0.0, pb * (np.log(np.maximum(pb, eps)) - np.log(np.maximum(pc, eps))), 0.0)
-    return np.maximum(terms.sum(axis=1), 0.0)
+    return np.asarray(np.maximum(terms.sum(axis=1), 0.0))
 
 
 def _bootstrap(

@@ -122,7 +122,7 @@ def _brightness(u: np.ndarray, shift: float, rng: np.random.Generator) -> np.nda
 
 def _contrast(u: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     mean = u.mean(axis=(1, 2, 3), keepdims=True)
-    return (u - mean) * factor + mean
+    return np.asarray((u - mean) * factor + mean)
 
 
 def _pixelate(u: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:

@@ -100,7 +100,7 @@ def _as_probs(x: Any, name: str) -> np.ndarray:
             "pass softmax(logits)."
         )
     # float32/float16 softmax outputs can stray from [0, 1] by a rounding error; clip that away.
-    return np.clip(probs, 0.0, 1.0)
+    return np.asarray(np.clip(probs, 0.0, 1.0))
 
 
 def _as_labels(y: Any, name: str, *, num_classes: int | None = None) -> np.ndarray:
@@ -153,14 +153,14 @@ def log_softmax(logits: Any) -> np.ndarray:
     """Log of softmax over the last axis, computed stably (max-shifted log-sum-exp), in float64."""
     z = _as_logits(logits)
     shifted = z - z.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
 
 
 def softmax(logits: Any) -> np.ndarray:
     """Softmax over the last axis, computed stably (max-shifted), in float64; rows sum to 1."""
     z = _as_logits(logits)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def cosine_to_reference(emb: Any, ref: Any) -> np.ndarray:
         raise DataError(
             f"emb has shape {e.shape} but ref has shape {r.shape}; pass the same items and dimension."
         )
-    return np.clip(np.sum(_unit_rows(e) * _unit_rows(r), axis=1), -1.0, 1.0)
+    return np.asarray(np.clip(np.sum(_unit_rows(e) * _unit_rows(r), axis=1), -1.0, 1.0))
 
 
 def _check_k(k: int, n: int) -> int:

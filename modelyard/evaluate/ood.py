@@ -103,7 +103,7 @@ def _check_temperature(t: Any) -> float:
 
 def msp_score(logits: Any) -> np.ndarray:
     """s = −max_k softmax(z)_k per row (metrics.md 5.2), shape (n,), float64; in [−1, −1/K]."""
-    return -softmax(_as_rows(logits, "logits")).max(axis=1)
+    return np.asarray(-softmax(_as_rows(logits, "logits")).max(axis=1))
 
 
 def energy_score(logits: Any, *, T: float = 1.0) -> np.ndarray:
@@ -114,7 +114,7 @@ def energy_score(logits: Any, *, T: float = 1.0) -> np.ndarray:
 
 def maxlogit_score(logits: Any) -> np.ndarray:
     """s = −max_k z_k per row (metrics.md 5.2), shape (n,), float64."""
-    return -_as_rows(logits, "logits").max(axis=1)
+    return np.asarray(-_as_rows(logits, "logits").max(axis=1))
 
 
 SCORES: dict[str, Callable[[Any], np.ndarray]] = {

@@ -30,7 +30,7 @@ def _probe_output(module: Any, x: np.ndarray) -> np.ndarray:
         out = module(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32)))
     if isinstance(out, tuple | list):
         out = out[0]
-    return out.detach().float().numpy()
+    return np.asarray(out.detach().float().numpy())
 
 
 def _torch_spec(module: Any, dataset: Dataset, task: str, input_name: str) -> RunnerSpec:

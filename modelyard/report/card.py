@@ -16,6 +16,7 @@ import jinja2
 import yaml
 from markupsafe import Markup
 
+from modelyard.evaluate.evidence import MEASUREMENTS
 from modelyard.report import audit_view as a
 from modelyard.report import governance
 from modelyard.report import robustness_view as rv
@@ -295,7 +296,7 @@ def _value_text(val: float | None, unit: str, reason: str | None) -> str:
 def _comparison(ev: dict[str, Any], kind: str) -> dict[str, Any]:
     metrics = v.KEY_METRICS[kind][:2] + v.EFFICIENCY_METRICS
     header = [
-        f"{label} ({unit})" if (unit := v.MEASUREMENTS[name][0]) != "bytes" else label
+        f"{label} ({unit})" if (unit := MEASUREMENTS[name][0]) != "bytes" else label
         for name, label in metrics
     ]
     rows = []

@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 from modelyard.errors import DataError
+from modelyard.evaluate.evidence import MEASUREMENTS
 from modelyard.report import audit_view as a
 from modelyard.report import plots
 from modelyard.report import robustness_view as rv
@@ -198,9 +199,7 @@ def evidence_sections(ev: dict[str, Any], kind: str) -> dict[str, Any]:
         },
         "suite": {"table": a.suite_table(ev), "facts": a.suite_facts(ev)},
         "has_evidence_sections": any(
-            sec.has_any(cands, [n])
-            for n in v.MEASUREMENTS
-            if n.startswith(("robustness.", "ood.", "slices."))
+            sec.has_any(cands, [n]) for n in MEASUREMENTS if n.startswith(("robustness.", "ood.", "slices."))
         ),
     }
 
@@ -333,7 +332,7 @@ def _pareto_plot(ev: dict[str, Any], kind: str, champion: str | None) -> dict[st
     on_cost = any(v.value(c, "efficiency.cost_usd_per_1m") is not None for c in cands)
     x_name = "efficiency.cost_usd_per_1m" if on_cost else "efficiency.latency_p50_ms"
     x_label = "cost per 1M predictions (USD)" if on_cost else "batch-1 latency p50 (ms)"
-    y_label = f"{y_name.split('.', 1)[1].replace('_', ' ')} ({v.MEASUREMENTS[y_name][0]})"
+    y_label = f"{y_name.split('.', 1)[1].replace('_', ' ')} ({MEASUREMENTS[y_name][0]})"
     points, left_out = [], []
     for c in cands:
         x, y = v.value(c, x_name), v.value(c, y_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelyard.evaluate.evidence import MEASUREMENTS
 from modelyard.report import view as v
 
 Table = dict[str, Any]
@@ -81,7 +82,7 @@ def cell(cand: dict[str, Any], name: str, *, with_interval: bool = True) -> str:
 
 
 def header(name: str, label: str) -> str:
-    unit = v.MEASUREMENTS.get(name, ("", ""))[0]
+    unit = MEASUREMENTS.get(name, ("", ""))[0]
     return f"{label} ({unit})" if unit and unit not in ("bytes", "pass", "classes") else label
 
 

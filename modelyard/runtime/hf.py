@@ -86,7 +86,7 @@ def load_hf_module(folder: Path, task: str) -> Any:
         "use_safetensors": True,
     }
     bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # our progress display owns the terminal
     try:
         if task == "classification":
             inner = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
@@ -94,7 +94,7 @@ def load_hf_module(folder: Path, task: str) -> Any:
             inner = AutoModel.from_pretrained(str(folder), **kwargs).eval()
     finally:
         if bars_were_on:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     normalize = _normalizes(folder)
     with_types = "token_type_ids" in {t.name for t in hf_spec(folder, task).inputs}
 

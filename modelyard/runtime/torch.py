@@ -55,7 +55,7 @@ def load_torch_module(path: Path, meta: dict[str, Any]) -> Any:
             )
         return module.eval()
     if kind == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     if kind == "export":
         return torch.export.load(str(path)).module()
     raise ArtifactError(f"unknown torch artifact kind {kind!r}; expected safetensors, torchscript or export")

@@ -122,7 +122,7 @@ def json_data(arr: np.ndarray, *, what: str = "tensor") -> list[Any]:
                 f"{what} holds bytes that are not UTF-8 text, which JSON cannot carry; request it with "
                 'parameters {"binary_data": true}'
             ) from None
-    return flat.tolist()  # type: ignore[no-any-return]
+    return flat.tolist()
 
 
 # -- tensors --------------------------------------------------------------------------------------------------

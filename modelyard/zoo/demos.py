@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def _labels(ds: Dataset) -> np.ndarray:
     return ds.y_train
 
 
-def _atomic_save_safetensors(state: dict, dest: Path) -> None:
+def _atomic_save_safetensors(state: dict[str, Any], dest: Path) -> None:
     from safetensors.torch import save_file
 
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ distillation can rebuild narrower variants from a factory reference plus keyword
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return cast(torch.Tensor, self.classifier(self.features(x)))
 
 
 class TabularMLP(nn.Module):
@@ -53,7 +53,7 @@ class TabularMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return cast(torch.Tensor, self.net((x - self.mean) / self.std))
 
 
 def digits_cnn(**kwargs: Any) -> DigitsCNN:

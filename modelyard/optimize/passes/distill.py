@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def forward(model: nn.Module, batch: Any) -> torch.Tensor:
         out = next(iter(out.values()))
     elif isinstance(out, tuple | list):
         out = out[0]
-    return out
+    return cast(torch.Tensor, out)
 
 
 def outputs_of(model: nn.Module, inputs: TrainInputs) -> torch.Tensor:
@@ -261,7 +261,7 @@ def fit(
             if y is not None and w_soft < 1:
                 loss = loss + (1 - w_soft) * F.cross_entropy(out, y[idx])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             if after_step is not None:
                 after_step(student)

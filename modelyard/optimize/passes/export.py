@@ -174,7 +174,7 @@ def export_torch(
         # "converting a tensor to a Python boolean" check; the graph is verified against PyTorch below.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         try:
             torch.onnx.export(

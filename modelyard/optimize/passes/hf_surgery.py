@@ -62,7 +62,7 @@ def prune_hf_ffn(model: nn.Module, amount: float) -> tuple[int, int]:
 def _layer_list(model: nn.Module, n_layers: int) -> str:
     for name, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and len(m) == n_layers and name.endswith("layer"):
-            return name
+            return str(name)
     raise PassSkipped(
         f"distill needs a BERT-like HF model with an encoder layer list; found none of length {n_layers} "
         f"in {type(model).__name__}"

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -179,7 +179,7 @@ def sliced_layer(layer: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.T
                     getattr(new, attr).copy_(src[out_idx])
             if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
                 new.num_batches_tracked.copy_(old.num_batches_tracked)
-        return new.train(old.training)
+        return cast(nn.Module, new.train(old.training))
     in_key, out_key = _SIZE_KEYS[type(old)]
     weight = old.weight.detach()
     bias = old.bias.detach() if old.bias is not None else None
@@ -196,7 +196,7 @@ def sliced_layer(layer: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.T
         new.weight.copy_(weight)
         if bias is not None:
             new.bias.copy_(bias)
-    return new.train(old.training)
+    return cast(nn.Module, new.train(old.training))
 
 
 def layer_shape(m: nn.Module) -> dict[str, int]:
@@ -345,7 +345,7 @@ def find_links(module: nn.Module, example: torch.Tensor) -> list[Link]:
         m = modules[str(node.target)]
         if not is_prunable_layer(m):
             continue
-        n_out = int(m.out_channels if isinstance(m, _CONVS) else m.out_features)  # type: ignore[union-attr]
+        n_out = int(m.out_channels if isinstance(m, _CONVS) else m.out_features)
         link = _follow(node, modules, calls, n_out)
         if link is not None:
             links.append(link)

@@ -188,7 +188,7 @@ def _qdq_numpy(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.n
     s = float(np.ravel(scale)[0])
     z = int(np.ravel(zero_point)[0])
     q = np.clip(np.rint(x / s) + z, info.min, info.max)
-    return ((q - z) * s).astype(x.dtype)
+    return np.asarray((q - z) * s, dtype=x.dtype)
 
 
 def _single_node_model(node: Any, feeds: dict[str, np.ndarray], opsets: Any) -> Any:
