@@ -1,4 +1,5 @@
 """Server settings: read once from the environment at start-up, then overridden by command-line options.
+The tool-wide part (home folder, threads) is read by :class:`modelyard.config.Settings`, the server adds its own.
 
 Environment variables: ``MODELYARD_HOME`` (the registry's home folder), ``MODELYARD_API_KEY`` (turns
 bearer-token auth on; never given on the command line, where it would show in the process list and the shell
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from modelyard.config import Settings
 from modelyard.errors import ConfigError
 
 MIB = 1024 * 1024
@@ -69,12 +71,20 @@ class ServeSettings:
     def auth(self) -> bool:
         return self.api_key is not None
 
+    @property
+    def core(self) -> Settings:
+        """The tool-wide settings this server runs with (home folder, threads)."""
+        return Settings(home=self.home, threads=self.threads)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
         """Settings from ``env`` (default ``os.environ``) and keyword overrides; an override of None keeps the
         environment's or the default value."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {"home": Path(env.get("MODELYARD_HOME", ".modelyard"))}
+        core = Settings.from_env(env)  # home and threads: one parser for the whole tool
+        values: dict[str, Any] = {"home": core.home}
+        if core.threads is not None:
+            values["threads"] = core.threads
         if "MODELYARD_API_KEY" in env:
             key = env["MODELYARD_API_KEY"]
             if not key.strip():
@@ -82,8 +92,6 @@ class ServeSettings:
                     "MODELYARD_API_KEY is set but empty; set it to a secret to turn auth on, or unset it"
                 )
             values["api_key"] = key
-        if env.get("MODELYARD_THREADS"):
-            values["threads"] = _int_from_env("MODELYARD_THREADS", env["MODELYARD_THREADS"])
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -97,16 +105,6 @@ class ServeSettings:
         if "models" in values:
             values["models"] = tuple(values["models"])
         return cls(**values)
-
-
-def _int_from_env(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {raw!r}")
-    return value
 
 
 def _is_int(v: Any) -> bool:
