@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from modelyard import gate
+from modelyard.candidate import Candidate
 from modelyard.config import DEFAULT_PRICE_USD_PER_HOUR, PRICE_SOURCE, Policy, Settings
 from modelyard.data.dataset import Dataset
 from modelyard.errors import GateFailed, ModelyardError, PassSkipped, first_line
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.evaluate.suite import Progress, no_progress
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.recipes import get_pass, parse_recipe
 from modelyard.optimize.registry import PassContext, config_to_dict
 from modelyard.runtime.device import check_target, cpu_info, gpu_runtime
@@ -233,7 +233,7 @@ def assemble_evidence(
         )
     champion, reason = gate.choose_champion(rows, task, policy)
     return {
-        "schema": "modelyard.evidence/1",
+        "schema": "modelyard.evidence/2",
         "run_id": run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {"name": model_name, "task": task, "source": model_source, "spec": baseline.spec.to_dict()},

@@ -119,6 +119,23 @@ def test_report_and_card_show_the_new_checks(digits_run: Any) -> None:
     assert "complies" not in card.lower() and "compliant" not in card.lower()
 
 
+def test_evidence_json_is_valid_current_schema_evidence(digits_run: Any) -> None:
+    """evidence.json of a real run loads as RunEvidence, the models the shipped JSON Schema is exported from
+    (test_evidence_schema pins the two equal; jsonschema is not installed to check the file against it)."""
+    from modelyard.evaluate.schema import SCHEMA_VERSION, load_evidence
+
+    path = digits_run.outputs["evidence.json"]
+    data = json.loads(path.read_text())
+    ev = load_evidence(path)
+    assert data["schema"] == ev.schema_version == SCHEMA_VERSION
+    assert ev.model_dump(mode="json", by_alias=True, exclude_unset=True) == data  # nothing is lost or added
+    assert ev.champion == digits_run.champion and {c.name for c in ev.candidates} == {
+        "baseline",
+        "onnx",
+        "onnx>int8-static",
+    }
+
+
 def test_every_candidates_cost_recomputes_from_its_own_throughput(digits_run: Any) -> None:
     """Every candidate of the run, as written to evidence.json: the cost is the price over the throughput in
     its own details, that throughput is the final throughput_best (from the interleaved rounds), the cost's

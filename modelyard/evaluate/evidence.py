@@ -1,26 +1,10 @@
 """Evidence: measured facts about candidates, as plain JSON-serialisable data with units.
 
-Shape of ``evidence.json`` (schema ``modelyard.evidence/1``)::
-
-    {
-      "schema": "modelyard.evidence/1", "run_id": str, "created": ISO-8601 str,
-      "model": {"name": str, "task": "classification"|"embedding", "source": str},
-      "dataset": Dataset.describe() (with "split": how the test items were held out from the fit part),
-      "hardware": {"cpu": str, "cores": int, "isa": {"avx2": bool, "avx512": bool, "vnni": bool, "amx": bool},
-                   "int8_note": str, "price_usd_per_hour": float, "price_source": str,
-                   "target": "cpu"|"gpu", "efficiency_device": str (where every efficiency.* figure was taken;
-                   each measurement's details also name its "device")},
-      "policy": Policy.to_dict(),
-      "candidates": [
-        {"name": str, "parent": str|None, "format": str, "passes": [{"pass": str, "config": {}}],
-         "artifact_sha256": str, "size_bytes": int, "notes": [str],
-         "measurements": {dotted name: Measurement.to_dict()},
-         "verdict": {"passed": bool, "gates": [{"gate": str, "check": str, "passed": bool|None,
-                     "value": float|None, "threshold": float, "reason": str}]}}
-      ],
-      "skipped": [{"recipe": str, "pass": str, "reason": str}],
-      "champion": str|None, "pareto": [str], "champion_reason": str
-    }
+The shape of ``evidence.json`` (schema ``modelyard.evidence/2``) is defined by the typed models in
+``modelyard.evaluate.schema`` (``RunEvidence`` and its parts), exported as the JSON Schema
+``modelyard/evaluate/evidence.schema.json``; ``load_evidence`` there reads version 2 and migrates
+version 1. This module builds the parts that checks produce: ``Measurement`` (``to_dict`` gives the
+``schema.Measurement`` shape) and ``measure``.
 
 Measurement names are stable dotted names (``quality.accuracy``, ``calibration.ece``, ...); see
 ``MEASUREMENTS`` for the list with units.

@@ -1,8 +1,8 @@
 """Data layer shared by the HTML report and the model card.
 
-Reads an evidence dict (schema ``modelyard.evidence/1``, see ``modelyard.evaluate.evidence``), checks its
-shape, pulls values out of it without ever inventing one, formats numbers with their units, and writes
-files atomically. Rendering (HTML, Markdown, plots) lives in the sibling modules.
+Reads an evidence dict (schema ``modelyard.evidence/2`` or ``/1``, see ``modelyard.evaluate.schema``),
+checks its shape, pulls values out of it without ever inventing one, formats numbers with their units, and
+writes files atomically. Rendering (HTML, Markdown, plots) lives in the sibling modules.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from modelyard.errors import DataError
 from modelyard.evaluate.evidence import MEASUREMENTS
+from modelyard.evaluate.schema import SCHEMA_VERSION, SUPPORTED_VERSIONS
 
-SCHEMA = "modelyard.evidence/1"
+SCHEMA = SCHEMA_VERSION
 UNKNOWN = "unknown"
 NOT_MEASURED = "not measured"
 NOT_RECORDED = "not recorded"
@@ -66,10 +67,12 @@ _RATIO_UNITS = {"ratio", "T"}  # around 1: three decimals, so 1.000 and 1.050 li
 
 
 def check_evidence(evidence: Any) -> dict[str, Any]:
-    """Return ``evidence`` if its shape is usable; raise DataError listing every problem otherwise.
+    """Return ``evidence`` if renderers can use its shape; raise DataError listing every problem otherwise.
 
-    Missing sections and missing measurements are allowed (they render as "unknown"/"not recorded");
-    wrong types, unnamed candidates and a champion that is not a candidate are not.
+    This is the renderers' lenient check, for either schema version: missing sections and missing
+    measurements are allowed (they render as "unknown"/"not recorded"); wrong types, unnamed candidates and
+    a champion that is not a candidate are not. The strict check of a whole evidence file is
+    ``modelyard.evaluate.schema.validate_evidence`` (what ``write_evidence`` applies).
     """
     if not isinstance(evidence, dict):
         raise DataError(
@@ -78,8 +81,8 @@ def check_evidence(evidence: Any) -> dict[str, Any]:
         )
     problems: list[str] = []
     schema = evidence.get("schema")
-    if schema is not None and schema != SCHEMA:
-        problems.append(f"schema is {schema!r}, expected {SCHEMA!r}")
+    if schema is not None and schema not in SUPPORTED_VERSIONS:
+        problems.append(f"schema is {schema!r}, expected {' or '.join(map(repr, SUPPORTED_VERSIONS))}")
     for key in ("model", "dataset", "hardware", "policy", "audit", "suite"):
         if evidence.get(key) is not None and not isinstance(evidence[key], dict):
             problems.append(f"{key!r} is a {type(evidence[key]).__name__}, expected a dict")
