@@ -4,6 +4,7 @@ The public surface is re-exported here; everything else is internal and may chan
 """
 
 from modelyard._version import __version__
+from modelyard.candidate import Candidate
 from modelyard.config import Policy, Settings, load_policy
 from modelyard.data.dataset import Dataset
 from modelyard.data.loaders import load_dataset
@@ -20,7 +21,6 @@ from modelyard.errors import (
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions
 from modelyard.optimize.baseline import load_baseline
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.recipes import available_passes, parse_recipe
 from modelyard.pipeline import RunResult, run_pipeline
 from modelyard.registry import Registry

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from modelyard.candidate import Candidate
     from modelyard.config import Settings
     from modelyard.data.dataset import Dataset
-    from modelyard.optimize.candidate import Candidate
 
 RecipesOpt = Annotated[
     list[str] | None,

@@ -38,8 +38,8 @@ from modelyard.cli.options import (
 from modelyard.cli.render import console, err_console, render_run
 
 if TYPE_CHECKING:
+    from modelyard.candidate import Candidate
     from modelyard.data.dataset import Dataset
-    from modelyard.optimize.candidate import Candidate
     from modelyard.pipeline import RunResult
 
 

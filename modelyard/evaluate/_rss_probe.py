@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.optimize.candidate import Candidate
+from modelyard.candidate import Candidate
 
 MARKER = "MODELYARD_RSS "
 HEAVY_MODULES = ("torch", "onnxruntime", "transformers")

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ModelyardError, first_line
 from modelyard.evaluate.suite import Progress, no_progress
-from modelyard.optimize.candidate import Candidate
 
 MAX_FEATURE_ITEMS = 20_000
 

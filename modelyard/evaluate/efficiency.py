@@ -41,11 +41,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError
 from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.memory import measure_peak_rss
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import Runner
 from modelyard.runtime.device import default_threads, resolve_device
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, ConfigError, DataError
-from modelyard.optimize.candidate import Candidate
 
 __all__ = ["penultimate_features"]
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError
 from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
 from modelyard.evaluate.evidence import Measurement, measure
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.device import default_threads
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError
 from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
 from modelyard.evaluate.suite import Progress, no_progress
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.device import GPU_FIX, cpu_info, gpu_runtime, resolve_device
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError, ModelyardError, first_line
 from modelyard.evaluate.evidence import Measurement, measure
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.preprocess import predict
 
 Progress = Callable[[str, float], None]

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ArtifactError, ConfigError, DataError, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 MODEL_FORMATS = "an ONNX file, a safetensors state dict with --factory module:function, TorchScript, torch.export (.pt2), or a Hugging Face folder"

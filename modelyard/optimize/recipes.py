@@ -17,7 +17,7 @@ from modelyard.errors import ConfigError
 from modelyard.optimize.registry import _PASSES, PassInfo
 
 if TYPE_CHECKING:
-    from modelyard.optimize.candidate import Candidate
+    from modelyard.candidate import Candidate
 
 
 def default_recipes(baseline: Candidate) -> list[str]:

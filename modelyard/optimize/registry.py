@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset, FitData
-from modelyard.optimize.candidate import Candidate
 
 Progress = Callable[[str], None]
 

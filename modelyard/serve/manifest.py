@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError
-from modelyard.optimize.candidate import Candidate
 
 _PLATFORMS = {
     ("onnx", None): "onnx_onnxv1",

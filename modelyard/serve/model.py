@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, UnsafeModelError, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner
 from modelyard.security import require_safe

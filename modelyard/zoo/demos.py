@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 DEMOS = ("digits", "minilm", "tabular")

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import FitData
 from modelyard.errors import ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.runtime.torch import resolve_factory

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, ConfigError, PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, register_pass
 
 MIN_OPSET = 13  # per-channel QDQ quantization needs opset >= 13

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, ConfigError, ModelyardError, PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.surgery import keep_count, l1_keep, sliced_layer
 
 # ---------------------------------------------------------------------------------------------------

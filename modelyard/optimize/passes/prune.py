@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.distill import fit, require_pytorch, require_train_data, set_threads
 from modelyard.optimize.registry import PassContext, register_pass

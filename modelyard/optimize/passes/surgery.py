@@ -24,8 +24,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.torch import resolve_factory
 
 REBUILD_REF = "modelyard.optimize.passes.surgery:rebuild"

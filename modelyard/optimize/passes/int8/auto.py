@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8.configs import AutoQuantConfig
 from modelyard.optimize.passes.int8.ort import (
     BATCH,

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from modelyard.candidate import Candidate
 from modelyard.errors import PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8.configs import DynamicQuantConfig
 from modelyard.optimize.passes.int8.ort import (
     _count,

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 
 BATCH = 32  # batch size for fidelity measurements
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.candidate import Candidate
 from modelyard.errors import PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8.ort import BATCH, _batches, _load
 from modelyard.optimize.registry import PassContext
 

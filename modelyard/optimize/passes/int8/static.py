@@ -7,8 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from modelyard.candidate import Candidate
 from modelyard.errors import PassSkipped, first_line
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8.configs import StaticQuantConfig
 from modelyard.optimize.passes.int8.ort import (
     _count,
