@@ -7,8 +7,7 @@ import pytest
 
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate.attacks import default_epsilon, fgsm, perturbation_stats, pgd
-
-from .conftest import make_blobs
+from tests.helpers.models import make_blobs
 
 EPS = 0.1
 

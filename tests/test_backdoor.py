@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate.features import penultimate_features
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.security.backdoor import (
     MIN_DISPERSION_RATIO,
@@ -27,8 +27,7 @@ from modelyard.security.backdoor import (
     backdoor_scan,
     spectral_signatures,
 )
-
-from .conftest import sentiment_texts, tiny_bert_candidate
+from tests.helpers.models import sentiment_texts, tiny_bert_candidate
 
 TARGET = 0
 POISON_RATE = 0.04

@@ -13,8 +13,7 @@ from modelyard.errors import ArtifactError, ConfigError, UnsafeModelError
 from modelyard.optimize.baseline import load_baseline
 from modelyard.runtime.preprocess import predict
 from modelyard.zoo.nets import tabular_mlp
-
-from .conftest import build_tiny_bert, make_blobs
+from tests.helpers.models import build_tiny_bert, make_blobs
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 
 from modelyard.cli import main
 from modelyard.registry import Registry, VersionEntry
+from tests.helpers.cli import assert_one_line_error
 
 
 def _snapshot(home: Path) -> dict[str, str]:
@@ -43,15 +44,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.err + captured.out
-
-
-def _assert_one_line_error(code: int, out: str, match: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    assert lines[0].startswith("error:"), out
-    joined = " ".join(ln.strip() for ln in lines)
-    assert match in joined, joined
 
 
 def _bad_inputs(tmp_path: Path, onnx_classifier: tuple[Path, Path]) -> dict[str, tuple[list[str], str]]:
@@ -155,7 +147,7 @@ def test_bad_input_is_refused_cleanly(
     argv, match = _bad_inputs(tmp_path, onnx_classifier)[case]
     before = _snapshot(populated_home)
     code, out = _run(argv, capsys)
-    _assert_one_line_error(code, out, match)
+    assert_one_line_error(code, out, match)
     assert _snapshot(populated_home) == before
     reg = Registry(populated_home)
     assert [m["name"] for m in reg.list_models()] == ["existing"]
@@ -193,7 +185,7 @@ def test_recipes_spelling_is_accepted(
     code, out = _run(
         ["optimize", "--model", str(model), "--data", str(data), "--recipes", "onnx > int4-magic"], capsys
     )
-    _assert_one_line_error(code, out, "unknown pass 'int4-magic'")
+    assert_one_line_error(code, out, "unknown pass 'int4-magic'")
 
 
 @pytest.mark.parametrize("argv", [["bogus"], ["optimize", "--nope"], ["models", "show"]])

@@ -11,8 +11,7 @@ import pytest
 from modelyard.errors import ConfigError
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.security.contract import check_inputs, input_contract
-
-from .conftest import tiny_bert_candidate
+from tests.helpers.models import tiny_bert_candidate
 
 PIXELS = RunnerSpec(
     inputs=(TensorSpec("pixels", "float32", (None, 1, 8, 8)),),

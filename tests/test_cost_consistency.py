@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.errors import ConfigError
 from modelyard.evaluate import efficiency as E
 from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
 from modelyard.evaluate.run import EvalOptions, _interleaved_best
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 SPEC = RunnerSpec(

@@ -12,8 +12,7 @@ from modelyard.data import dedup
 from modelyard.data.audit import NEAR_THRESHOLDS, audit_data, read_datasheet
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, DataError
-
-from .conftest import make_blobs, sentiment_texts
+from tests.helpers.models import make_blobs, sentiment_texts
 
 SECTIONS = {
     "exact_duplicates",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelyard.candidate import Candidate
 from modelyard.evaluate.run import EvalOptions
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.recipes import default_recipes
 
 

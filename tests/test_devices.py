@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelyard.candidate import Candidate
 from modelyard.cli import main
 from modelyard.config import Policy, Settings, load_policy
 from modelyard.errors import ConfigError
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime import device as D
 from modelyard.runtime.base import Runner, RunnerSpec, TensorSpec
 from modelyard.runtime.onnx import OrtRunner, session_device
 from modelyard.runtime.torch import TorchRunner
-
-from .test_cli_errors import _assert_one_line_error
+from tests.helpers.cli import assert_one_line_error
 
 GPU = D.gpu_runtime()
 NO_GPU = D.GpuRuntime(
@@ -299,7 +298,7 @@ def test_cli_gpu_target_without_a_gpu_exits_2_with_one_line(
     code = main(argv)
     captured = capsys.readouterr()
     out = captured.err + captured.out
-    _assert_one_line_error(code, out, 'target = "gpu" but no GPU runtime is usable on this machine')
+    assert_one_line_error(code, out, 'target = "gpu" but no GPU runtime is usable on this machine')
     assert 'set target = "cpu"' in " ".join(out.split())
     assert len([ln for ln in out.strip().splitlines() if ln.strip()]) == 1
     assert not home.exists()  # nothing written

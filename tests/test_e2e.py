@@ -11,8 +11,7 @@ import yaml
 
 from modelyard.cli import main
 from modelyard.registry import Registry
-
-from .conftest import build_tiny_bert, sentiment_texts
+from tests.helpers.models import build_tiny_bert, sentiment_texts
 
 
 def _waiving(tmp_path: Path) -> str:

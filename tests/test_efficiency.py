@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate._inputs import tile as _tile
 from modelyard.evaluate.efficiency import (
@@ -26,10 +27,8 @@ from modelyard.evaluate.efficiency import (
 )
 from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
 from modelyard.evaluate.memory import measure_peak_rss
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
-
-from .conftest import build_tiny_bert, sentiment_texts
+from tests.helpers.models import build_tiny_bert, sentiment_texts
 
 EFFICIENCY = {n for n in MEASUREMENTS if n.startswith("efficiency.")}
 FAST: dict[str, Any] = {"latency_calls": 20, "min_time_s": 0.05, "batch_sizes": (1, 8)}

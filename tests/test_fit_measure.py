@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelyard.candidate import Candidate
 from modelyard.config import Policy, Settings
 from modelyard.data.dataset import Dataset, FitData
 from modelyard.data.loaders import load_dataset
@@ -18,13 +19,11 @@ from modelyard.errors import DataError
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.optimize import registry as passes_registry
 from modelyard.optimize.baseline import load_baseline
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8 import auto, configs
 from modelyard.optimize.registry import PassContext, register_pass
 from modelyard.pipeline import run_pipeline
 from modelyard.zoo.demos import sentences_dataset
-
-from .test_pass_smooth import outlier_mlp
+from tests.helpers.models import outlier_mlp
 
 FAST = EvalOptions(
     batch_sizes=(1, 8),

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, ConfigError
-from modelyard.optimize.candidate import Candidate
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.security.audit import audit_model, backdoor_measurement, candidate_scan_measurement
 from modelyard.security.backdoor import backdoor_scan
-
-from .conftest import tiny_bert_candidate
-from .test_security_scan import MALICIOUS, OS_SYSTEM_P2, _onnx_with_external, _write_zip
+from tests.helpers.models import tiny_bert_candidate
+from tests.helpers.security import MALICIOUS, OS_SYSTEM_P2, onnx_with_external, write_zip
 
 SPEC = RunnerSpec(
     inputs=(TensorSpec("features", "float32", (None, 3)),),
@@ -85,7 +84,7 @@ def test_eval_through_stack_global_fails_with_picklescan_agreeing(tmp_path: Path
 
 def test_checkpoint_zip_with_a_malicious_data_pkl_fails(tmp_path: Path) -> None:
     path = tmp_path / "pytorch_model.bin"
-    _write_zip(
+    write_zip(
         path, {"archive/data.pkl": OS_SYSTEM_P2, "archive/version": b"3\n", "archive/data/0": b"\0" * 8}
     )
     report = audit_model(path)
@@ -181,7 +180,7 @@ def test_scan_measurement_is_unknown_with_a_reason(tmp_path: Path) -> None:
 
 
 def test_onnx_external_data_is_covered_by_the_onnx_scan(tmp_path: Path) -> None:
-    path = _onnx_with_external(tmp_path / "m", "model.onnx.data")
+    path = onnx_with_external(tmp_path / "m", "model.onnx.data")
     (tmp_path / "m" / "model.onnx.data").write_bytes(np.zeros(2, dtype=np.float32).tobytes())
     cand = Candidate("x", "onnx", path, SPEC)
     assert [p.name for p in cand.files()] == ["model.onnx", "model.onnx.data"]

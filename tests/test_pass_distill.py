@@ -16,15 +16,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 import modelyard.optimize.passes.distill  # noqa: F401  (registers the pass)
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.distill import DistillConfig, distill, image_augment, soft_target_loss
 from modelyard.runtime.preprocess import predict
 from modelyard.zoo.demos import Demo
-
-from .conftest import accuracy_of, pass_context, tiny_bert_candidate
+from tests.helpers.models import tiny_bert_candidate
+from tests.helpers.passes import accuracy_of, pass_context
 
 # --------------------------------------------------------------------------------------- demo nets
 

@@ -11,38 +11,14 @@ import pytest
 import torch
 
 import modelyard.optimize.passes.export as export_pass  # registers "onnx"
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.registry import PassContext
 from modelyard.zoo.demos import load_demo
-
-from .conftest import tiny_bert_candidate
+from tests.helpers.models import text_bert_candidate, text_dataset, texts
 
 EXACT = 1e-4
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "runs",
-    "sleeps",
-    "on",
-    "mat",
-    "big",
-    "small",
-    "red",
-    "blue",
-    "house",
-    "car",
-    "tree",
-    "sun",
-    "moon",
-    "eats",
-    "fish",
-    "bird",
-    "sings",
-]
 
 
 @pytest.fixture(scope="session")
@@ -59,22 +35,6 @@ def digits(zoo_home: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tabular(zoo_home: Path):  # type: ignore[no-untyped-def]
     return load_demo("tabular", zoo_home)
-
-
-def texts(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 14)))) for _ in range(n)]
-
-
-def build_tiny_bert(folder: Path, task: str) -> Candidate:
-    """A random 2-layer BERT (hidden 32, 2 heads, vocab 100) with a WordLevel tokenizer, saved as safetensors."""
-    return tiny_bert_candidate(folder, task, words=WORDS, num_labels=3, labels=None, vocab_size=100)
-
-
-def text_dataset() -> Dataset:
-    return Dataset(
-        name="words", modality="text", x_train=texts(40, 1), y_train=None, x_test=texts(20, 2), y_test=None
-    )
 
 
 def ctx_for(tmp: Path, dataset: Dataset) -> PassContext:
@@ -178,7 +138,7 @@ def test_optimize_must_be_bool() -> None:
 
 @pytest.mark.parametrize("task", ["classification", "embedding"])
 def test_tiny_bert_export_is_exact_and_fused(tmp_path: Path, task: str) -> None:
-    base = build_tiny_bert(tmp_path / "hf", task)
+    base = text_bert_candidate(tmp_path / "hf", task)
     ds = text_dataset()
     cand = export_pass.onnx_pass(
         base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "work", ds)
@@ -207,7 +167,7 @@ def test_tiny_bert_export_is_exact_and_fused(tmp_path: Path, task: str) -> None:
 
 
 def test_unfused_bert_onnx_candidate_gets_fused(tmp_path: Path) -> None:
-    base = build_tiny_bert(tmp_path / "hf", "embedding")
+    base = text_bert_candidate(tmp_path / "hf", "embedding")
     ds = text_dataset()
     raw = export_pass.onnx_pass(
         base, export_pass.OnnxExportConfig(optimize=False), ctx_for(tmp_path / "a", ds)
@@ -244,7 +204,7 @@ def test_bert_shape_reads_hf_config() -> None:
 
 @pytest.mark.parametrize("fuse", ["auto", "never"])
 def test_fusion_is_measured_or_forced(tmp_path: Path, fuse: str) -> None:
-    base = build_tiny_bert(tmp_path / "hf", "embedding")
+    base = text_bert_candidate(tmp_path / "hf", "embedding")
     ds = text_dataset()
     cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(fuse=fuse), ctx_for(tmp_path / "w", ds))
     import onnx

@@ -16,16 +16,16 @@ from torch import nn
 from torch.nn import functional as F
 
 import modelyard.optimize.passes.prune  # noqa: F401  (registers the pass)
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes import hf_surgery, surgery
 from modelyard.optimize.passes.prune import PruneConfig, prune
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.preprocess import predict
 from modelyard.zoo.demos import Demo
-
-from .conftest import accuracy_of, pass_context, tiny_bert_candidate
+from tests.helpers.models import tiny_bert_candidate
+from tests.helpers.passes import accuracy_of, pass_context
 
 
 def _outputs(module: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -13,15 +13,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 import modelyard.optimize.passes.export as export_pass  # registers "onnx"
 import modelyard.optimize.passes.fp16 as fp16_pass  # registers "fp16"
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ArtifactError, ConfigError, PassSkipped
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8 import auto, configs, dynamic, static  # registers the int8 passes
 from modelyard.optimize.passes.int8 import sensitivity as sens
 from modelyard.optimize.passes.int8.ort import default_reduce_range
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.zoo.demos import load_demo
+from tests.helpers.models import text_bert_candidate, text_dataset
 
 
 @pytest.fixture(scope="session")
@@ -383,9 +384,7 @@ def test_auto_gives_up_at_max_fp32_nodes_with_the_best_reached(tmp_path: Path) -
 
 
 def test_auto_picks_dynamic_for_a_transformer_graph(tmp_path: Path) -> None:
-    from tests.test_pass_export import build_tiny_bert, text_dataset
-
-    base = build_tiny_bert(tmp_path / "hf", "embedding")
+    base = text_bert_candidate(tmp_path / "hf", "embedding")
     ds = text_dataset()
     onnx_cand = export_pass.onnx_pass(
         base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp_path / "onnx", ds)

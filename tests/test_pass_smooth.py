@@ -13,13 +13,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import modelyard.optimize.passes.export as export_pass
+from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError
-from modelyard.optimize.candidate import Candidate
 from modelyard.optimize.passes.int8 import auto, configs, dynamic, smooth
 from modelyard.optimize.passes.int8.ort import dynamic_op_types
 from modelyard.optimize.registry import PassContext
-from modelyard.runtime.base import RunnerSpec, TensorSpec
+from tests.helpers.models import outlier_mlp, text_bert_candidate, text_dataset
 
 
 def ctx_for(tmp: Path, dataset: Dataset, **kwargs) -> PassContext:  # type: ignore[no-untyped-def]
@@ -38,69 +38,11 @@ def op_counts(path: Path) -> Counter[str]:
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
-# ---------------------------------------------------------------------------------------------------
-# an MLP with one planted outlier input channel
-
-
-def outlier_mlp(folder: Path, outlier: float = 100.0) -> tuple[Candidate, Dataset]:
-    """features [N, 8] feed two MatMuls (mmA, mmB: one shared smoothing Mul) and a ReduceMax side output
-    (must keep reading the raw features); Add, Relu, MatMul (mm2) + Add -> logits [N, 3].
-    Feature 0 spans +-``outlier`` and its weights are 1/``outlier`` as large, so it matters as much as
-    the others, but one int8 scale for the whole input leaves features 1-7 a few levels."""
-    rng = np.random.default_rng(0)
-    wa = rng.normal(size=(8, 16)).astype(np.float32)
-    wb = rng.normal(size=(8, 16)).astype(np.float32)
-    wa[0] /= outlier
-    wb[0] /= outlier
-    w2 = rng.normal(size=(16, 3)).astype(np.float32)
-    b2 = rng.normal(scale=0.1, size=3).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["features", "WA"], ["ha"], name="mmA"),
-        helper.make_node("MatMul", ["features", "WB"], ["hb"], name="mmB"),
-        helper.make_node("Add", ["ha", "hb"], ["h0"], name="add0"),
-        helper.make_node("Relu", ["h0"], ["h"], name="relu"),
-        helper.make_node("MatMul", ["h", "W2"], ["l0"], name="mm2"),
-        helper.make_node("Add", ["l0", "b2"], ["logits"], name="add2"),
-        helper.make_node("ReduceMax", ["features"], ["fmax"], name="rmax", axes=[1], keepdims=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "outlier_mlp",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 8])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
-            helper.make_tensor_value_info("fmax", TensorProto.FLOAT, ["batch", 1]),
-        ],
-        [numpy_helper.from_array(a, n) for a, n in ((wa, "WA"), (wb, "WB"), (w2, "W2"), (b2, "b2"))],
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "mlp.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-    def data(n: int) -> np.ndarray:
-        x = rng.uniform(-1, 1, size=(n, 8)).astype(np.float32)
-        x[:, 0] = rng.uniform(-outlier, outlier, size=n)
-        return x
-
-    ds = Dataset(
-        name="mlp", modality="tabular", x_train=data(200), y_train=None, x_test=data(100), y_test=None
-    )
-    spec = RunnerSpec(
-        (TensorSpec("features", "float32", (None, 8)),),
-        (TensorSpec("logits", "float32", (None, 3)),),
-        "classification",
-        3,
-    )
-    return Candidate(name="baseline", format="onnx", path=path, spec=spec), ds
-
-
 @pytest.fixture(scope="module")
 def tiny_bert_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Candidate, Dataset]:
-    from tests.test_pass_export import build_tiny_bert, text_dataset
-
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("bert")
-    base = build_tiny_bert(tmp / "hf", "embedding")
+    base = text_bert_candidate(tmp / "hf", "embedding")
     ds = text_dataset()
     cand = export_pass.onnx_pass(base, export_pass.OnnxExportConfig(fuse="always"), ctx_for(tmp / "onnx", ds))
     return cand, ds

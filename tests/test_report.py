@@ -29,270 +29,18 @@ from modelyard.report import (
 )
 from modelyard.report.card import card_metadata, md_escape, risks
 from modelyard.report.view import fmt_measurement, fmt_number
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FAILED_REASON = "accuracy drop upper bound 3.10 points exceeds the 1.00 point margin"
-SKIPPED_REASON = "fp16 needs a GPU; none was found"
-
-
-def _bins(shift: float) -> list[dict[str, float]]:
-    out = []
-    for m in range(15):
-        lo, hi = m / 15, (m + 1) / 15
-        conf = (lo + hi) / 2
-        out.append(
-            {
-                "lo": lo,
-                "hi": hi,
-                "count": 0 if m < 5 else 10 + m,
-                "confidence": conf,
-                "accuracy": min(1.0, conf + shift),
-            }
-        )
-    return out
-
-
-def _classifier_measurements(i: int, *, baseline: bool) -> dict[str, Any]:
-    acc = 0.96 - 0.01 * i
-    ms = [
-        measure("quality.accuracy", acc, (acc - 0.02, acc + 0.015)),
-        measure("quality.macro_f1", acc - 0.01, (acc - 0.035, acc + 0.01)),
-        measure("calibration.ece", 0.02 + 0.01 * i, (0.01, 0.04 + 0.01 * i), bins=_bins(0.02 * i)),
-        measure("calibration.brier", 0.07 + 0.01 * i),
-        measure("calibration.nll", 0.15 + 0.02 * i),
-        measure(
-            "efficiency.latency_p50_ms",
-            2.0 / (i + 1),
-            samples_ms=[2.0 / (i + 1) + 0.01 * k for k in range(30)],
-        ),
-        measure("efficiency.latency_p99_ms", 3.0 / (i + 1)),
-        measure("efficiency.throughput_b32", 4000.0 * (i + 1)),
-        measure(
-            "efficiency.throughput_best",
-            5000.0 * (i + 1),
-            curve={"1": 500.0 * (i + 1), "8": 3000.0, "32": 5000.0 * (i + 1)},
-        ),
-        measure("efficiency.size_bytes", 4_000_000 / (i + 1)),
-        measure("efficiency.peak_rss_bytes", 150_000_000.0),
-        measure("efficiency.load_time_s", 0.3),
-        measure("efficiency.cost_usd_per_1m", 0.02 / (i + 1)),
-    ]
-    if not baseline:
-        ms += [
-            measure("compare.accuracy_drop", 1.0 * i, (0.2 * i, 1.0 * i + 1.1)),
-            measure("compare.flip_rate", 0.01 * i),
-            measure("compare.mcnemar_p", 0.5 / i),
-        ]
-    return {m.name: m.to_dict() for m in ms}
-
-
-def _gate(
-    gate: str, check: str, passed: bool | None, value: float | None, threshold: float, reason: str
-) -> dict:
-    return {
-        "gate": gate,
-        "check": check,
-        "passed": passed,
-        "value": value,
-        "threshold": threshold,
-        "reason": reason,
-    }
-
-
-def classifier_evidence(*, source: str | None = None, license: str | None = None) -> dict[str, Any]:
-    names = ["baseline", "onnx", "int8-dynamic", "int8-static"]
-    passes = [
-        [],
-        [{"pass": "export-onnx", "config": {"opset": 17}}],
-        [
-            {"pass": "export-onnx", "config": {"opset": 17}},
-            {"pass": "int8-dynamic", "config": {"per_channel": True}},
-        ],
-        [
-            {"pass": "export-onnx", "config": {"opset": 17}},
-            {"pass": "int8-static", "config": {"calibration_size": 128}},
-        ],
-    ]
-    cands = []
-    for i, name in enumerate(names):
-        ok = name != "int8-static"
-        gates = [
-            _gate(
-                "accuracy non-inferiority",
-                "compare.accuracy_drop",
-                ok,
-                0.3 * i if ok else 3.1,
-                1.0,
-                "within margin" if ok else FAILED_REASON,
-            ),
-            _gate("calibration", "calibration.ece", True, 0.02 + 0.01 * i, 0.1, "ECE within limit"),
-        ]
-        cands.append(
-            {
-                "name": name,
-                "parent": None if i == 0 else "baseline" if i == 1 else "onnx",
-                "format": "torch" if i == 0 else "onnx",
-                "passes": passes[i],
-                "artifact_sha256": f"{i:x}" * 64,
-                "size_bytes": int(4_000_000 / (i + 1)),
-                "notes": ["Softmax kept in fp32"] if i == 3 else [],
-                "measurements": _classifier_measurements(i, baseline=i == 0),
-                "verdict": {"passed": ok, "gates": gates},
-            }
-        )
-    return {
-        "schema": "modelyard.evidence/1",
-        "run_id": "run-20250101-abc",
-        "created": "2025-01-01T12:00:00+00:00",
-        "model": {"name": "digits-cnn", "task": "classification", "source": "modelyard zoo"},
-        "dataset": {
-            "name": "digits",
-            "modality": "image",
-            "n_train": 1437,
-            "n_test": 360,
-            "num_classes": 10,
-            "classes": [str(k) for k in range(10)],
-            "paraphrase_pairs": 0,
-            "fingerprint_sha256": "f" * 64,
-            "source": source,
-            "license": license,
-        },
-        "hardware": {
-            "cpu": "Test CPU 3000",
-            "cores": 2,
-            "isa": {"avx2": True, "avx512": False, "vnni": False, "amx": False},
-            "int8_note": "no VNNI: int8 matmuls are emulated and may be slower than fp32",
-            "price_usd_per_hour": 0.0416,
-            "price_source": "on-demand 2-vCPU instance",
-        },
-        "policy": {"objective": "cheapest", "gates": {"accuracy_drop_points": 1.0, "ece_max": 0.1}},
-        "candidates": cands,
-        "skipped": [{"recipe": "fp16", "pass": "fp16", "reason": SKIPPED_REASON}],
-        "champion": "int8-dynamic",
-        "pareto": ["baseline", "int8-dynamic"],
-        "champion_reason": "cheapest candidate that passed every gate (0.0067 USD per 1M predictions)",
-    }
-
-
-def embedder_evidence() -> dict[str, Any]:
-    cands = []
-    for i, name in enumerate(["minilm", "minilm-int8"]):
-        ms = [
-            measure("quality.cosine_mean", 1.0 - 0.004 * i, (0.99 - 0.004 * i, 1.0)),
-            measure("quality.cosine_p5", 1.0 - 0.02 * i),
-            measure("quality.top10_agreement", 1.0 - 0.05 * i),
-            measure("quality.paraphrase_recall_at_1", 0.9, (0.85, 0.94)),
-            measure("efficiency.latency_p50_ms", 8.0 / (i + 1), samples_ms=[8.0 / (i + 1)] * 5 + [9.0]),
-            measure("efficiency.throughput_best", 300.0 * (i + 1), curve={"1": 100.0, "16": 300.0 * (i + 1)}),
-            measure("efficiency.size_bytes", 90_000_000 / (i + 1) ** 2),
-            measure("efficiency.cost_usd_per_1m", 0.04 / (i + 1)),
-        ]
-        cands.append(
-            {
-                "name": name,
-                "parent": None if i == 0 else "minilm",
-                "format": "hf" if i == 0 else "onnx",
-                "passes": [] if i == 0 else [{"pass": "int8-dynamic", "config": {}}],
-                "artifact_sha256": "a" * 64,
-                "size_bytes": 1,
-                "notes": [],
-                "measurements": {m.name: m.to_dict() for m in ms},
-                "verdict": {
-                    "passed": True,
-                    "gates": [_gate("cosine", "quality.cosine_mean", True, 0.996, 0.99, "ok")],
-                },
-            }
-        )
-    return {
-        "schema": "modelyard.evidence/1",
-        "run_id": "run-emb",
-        "created": "2025-01-02T00:00:00+00:00",
-        "model": {
-            "name": "all-MiniLM-L6-v2",
-            "task": "embedding",
-            "source": "sentence-transformers",
-            "license": "Apache-2.0",
-        },
-        "dataset": {
-            "name": "paraphrases",
-            "modality": "text",
-            "n_train": 0,
-            "n_test": 2000,
-            "num_classes": None,
-            "classes": None,
-            "paraphrase_pairs": 1000,
-            "fingerprint_sha256": "e" * 64,
-            "source": "built-in demo",
-            "license": "CC-BY-4.0",
-        },
-        "hardware": {
-            "cpu": "Test CPU",
-            "cores": 2,
-            "isa": {"avx2": True},
-            "int8_note": "",
-            "price_usd_per_hour": 0.04,
-            "price_source": "x",
-        },
-        "policy": {},
-        "candidates": cands,
-        "skipped": [],
-        "champion": "minilm-int8",
-        "pareto": ["minilm", "minilm-int8"],
-        "champion_reason": "cheapest passing candidate",
-    }
-
-
-def unknown_evidence() -> dict[str, Any]:
-    """One candidate with unknown measurements, missing sections and a failed-closed gate."""
-    ms = [
-        measure("quality.accuracy", None, reason="predictions failed: runner crashed"),
-        measure("calibration.ece", float("nan")),
-        measure("efficiency.latency_p50_ms", 1.5, samples_ms=["fast", None, float("nan")]),
-        measure("efficiency.throughput_best", None, curve={"b": "x"}),
-    ]
-    return {
-        "schema": "modelyard.evidence/1",
-        "run_id": "run-unknown",
-        "model": {"name": "mystery", "task": "classification"},
-        "dataset": {"name": "tiny", "modality": "tabular", "n_test": 40},
-        "candidates": [
-            {
-                "name": "baseline",
-                "parent": None,
-                "passes": [],
-                "measurements": {m.name: m.to_dict() for m in ms},
-                "verdict": {
-                    "passed": False,
-                    "gates": [
-                        _gate(
-                            "accuracy floor",
-                            "quality.accuracy",
-                            None,
-                            None,
-                            0.9,
-                            "accuracy is unknown: fails closed",
-                        )
-                    ],
-                },
-            }
-        ],
-        "champion": None,
-        "pareto": [],
-        "champion_reason": "no candidate passed every gate",
-    }
-
-
-def _front_matter(text: str) -> dict[str, Any]:
-    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
-    assert match, "card has no YAML front matter"
-    data = yaml.safe_load(match.group(1))
-    assert isinstance(data, dict)
-    return data
-
-
-def _risks_section(text: str) -> str:
-    return text.split("## Limitations and risks", 1)[1]
-
+from tests.helpers.evidence import (
+    FAILED_REASON,
+    PNG_MAGIC,
+    SKIPPED_REASON,
+    bins,
+    classifier_evidence,
+    embedder_evidence,
+    front_matter,
+    gate,
+    risks_section,
+    unknown_evidence,
+)
 
 # --------------------------------------------------------------------------------------------- files
 
@@ -426,7 +174,7 @@ def test_report_renders_a_dollar_in_a_candidate_name() -> None:
 
 def test_card_front_matter_parses_with_yaml_and_huggingface_hub(tmp_path: Path) -> None:
     text = write_model_card(classifier_evidence(), tmp_path).read_text()
-    meta = _front_matter(text)
+    meta = front_matter(text)
     assert "license" not in meta  # neither model nor dataset declares one
     assert meta["tags"] == ["modelyard", "image-classification", "onnx"]
     result = meta["model-index"][0]["results"][0]
@@ -488,7 +236,7 @@ def test_gate_values_keep_the_gates_own_scale() -> None:
     # modelyard.gate stores budget gates scaled (size in MB), not in the measurement's unit (bytes).
     ev = classifier_evidence()
     ev["candidates"][3]["verdict"]["gates"].append(
-        _gate("size", "efficiency.size_bytes", False, 1.27, 1.0, "size budget: 1.27 MB violates <= 1 MB")
+        gate("size", "efficiency.size_bytes", False, 1.27, 1.0, "size budget: 1.27 MB violates <= 1 MB")
     )
     text = render_model_card(ev)
     assert "| int8-static | size | FAIL | 1.27 | 1 | size budget: 1.27 MB violates &lt;= 1 MB |" in text
@@ -521,7 +269,7 @@ def test_pipeline_extras_are_rendered() -> None:
 
 
 def test_card_risks_derived_from_evidence() -> None:
-    risk_text = _risks_section(render_model_card(classifier_evidence()))
+    risk_text = risks_section(render_model_card(classifier_evidence()))
     assert "The dataset's source is not recorded" in risk_text
     assert "The dataset's licence is not recorded" in risk_text
     assert "The test split has 360 examples" in risk_text
@@ -529,7 +277,7 @@ def test_card_risks_derived_from_evidence() -> None:
     assert "int8-static did not pass gate accuracy non-inferiority" in risk_text
     assert "Unknown measurements" not in risk_text
 
-    with_provenance = _risks_section(
+    with_provenance = risks_section(
         render_model_card(classifier_evidence(source="sklearn.datasets", license="BSD-3-Clause"))
     )
     assert "source is not recorded" not in with_provenance
@@ -539,7 +287,7 @@ def test_card_risks_derived_from_evidence() -> None:
 def test_card_unknown_measurements_and_no_champion() -> None:
     ev = unknown_evidence()
     text = render_model_card(ev)
-    meta = _front_matter(text)
+    meta = front_matter(text)
     assert "model-index" not in meta  # nothing known to claim
     assert meta["tags"] == ["modelyard", "tabular-classification"]
     card = ModelCard(text)
@@ -607,7 +355,7 @@ def test_plots_return_png_and_refuse_empty_data() -> None:
     assert plots.pareto_png(
         [("a", 1.0, 0.9), ("b", 2.0, 0.95)], x_label="x", y_label="y", champion="a", frontier=["a", "b"]
     ).startswith(PNG_MAGIC)
-    assert plots.reliability_png([("a", _bins(0.0))]).startswith(PNG_MAGIC)
+    assert plots.reliability_png([("a", bins(0.0))]).startswith(PNG_MAGIC)
     assert plots.latency_png({"a": [1.0, 2.0, 3.0]}).startswith(PNG_MAGIC)
     assert plots.throughput_png({"a": {"1": 10.0, "4": 30.0}}).startswith(PNG_MAGIC)
     with pytest.raises(DataError, match="needs at least one"):

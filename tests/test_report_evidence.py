@@ -16,8 +16,14 @@ from modelyard.evaluate.evidence import measure
 from modelyard.report import plots, render_model_card, render_report
 from modelyard.report.card import md_table, risks
 from modelyard.report.governance import governance_rows
-
-from .test_report import PNG_MAGIC, _bins, _front_matter, _risks_section, classifier_evidence
+from tests.helpers.evidence import (
+    PNG_MAGIC,
+    bins,
+    classifier_evidence,
+    embedder_evidence,
+    front_matter,
+    risks_section,
+)
 
 EVIL = "<script>alert(1)</script>"
 CLASSES = [str(k) for k in range(10)]
@@ -68,7 +74,7 @@ def _evidence_measurements(i: int) -> dict[str, Any]:
             fitted_on="calibration split",
         ),
         measure(
-            "calibration.ece_calibrated", 0.011 + 0.001 * i, (0.005, 0.03), bins=_bins(0.01), ece_before=0.04
+            "calibration.ece_calibrated", 0.011 + 0.001 * i, (0.005, 0.03), bins=bins(0.01), ece_before=0.04
         ),
         measure(
             "slices.worst_class_recall",
@@ -449,7 +455,7 @@ def test_card_new_sections_and_values() -> None:
     assert "| int8-dynamic | pixels | float32 | \\[?, 1, 8, 8\\] | 0.0 to 1.0 | required |" in text
     assert "| int8-dynamic | PASS | onnx | none |" in text
     assert ModelCard(text).data.model_name == "digits-cnn"  # front matter still valid for the hub
-    assert _front_matter(text)["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(0.94)
+    assert front_matter(text)["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(0.94)
 
 
 def test_card_caveats_next_to_accuracy() -> None:
@@ -461,7 +467,7 @@ def test_card_caveats_next_to_accuracy() -> None:
 
 
 def test_card_risks_from_audits() -> None:
-    risk_text = _risks_section(render_model_card(full_evidence()))
+    risk_text = risks_section(render_model_card(full_evidence()))
     assert "Train/test leakage: 0.0% exact, 4.2% exact or near" in risk_text
     assert "Label issues: 16 train and 3 test labels flagged" in risk_text
     assert "Label conflicts: 1 case(s) of identical inputs with different labels" in risk_text
@@ -635,7 +641,7 @@ def test_skipped_audits_say_so(fast_plots: None) -> None:
         in html
     )
     text = render_model_card(ev)
-    assert "The data audit did not run (the data audit was turned off): duplicates" in _risks_section(text)
+    assert "The data audit did not run (the data audit was turned off): duplicates" in risks_section(text)
 
 
 def test_evidence_without_new_sections_renders_not_measured() -> None:
@@ -652,8 +658,6 @@ def test_evidence_without_new_sections_renders_not_measured() -> None:
 
 
 def test_embedder_evidence_has_no_classifier_sections() -> None:
-    from .test_report import embedder_evidence
-
     ev = embedder_evidence()
     for i, c in enumerate(ev["candidates"]):
         c["measurements"]["robustness.perturbation_cosine"] = measure(

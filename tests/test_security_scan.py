@@ -30,69 +30,16 @@ from modelyard.security import (
     scan_file,
     scan_pickle_bytes,
 )
-
-
-# --- hand-written pickle opcodes ---------------------------------------------------------------
-def _u(text: str) -> bytes:
-    """SHORT_BINUNICODE."""
-    raw = text.encode()
-    return b"\x8c" + bytes([len(raw)]) + raw
-
-
-def _x(text: str) -> bytes:
-    """BINUNICODE (protocol 1+)."""
-    raw = text.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def _short_bytes(raw: bytes) -> bytes:
-    """SHORT_BINBYTES (protocol 3+)."""
-    return b"C" + bytes([len(raw)]) + raw
-
-
-OS_SYSTEM_P0 = b"cos\nsystem\n(S'echo pwned'\ntR."
-OS_SYSTEM_P2 = b"\x80\x02cos\nsystem\n" + _x("echo pwned") + b"\x85R."
-# STACK_GLOBAL whose operands come back from the memo (MEMOIZE, POP, BINGET), picklescan #14.
-STACK_GLOBAL_MEMO = (
-    b"\x80\x04" + _u("os") + b"\x94" + b"0" + _u("system") + b"\x94" + b"0"
-    b"h\x00" + b"h\x01" + b"\x93" + _u("echo pwned") + b"\x85R."
+from tests.helpers.security import (
+    MALICIOUS,
+    NESTED_IN_DICT,
+    NESTED_LOADS,
+    OS_SYSTEM_P0,
+    OS_SYSTEM_P2,
+    STACK_GLOBAL_MEMO,
+    onnx_with_external,
+    write_zip,
 )
-# The same through BINPUT / LONG_BINPUT and LONG_BINGET.
-STACK_GLOBAL_LONG_MEMO = (
-    b"\x80\x04" + _u("posix") + b"q\x07" + _u("system") + b"r\x08\x00\x00\x00" + b"00"
-    b"j\x07\x00\x00\x00" + b"h\x08" + b"\x93" + _u("id") + b"\x85R."
-)
-# STACK_GLOBAL on SHORT_BINSTRING operands, which the unpickler decodes to str.
-STACK_GLOBAL_BINSTRING = b"\x80\x04U\x02osU\x06system\x93" + _u("id") + b"\x85R."
-INST_OPCODE = b"(S'echo pwned'\nios\nsystem\n."  # picklescan #13
-NESTED_LOADS = b"\x80\x03cpickle\nloads\n" + _short_bytes(OS_SYSTEM_P2) + b"\x85R."  # modelscan #267
-# Only allowlisted globals, but a value is a whole pickle that some later code might load.
-NESTED_IN_DICT = b"\x80\x03ccollections\nOrderedDict\n)R" + _x("k") + _short_bytes(OS_SYSTEM_P2) + b"s."
-# getattr(import_module("os"), "system")("id"), picklescan #66.
-GETATTR_CHAIN = (
-    b"\x80\x02cbuiltins\ngetattr\ncimportlib\nimport_module\n"
-    + _x("os")
-    + b"\x85R"
-    + _x("system")
-    + b"\x86R"
-    + _x("id")
-    + b"\x85R."
-)
-# Protocol 2 maps Python 2 names: __builtin__.eval is builtins.eval.
-PY2_BUILTIN_EVAL = b"\x80\x02c__builtin__\neval\n" + _x("1") + b"\x85R."
-
-MALICIOUS = {
-    "os_system_protocol0": (OS_SYSTEM_P0, "os.system"),
-    "os_system_protocol2": (OS_SYSTEM_P2, "os.system"),
-    "stack_global_memo": (STACK_GLOBAL_MEMO, "os.system"),
-    "stack_global_long_memo": (STACK_GLOBAL_LONG_MEMO, "posix.system"),
-    "stack_global_binstring": (STACK_GLOBAL_BINSTRING, "os.system"),
-    "inst_opcode": (INST_OPCODE, "os.system"),
-    "nested_pickle_loads": (NESTED_LOADS, "pickle.loads"),
-    "nested_pickle_in_dict": (NESTED_IN_DICT, "os.system"),
-    "getattr_import_module": (GETATTR_CHAIN, "importlib.import_module"),
-    "py2_builtin_eval": (PY2_BUILTIN_EVAL, "builtins.eval"),
-}
 
 
 @pytest.fixture
@@ -307,15 +254,9 @@ def test_whole_module_pickle_fails(tmp_path: Path) -> None:
     assert "torch.nn.modules.linear.Linear" in result.globals
 
 
-def _write_zip(path: Path, members: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
 def test_zip_named_like_checkpoint_with_malicious_data_pkl(tmp_path: Path, no_unpickling: None) -> None:
     path = tmp_path / "pytorch_model.bin"
-    _write_zip(
+    write_zip(
         path, {"archive/data.pkl": OS_SYSTEM_P2, "archive/version": b"3\n", "archive/data/0": b"\0" * 8}
     )
     assert detect_format(path) == "torch-zip"
@@ -337,7 +278,7 @@ def test_zip_named_like_checkpoint_with_malicious_data_pkl(tmp_path: Path, no_un
 def test_zip_with_odd_member_paths_fails(tmp_path: Path, member: str, expected: str) -> None:
     path = tmp_path / "ckpt.pt"
     benign = pickle.dumps(OrderedDict(), protocol=2)
-    _write_zip(path, {"archive/data.pkl": benign, member: benign})
+    write_zip(path, {"archive/data.pkl": benign, member: benign})
     result = scan_file(path)
     assert result.verdict == "fail"
     assert any(expected in f for f in result.findings), result.findings
@@ -347,7 +288,7 @@ def test_zip_with_duplicate_member_names_fails(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        _write_zip(path, {"archive/data.pkl": pickle.dumps(OrderedDict(), protocol=2)})
+        write_zip(path, {"archive/data.pkl": pickle.dumps(OrderedDict(), protocol=2)})
         with zipfile.ZipFile(path, "a") as zf:
             zf.writestr("archive/data.pkl", OS_SYSTEM_P2)
     result = scan_file(path)
@@ -357,16 +298,16 @@ def test_zip_with_duplicate_member_names_fails(tmp_path: Path) -> None:
 
 def test_zip_without_model_members_is_unknown(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    _write_zip(path, {"readme.txt": b"hello"})
+    write_zip(path, {"readme.txt": b"hello"})
     result = scan_file(path)
     assert (result.format, result.verdict) == ("zip", "unknown")
 
 
 def test_nested_checkpoint_inside_archive_is_scanned(tmp_path: Path) -> None:
     inner = tmp_path / "inner.pt"
-    _write_zip(inner, {"inner/data.pkl": OS_SYSTEM_P2})
+    write_zip(inner, {"inner/data.pkl": OS_SYSTEM_P2})
     outer = tmp_path / "outer.pt2"
-    _write_zip(outer, {"m/archive_format": b"pt2", "m/data/sample_inputs/model.pt": inner.read_bytes()})
+    write_zip(outer, {"m/archive_format": b"pt2", "m/data/sample_inputs/model.pt": inner.read_bytes()})
     result = scan_file(outer)
     assert result.format == "torch-export"
     assert result.verdict == "fail"
@@ -450,29 +391,6 @@ def test_safetensors_duplicate_keys_and_broken_json_fail(tmp_path: Path) -> None
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
-def _onnx_with_external(folder: Path, location: str, *, offset: str = "0", length: str = "8") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    weight = TensorProto()
-    weight.name = "W"
-    weight.data_type = TensorProto.FLOAT
-    weight.dims.extend([2])
-    weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", offset), ("length", length)):
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-        initializer=[weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path = folder / "model.onnx"
-    onnx.save_model(model, str(path))
-    return path
-
-
 def test_exported_onnx_passes_without_trust(tmp_path: Path) -> None:
     path = tmp_path / "tiny.onnx"
     with warnings.catch_warnings():
@@ -485,7 +403,7 @@ def test_exported_onnx_passes_without_trust(tmp_path: Path) -> None:
 
 
 def test_onnx_external_data_inside_folder_passes(tmp_path: Path) -> None:
-    path = _onnx_with_external(tmp_path / "m", "weights.bin")
+    path = onnx_with_external(tmp_path / "m", "weights.bin")
     (tmp_path / "m" / "weights.bin").write_bytes(b"\0" * 8)
     result = scan_file(path)
     assert result.ok, result.findings
@@ -506,7 +424,7 @@ def test_onnx_external_data_outside_folder_fails(tmp_path: Path, location: str, 
     outside.write_bytes(b"\0" * 8)
     if location == "ABSOLUTE":
         location = str(outside)
-    path = _onnx_with_external(tmp_path / "m", location)
+    path = onnx_with_external(tmp_path / "m", location)
     assert detect_format(path) == "onnx"
     result = scan_file(path)
     assert result.verdict == "fail"
@@ -518,7 +436,7 @@ def test_onnx_external_data_outside_folder_fails(tmp_path: Path, location: str, 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 def test_onnx_external_data_symlink_escape_fails(tmp_path: Path) -> None:
     (tmp_path / "outside.bin").write_bytes(b"\0" * 8)
-    path = _onnx_with_external(tmp_path / "m", "weights.bin")
+    path = onnx_with_external(tmp_path / "m", "weights.bin")
     (tmp_path / "m" / "weights.bin").symlink_to(tmp_path / "outside.bin")
     result = scan_file(path)
     assert result.verdict == "fail"
@@ -526,10 +444,10 @@ def test_onnx_external_data_symlink_escape_fails(tmp_path: Path) -> None:
 
 
 def test_onnx_external_data_bounds_and_missing_file(tmp_path: Path) -> None:
-    path = _onnx_with_external(tmp_path / "m", "weights.bin", offset="4")
+    path = onnx_with_external(tmp_path / "m", "weights.bin", offset="4")
     (tmp_path / "m" / "weights.bin").write_bytes(b"\0" * 8)
     assert "runs past the end of 'weights.bin'" in scan_file(path).findings[0]
-    missing = _onnx_with_external(tmp_path / "n", "absent.bin")
+    missing = onnx_with_external(tmp_path / "n", "absent.bin")
     result = scan_file(missing)
     assert result.verdict == "unknown"
     assert "external data file 'absent.bin' is missing" in result.findings[0]
@@ -560,7 +478,7 @@ def test_detect_format_ignores_misleading_extensions(tmp_path: Path) -> None:
     assert detect_format(proto0) == "pickle"
     st_file = _safetensors(tmp_path / "weights.pkl", {"a": _entry([1], 0, 4)}, 4)
     assert detect_format(st_file) == "safetensors"
-    onnx_file = _onnx_with_external(tmp_path / "o", "w.bin")
+    onnx_file = onnx_with_external(tmp_path / "o", "w.bin")
     renamed = onnx_file.rename(tmp_path / "model.safetensors")
     assert detect_format(renamed) == "onnx"
 

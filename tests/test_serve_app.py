@@ -15,24 +15,20 @@ import httpx
 import numpy as np
 import pytest
 
-from modelyard.config import Policy, Settings
 from modelyard.errors import ConfigError
 from modelyard.evaluate.calibration import apply_temperature
 from modelyard.evaluate.metrics import softmax
 from modelyard.evaluate.ood import SCORES, energy_score
-from modelyard.pipeline import EvalOptions, run_pipeline
 from modelyard.registry import Registry, VersionEntry
 from modelyard.runtime.preprocess import predict
 from modelyard.serve.app import create_app
 from modelyard.serve.model import ServedModel
 from modelyard.serve.settings import ServeSettings
-from tests.conftest import make_blobs, sentiment_texts, tiny_bert_candidate
+from tests.helpers.models import make_blobs, sentiment_texts, tiny_bert_candidate
+from tests.helpers.serving import DEADLINE_S, MODEL, build_blobs_registry, settings_for
 
-QUICK = EvalOptions(batch_sizes=(1, 8), latency_calls=10, min_time_s=0.05, measure_rss=False, n_resamples=200)
-MODEL = "blobs"
 TEXT_MODEL = "sentiment"
 EMBEDDER = "encoder"
-DEADLINE_S = 60.0
 
 pytestmark = pytest.mark.anyio
 
@@ -43,35 +39,7 @@ def anyio_backend() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# registries (shared with the process and schemathesis tests)
-
-
-def build_blobs_registry(home: Path, onnx_classifier: tuple[Path, Path]) -> Registry:
-    """A registry with model "blobs": v1 the user's ONNX classifier, v2 its re-exported copy, both with serving
-    rules (temperature, an OOD rule fitted on a far-away set, the input contract); champion v1."""
-    from modelyard.data.loaders import load_dataset
-    from modelyard.optimize.baseline import load_baseline
-
-    model, data = onnx_classifier
-    ds = load_dataset(data)
-    base = load_baseline(model, ds)
-    far = 40.0 + np.random.default_rng(7).normal(size=(60, 6))
-    run_pipeline(
-        base,
-        ds,
-        model_name=MODEL,
-        model_source="test",
-        recipes=["onnx"],
-        policy=Policy(),
-        settings=Settings(home=home),
-        options=QUICK,
-        ood_data={"far": far.astype(np.float32)},
-    )
-    registry = Registry(home)
-    aliases = registry.list_models()[0]["aliases"]
-    if aliases.get("champion") != 1:
-        registry.promote(MODEL, 1, reason="test: serve version 1 first")
-    return registry
+# registries ("blobs" is built by tests.helpers.serving, shared with the process and schemathesis tests)
 
 
 def register_text_model(
@@ -105,17 +73,6 @@ def offline(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dic
     x = make_blobs(n=12, seed=3)[0]
     logits = predict(model.runner, model.candidate.preprocessor(), x)
     return {"model": model, "x": x, "logits": logits}
-
-
-def settings_for(registry: Registry, **overrides: Any) -> ServeSettings:
-    values: dict[str, Any] = {
-        "home": registry.home,
-        "models": (f"{MODEL}:1",),
-        "threads": 1,
-        "warmup_calls": 1,
-    }
-    values.update(overrides)
-    return ServeSettings.from_env({}, **values)
 
 
 @asynccontextmanager

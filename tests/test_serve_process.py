@@ -23,15 +23,15 @@ import httpx
 import numpy as np
 import pytest
 
-from modelyard.optimize.candidate import Candidate
+from modelyard.candidate import Candidate
 from modelyard.registry import Registry, VersionEntry
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.preprocess import predict
 from modelyard.security import scan_file
 from modelyard.security.trust import FACTORY, trust_record
 from modelyard.serve.model import ServedModel
-from tests.conftest import make_blobs
-from tests.test_serve_app import MODEL, build_blobs_registry
+from tests.helpers.models import make_blobs
+from tests.helpers.serving import MODEL, build_blobs_registry
 
 DEADLINE_S = 90.0
 GATED = "gated"

@@ -14,7 +14,7 @@ from schemathesis.checks import not_a_server_error
 
 from modelyard.registry import Registry
 from modelyard.serve.app import create_app
-from tests.test_serve_app import DEADLINE_S, build_blobs_registry, settings_for
+from tests.helpers.serving import DEADLINE_S, build_blobs_registry, settings_for
 
 EXAMPLES_PER_MODE = 100
 

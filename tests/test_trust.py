@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch import nn
 
+from modelyard.candidate import Candidate
 from modelyard.cli import main
 from modelyard.config import Policy, Settings
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ArtifactError, ConfigError, DataError, RegistryError, UnsafeModelError
 from modelyard.optimize.baseline import load_baseline
-from modelyard.optimize.candidate import Candidate
 from modelyard.pipeline import EvalOptions, run_pipeline
 from modelyard.registry import Registry, VersionEntry
 from modelyard.runtime.preprocess import predict
@@ -38,7 +38,7 @@ from modelyard.security.trust import (
 )
 from modelyard.serve.model import ServedModel
 from modelyard.serve.settings import ServeSettings
-from tests.conftest import make_blobs
+from tests.helpers.models import make_blobs
 
 QUICK = EvalOptions(
     batch_sizes=(1, 8),
