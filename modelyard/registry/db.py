@@ -113,10 +113,18 @@ def connect(db_path: Path, *, write: bool) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(db_path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            _ensure_schema(conn, db_path)
+            ready = (
+                conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+                and conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            )
+            if not ready:
+                # Switching to WAL needs an exclusive lock, and SQLite answers "database is locked" at once
+                # (no busy wait) when another connection is switching too: first opens take turns.
+                with _init_lock(db_path):
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    _ensure_schema(conn, db_path)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise RegistryError(f"cannot open {db_path}: {e}; is it a modelyard registry?") from e
@@ -128,6 +136,20 @@ def connect(db_path: Path, *, write: bool) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+@contextmanager
+def _init_lock(db_path: Path) -> Iterator[None]:
+    """An exclusive lock (``.<db>.init-lock`` beside it, flock) held while a registry database is set up,
+    so concurrent first opens, in threads or processes, do not race for the journal-mode switch."""
+    import fcntl
+
+    with open(db_path.with_name(f".{db_path.name}.init-lock"), "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _ensure_schema(conn: sqlite3.Connection, db_path: Path) -> None:
