@@ -282,7 +282,7 @@ def _fit_caveat(dataset: Dataset, suite: dict[str, Any]) -> str:
             )
         )
         + f"; every figure here is measured on the {dataset.n_test} test items, which nothing was fitted on "
-        f"(test split: {dataset.split or 'given separately by the user'})"
+        f"(test split: {dataset.split or 'given as separate items'})"
     )
 
 

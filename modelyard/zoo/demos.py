@@ -53,6 +53,7 @@ def digits_dataset() -> Dataset:
         x_cal=xcal,
         y_cal=ycal,
         classes=[str(i) for i in range(10)],
+        split="20% of the digits held out for evaluation (stratified, seed 0); 15% of the rest for calibration",
         source="scikit-learn load_digits (UCI ML hand-written digits), bundled with scikit-learn",
         license="CC BY 4.0 (UCI Machine Learning Repository)",
     )
@@ -77,6 +78,7 @@ def tabular_dataset() -> Dataset:
         x_cal=xcal,
         y_cal=ycal,
         classes=[str(c) for c in d.target_names],
+        split="25% of the records held out for evaluation (stratified, seed 0); 20% of the rest for calibration",
         source="scikit-learn load_breast_cancer (Breast Cancer Wisconsin Diagnostic), bundled with scikit-learn",
         license="CC BY 4.0 (UCI Machine Learning Repository)",
     )
