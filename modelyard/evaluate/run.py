@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError
+from modelyard.evaluate._inputs import tile
 from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.runtime.device import GPU_FIX, cpu_info, gpu_runtime, resolve_device
@@ -177,11 +176,6 @@ def evaluate_candidates(
     return results, suite, rules
 
 
-def _tile(x: Any, n: int) -> Any:
-    idx = [i % len(x) for i in range(n)]
-    return x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
-
-
 def _unreachable(cand: Candidate, device: str) -> str | None:
     """Why ``cand``'s runtime cannot run on ``device`` here, or None when it can."""
     if resolve_device(device) == "cpu":
@@ -233,7 +227,7 @@ def _interleaved_best(
         batch = int(best.details.get("best_batch") or 32)
         runner = cand.load(threads=threads, device=device)
         where[cand.name] = runner_device(runner)
-        runners[cand.name] = (runner, cand.preprocessor()(_tile(sample, batch)))
+        runners[cand.name] = (runner, cand.preprocessor()(tile(sample, batch)))
     if len(runners) < 2:
         return
     min_time_s = max(0.1, options.min_time_s / 2)

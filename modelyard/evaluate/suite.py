@@ -20,6 +20,7 @@ import numpy as np
 from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
+from modelyard.data.splits import take
 from modelyard.errors import DataError, ModelyardError, first_line
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.runtime.preprocess import predict
@@ -44,10 +45,6 @@ EMBEDDER_CHECKS = ("robustness.perturbation_cosine", "ood.auroc", "ood.fpr95", "
 Z95 = 1.959963984540054
 EMBED_OOD_VAL_MIN = 10  # fit items kept out of the kNN reference to fit the OOD threshold on
 EMBED_OOD_REFERENCE_MAX = 2000
-
-
-def _take(x: Any, idx: np.ndarray) -> Any:
-    return x[idx] if isinstance(x, np.ndarray) else [x[int(i)] for i in idx]
 
 
 def no_progress(msg: str, advance: float = 0.0) -> None:
@@ -126,9 +123,9 @@ def prepare_inputs(
         perm = np.random.default_rng(0).permutation(len(fit))
         n_val = max(EMBED_OOD_VAL_MIN, len(fit) // 4) if len(fit) >= 2 * EMBED_OOD_VAL_MIN else 0
         ref_idx, val_idx = np.sort(perm[n_val:][:EMBED_OOD_REFERENCE_MAX]), np.sort(perm[:n_val])
-        inp.sets["train"] = _take(fit, ref_idx)
+        inp.sets["train"] = take(fit, ref_idx)
         if n_val:
-            inp.sets["ood_val"] = _take(fit, val_idx)
+            inp.sets["ood_val"] = take(fit, val_idx)
         inp.ood_fit_how = (
             f"kNN reference: {len(ref_idx)} fit items; threshold fitted on {n_val} other fit items"
             if n_val
@@ -137,7 +134,7 @@ def prepare_inputs(
     n_rob, why = robust_sample_size(policy, dataset.n_test)
     inp.robust_idx = np.arange(n_rob) if n_rob >= dataset.n_test else _stratified(dataset, n_rob)
     inp.sample_sizes["robustness"] = {"n": int(n_rob), "why": why}
-    x_rob = _take(dataset.x_test, inp.robust_idx)
+    x_rob = take(dataset.x_test, inp.robust_idx)
 
     # Out-of-distribution sets: the user's, else the built-in one for the demo data.
     with _timed(inp.seconds, "ood.inputs"):
@@ -178,7 +175,7 @@ def prepare_inputs(
     if task == "classification" and dataset.y_test is not None:
         say("crafting adversarial inputs on the baseline", 0.0)
         with _timed(inp.seconds, "robustness.adversarial_crafting"):
-            _craft_adversarials(baseline, dataset, policy, x_rob, _take(dataset.y_test, inp.robust_idx), inp)
+            _craft_adversarials(baseline, dataset, policy, x_rob, take(dataset.y_test, inp.robust_idx), inp)
     return inp
 
 

@@ -26,7 +26,6 @@ must leave all or nothing (``CHECKPOINTS``: ``mid_artifact``, ``after_artifacts`
 
 from __future__ import annotations
 
-import getpass
 import json
 import re
 import sqlite3
@@ -40,7 +39,7 @@ from typing import Any
 from modelyard.errors import RegistryError
 from modelyard.registry.artifacts import ArtifactStore, check_relpath
 from modelyard.registry.db import connect, read_snapshot, transaction
-from modelyard.security.trust import check_record
+from modelyard.security.trust import check_record, current_user
 
 CHECKPOINTS = ("mid_artifact", "after_artifacts", "mid_transaction", "after_commit")
 
@@ -67,13 +66,6 @@ class VersionEntry:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError, ImportError):
-        return "unknown"
 
 
 def _check_name(kind: str, name: object) -> str:
@@ -193,7 +185,7 @@ class Registry:
         conn.execute(
             "INSERT INTO alias_log (at, model_id, alias, action, from_version, to_version, reason, actor, run_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, model_id, alias, action, from_version, to_version, reason, _actor(), run_id),
+            (now, model_id, alias, action, from_version, to_version, reason, current_user(), run_id),
         )
 
     # ----------------------------------------------------------------------------------- writes
@@ -252,7 +244,7 @@ class Registry:
                     model_id = int(row[0])
                 conn.execute(
                     "INSERT INTO runs (run_id, model_id, created, champion, reason, actor) VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, model_id, now, champion, reason, _actor()),
+                    (run_id, model_id, now, champion, reason, current_user()),
                 )
                 latest = int(
                     conn.execute(

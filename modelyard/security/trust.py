@@ -40,7 +40,8 @@ _PICKLE_KINDS = ("torchscript", "export")
 _MAX_FINDINGS = 20
 
 
-def _who() -> str:
+def current_user() -> str:
+    """The OS user running modelyard ("unknown" when the system cannot say): who records and logs name."""
     try:
         return getpass.getuser() or "unknown"
     except (OSError, KeyError, ImportError):
@@ -68,7 +69,7 @@ def trust_record(kind: str, *, flag: str, scan: ScanResult, factory: str | None 
     record: dict[str, Any] = {
         "kind": kind,
         "flag": flag,
-        "by": BUILTIN_BY if builtin else _who(),
+        "by": BUILTIN_BY if builtin else current_user(),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scan": scan_summary(scan),
     }
