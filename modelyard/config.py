@@ -64,47 +64,13 @@ def _positive_float(name: str, raw: Any) -> float:
 
 
 @dataclass(frozen=True)
-class QualityPolicy:
-    """Quality gates against the baseline. Defaults are the documented safe defaults."""
-
-    max_accuracy_drop_points: float = (
-        1.0  # non-inferiority margin: the one-sided 95% upper bound must be below it
-    )
-    significance_alpha: float = (
-        0.05  # Holm-corrected McNemar p below it fails a candidate whose accuracy dropped
-    )
-    max_flip_rate: float = 0.02
-    max_negative_flip_rate: float = 0.01
-    max_kl_nats: float = 0.05
-    max_ece_increase: float = 0.02
-    max_class_recall_drop_points: float = 10.0  # per-class recall vs the baseline; one lost class fails
-    max_slice_drop_points: float = 5.0  # user-declared slices, when the data declares them
-    min_cosine_mean: float = 0.99
-    min_cosine_p5: float = 0.98
-    min_top10_agreement: float = 0.95
-
-
-@dataclass(frozen=True)
 class RobustnessPolicy:
-    """Robustness and out-of-distribution gates against the baseline, and how the attacks are run."""
+    """How the robustness and out-of-distribution checks run (their gate thresholds are policy keys of the
+    check registry, like every threshold)."""
 
-    max_relative_mce: float = 1.2  # corruption error relative to the baseline's (images)
-    max_consistency_drop_points: float = 5.0  # prediction consistency under perturbations
-    max_adversarial_drop_points: float = 5.0  # PGD (transfer) accuracy vs the baseline's
-    max_ood_auroc_drop_points: float = 5.0
     ood_score: str = "energy"  # energy | msp | maxlogit
     epsilon: float | None = None  # attack budget in input units; None: the modality's default
     pgd_steps: int = 10
-
-
-@dataclass(frozen=True)
-class BudgetPolicy:
-    """Optional hard budgets; absent means no budget."""
-
-    max_latency_p99_ms: float | None = None
-    max_peak_rss_mb: float | None = None
-    max_size_mb: float | None = None
-    min_throughput: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,36 +92,68 @@ class HardwarePolicy:
     target: str = "cpu"  # cpu | gpu
 
 
+def _thresholds() -> tuple[dict[str, float | None], dict[str, str]]:
+    """The registry's policy keys: key -> default threshold, and key -> kind (the registry is imported only
+    when a policy is read or applied)."""
+    from modelyard.evaluate.checks import threshold_defaults, threshold_kinds
+
+    return threshold_defaults(), threshold_kinds()
+
+
 @dataclass(frozen=True)
 class Policy:
+    """The user's gates and how the champion is chosen. Gate thresholds are keys of the check registry
+    (``"quality.max_flip_rate"``): ``thresholds`` holds the ones the policy sets, every other key takes the
+    registry's default (``threshold``). ``robustness``, ``objective`` and ``hardware`` are settings."""
+
     name: str = "default"
-    quality: QualityPolicy = field(default_factory=QualityPolicy)
     robustness: RobustnessPolicy = field(default_factory=RobustnessPolicy)
-    budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
     objective: ObjectivePolicy = field(default_factory=ObjectivePolicy)
     hardware: HardwarePolicy = field(default_factory=HardwarePolicy)
     waive: tuple[str, ...] = ()
+    thresholds: tuple[tuple[str, float], ...] = ()  # (policy key, threshold) the policy sets
+
+    def threshold(self, key: str) -> float | None:
+        """The threshold of policy key ``key``: the policy's, else the registry's default (None: no budget)."""
+        for k, v in self.thresholds:
+            if k == key:
+                return v
+        defaults, _ = _thresholds()
+        if key not in defaults:
+            raise ConfigError(f"unknown policy key {key!r}; known keys: {', '.join(sorted(defaults))}")
+        return defaults[key]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The policy as evidence records it: every section with every key, thresholds resolved."""
+        defaults, _ = _thresholds()
+        d: dict[str, Any] = {"name": self.name}
+        for key in defaults:
+            section, option = key.split(".", 1)
+            d.setdefault(section, {})[option] = self.threshold(key)
+        for section in ("robustness", "objective", "hardware"):
+            d.setdefault(section, {}).update(asdict(getattr(self, section)))
+        d.setdefault("budgets", {})
         d["waive"] = list(self.waive)
         return d
 
     def fidelity_floors(self) -> dict[str, float]:
         """Floors the accuracy-aware passes must meet against their parent."""
-        q = self.quality
+
+        def get(key: str) -> float:
+            value = self.threshold(key)
+            assert value is not None  # quality keys have defaults
+            return value
+
         return {
-            "agreement_min": 1.0 - q.max_flip_rate,
-            "cosine_mean_min": q.min_cosine_mean,
-            "cosine_p5_min": q.min_cosine_p5,
-            "top10_min": q.min_top10_agreement,
+            "agreement_min": 1.0 - get("quality.max_flip_rate"),
+            "cosine_mean_min": get("quality.min_cosine_mean"),
+            "cosine_p5_min": get("quality.min_cosine_p5"),
+            "top10_min": get("quality.min_top10_agreement"),
         }
 
 
-_SECTIONS: dict[str, type] = {
-    "quality": QualityPolicy,
+_SETTINGS: dict[str, type] = {
     "robustness": RobustnessPolicy,
-    "budgets": BudgetPolicy,
     "objective": ObjectivePolicy,
     "hardware": HardwarePolicy,
 }
@@ -165,16 +163,7 @@ _CHOICES = {
     ("robustness", "ood_score"): ("energy", "msp", "maxlogit"),
 }
 _INTEGERS = {"pgd_steps"}
-_FRACTIONS = {
-    "significance_alpha",
-    "max_flip_rate",
-    "max_negative_flip_rate",
-    "max_ece_increase",
-    "min_cosine_mean",
-    "min_cosine_p5",
-    "min_top10_agreement",
-    "tie_tolerance",
-}
+_FRACTIONS = {"tie_tolerance"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -183,41 +172,72 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _section(name: str, base: Any, raw: Any, problems: list[str]) -> Any:
-    cls = type(base)
+def _number(where: str, value: Any, *, fraction: bool, integer: bool, problems: list[str]) -> float | None:
+    """``value`` as a threshold or numeric setting, or None with the problem recorded."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(f"{where} must be a number, got {value!r}")
+        return None
+    if not math.isfinite(value) or value < 0:
+        problems.append(f"{where} must be a finite number >= 0, got {value!r}")
+        return None
+    if fraction and value > 1:
+        problems.append(f"{where} is a fraction and must be in [0, 1], got {value!r}")
+        return None
+    if integer and (value != int(value) or value < 1):
+        problems.append(f"{where} must be a whole number >= 1, got {value!r}")
+        return None
+    return float(value)
+
+
+def _section(
+    name: str, base: Policy, raw: Any, problems: list[str], thresholds: dict[str, float]
+) -> Any | None:
+    """Validate one policy table: its threshold keys go into ``thresholds``; returns the section's settings
+    (None when the section has none)."""
+    defaults, kinds = _thresholds()
+    settings = getattr(base, name) if name in _SETTINGS else None
     if not isinstance(raw, dict):
         problems.append(f"[{name}] must be a table, got {type(raw).__name__}")
-        return base
-    known = {f.name: f for f in fields(cls)}
+        return settings
+    known = {f.name for f in fields(settings)} if settings is not None else set()
+    known |= {k.split(".", 1)[1] for k in defaults if k.split(".", 1)[0] == name}
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        where = f"[{name}] {key}"
+        if f"{name}.{key}" in defaults:
+            number = _number(
+                where, value, fraction=kinds[f"{name}.{key}"] == "fraction", integer=False, problems=problems
+            )
+            if number is not None:
+                thresholds[f"{name}.{key}"] = number
+            continue
         if key not in known:
             problems.append(f"unknown key {key!r} in [{name}]; known keys: {', '.join(sorted(known))}")
             continue
         choices = _CHOICES.get((name, key))
         if choices is not None:
             if value not in choices:
-                problems.append(f"[{name}] {key} must be one of {', '.join(choices)}, got {value!r}")
+                problems.append(f"{where} must be one of {', '.join(choices)}, got {value!r}")
                 continue
             values[key] = value
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"[{name}] {key} must be a number, got {value!r}")
-            continue
-        if not math.isfinite(value) or value < 0:
-            problems.append(f"[{name}] {key} must be a finite number >= 0, got {value!r}")
-            continue
-        if key in _FRACTIONS and value > 1:
-            problems.append(f"[{name}] {key} is a fraction and must be in [0, 1], got {value!r}")
-            continue
-        if key in _INTEGERS:
-            if value != int(value) or value < 1:
-                problems.append(f"[{name}] {key} must be a whole number >= 1, got {value!r}")
-                continue
-            values[key] = int(value)
-            continue
-        values[key] = float(value)
-    return replace(base, **values)
+        number = _number(
+            where, value, fraction=key in _FRACTIONS, integer=key in _INTEGERS, problems=problems
+        )
+        if number is not None:
+            values[key] = int(number) if key in _INTEGERS else number
+    return replace(settings, **values) if settings is not None else None
+
+
+def policy_sections() -> list[str]:
+    """Every table a policy may have: the registry's threshold sections, then the settings."""
+    defaults, _ = _thresholds()
+    out: list[str] = []
+    for key in defaults:
+        section = key.split(".", 1)[0]
+        if section not in out:
+            out.append(section)
+    return out + [s for s in _SETTINGS if s not in out]
 
 
 def policy_from_dict(raw: dict[str, Any], *, name: str = "custom", base: Policy | None = None) -> Policy:
@@ -225,9 +245,13 @@ def policy_from_dict(raw: dict[str, Any], *, name: str = "custom", base: Policy 
     problems: list[str] = []
     base = base or Policy()
     updates: dict[str, Any] = {"name": name}
+    thresholds = dict(base.thresholds)
+    sections = policy_sections()
     for key, value in raw.items():
-        if key in _SECTIONS:
-            updates[key] = _section(key, getattr(base, key), value, problems)
+        if key in sections:
+            settings = _section(key, base, value, problems, thresholds)
+            if settings is not None:
+                updates[key] = settings
         elif key == "waive":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 problems.append("waive must be a list of gate names")
@@ -235,10 +259,11 @@ def policy_from_dict(raw: dict[str, Any], *, name: str = "custom", base: Policy 
                 updates["waive"] = tuple(value)
         else:
             problems.append(
-                f"unknown policy section {key!r}; known sections: {', '.join([*_SECTIONS, 'waive'])}"
+                f"unknown policy section {key!r}; known sections: {', '.join([*sections, 'waive'])}"
             )
     if problems:
         raise ConfigError("invalid policy: " + "; ".join(problems))
+    updates["thresholds"] = tuple(sorted(thresholds.items()))
     return replace(base, **updates)
 
 

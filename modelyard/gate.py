@@ -2,258 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from modelyard.config import Policy
 from modelyard.errors import ConfigError
+from modelyard.evaluate.checks import gate_specs
+from modelyard.evaluate.evidence import Measurement as EvidenceMeasurement
+from modelyard.evaluate.schema import CandidateEvidence, GateResult, Verdict
+from modelyard.evaluate.schema import Measurement as SchemaMeasurement
+
+MeasurementLike = (
+    EvidenceMeasurement | SchemaMeasurement
+)  # what a check returned, or what evidence.json holds
 
 
 @dataclass(frozen=True)
 class Gate:
+    """One gate of a policy: the check it reads and the threshold the policy gives it."""
+
     name: str
     check: str  # measurement name
     op: str  # "<=", "<" or ">="
     threshold: float
     scale: float = 1.0  # measurement value is multiplied by this before comparing (e.g. bytes -> MB)
     unit: str = ""
-    task: str | None = None  # None: every task
-    when: Callable[[dict[str, Any]], bool] | None = None  # skip (pass) the gate when this returns False
+    tasks: tuple[str, ...] = ("classification", "embedding")
+    absent_is_not_applicable: bool = False  # the check can be absent by nature (e.g. slices, images)
+    only_if: tuple[str, str, float] | None = None
     why: str = ""
 
 
-# Budget gates exist only when the policy sets a budget, but may be waived by name at any time.
-BUDGET_GATES = ("latency_p99", "peak_rss", "size", "throughput")
-
-
-def _drop_positive(measurements: dict[str, Any]) -> bool:
-    drop = measurements.get("compare.accuracy_drop", {}).get("value")
-    return drop is not None and drop > 0
-
-
-def _present(check: str) -> Callable[[dict[str, Any]], bool]:
-    """For checks that exist only for some data (user slices, image corruptions): absent = not applicable.
-    A check that applies but could not run is present with an UNKNOWN value, and fails unless waived."""
-
-    def applies(measurements: dict[str, Any]) -> bool:
-        return check in measurements
-
-    return applies
+def budget_gates() -> tuple[str, ...]:
+    """Gates that exist only when the policy sets a threshold (budgets); they may be waived by name anyway."""
+    return tuple(g.name for _, g in gate_specs() if g.default is None)
 
 
 def gates_for(policy: Policy) -> list[Gate]:
-    """Every gate of the policy with its threshold; quality and robustness gates always exist (waivable by
-    name), budget gates only when the policy sets a budget."""
-    q, r, b = policy.quality, policy.robustness, policy.budgets
-    cls = "classification"
-    gates = [
-        Gate(
-            "accuracy_drop",
-            "compare.accuracy_drop",
-            "<=",
-            q.max_accuracy_drop_points,
-            unit="points",
-            task=cls,
-            why="accuracy drop against the baseline",
-        ),
-        Gate(
-            "accuracy_noninferiority",
-            "compare.accuracy_drop_upper95",
-            "<",
-            q.max_accuracy_drop_points,
-            unit="points",
-            task=cls,
-            why="upper bound of the one-sided 95% interval of the accuracy drop (non-inferiority margin)",
-        ),
-        Gate(
-            "accuracy_drop_significance",
-            "compare.mcnemar_p_holm",
-            ">=",
-            q.significance_alpha,
-            unit="p",
-            task=cls,
-            when=_drop_positive,
-            why="a drop that McNemar's exact test finds significant after Holm correction",
-        ),
-        Gate(
-            "flip_rate",
-            "compare.flip_rate",
-            "<=",
-            q.max_flip_rate,
-            task=cls,
-            why="share of predictions that changed",
-        ),
-        Gate(
-            "negative_flip_rate",
-            "compare.negative_flip_rate",
-            "<=",
-            q.max_negative_flip_rate,
-            task=cls,
-            why="share of items the baseline got right and the candidate gets wrong",
-        ),
-        Gate(
-            "kl_to_baseline",
-            "compare.kl_mean",
-            "<=",
-            q.max_kl_nats,
-            unit="nats",
-            task=cls,
-            why="mean KL divergence from the baseline's probabilities",
-        ),
-        Gate(
-            "ece_increase",
-            "calibration.ece_increase",
-            "<=",
-            q.max_ece_increase,
-            task=cls,
-            why="calibration error increase",
-        ),
-        Gate(
-            "worst_class_drop",
-            "slices.worst_class_drop",
-            "<=",
-            q.max_class_recall_drop_points,
-            unit="points",
-            task=cls,
-            why="largest per-class recall drop against the baseline",
-        ),
-        Gate(
-            "slice_drop",
-            "slices.worst_slice_drop",
-            "<=",
-            q.max_slice_drop_points,
-            unit="points",
-            task=cls,
-            when=_present("slices.worst_slice_drop"),
-            why="largest accuracy drop on a declared slice",
-        ),
-        Gate(
-            "corruption_mce",
-            "robustness.relative_mce",
-            "<=",
-            r.max_relative_mce,
-            task=cls,
-            when=_present("robustness.relative_mce"),
-            why="corruption error relative to the baseline's",
-        ),
-        Gate(
-            "consistency_drop",
-            "robustness.consistency_drop",
-            "<=",
-            r.max_consistency_drop_points,
-            unit="points",
-            task=cls,
-            why="drop in prediction consistency under perturbations",
-        ),
-        Gate(
-            "adversarial_drop",
-            "robustness.adversarial_accuracy_drop",
-            "<=",
-            r.max_adversarial_drop_points,
-            unit="points",
-            task=cls,
-            when=_present("robustness.adversarial_accuracy_drop"),
-            why="drop in accuracy under PGD adversarials crafted on the baseline",
-        ),
-        Gate(
-            "ood_auroc_drop",
-            "ood.auroc_drop",
-            "<=",
-            r.max_ood_auroc_drop_points,
-            unit="points",
-            when=_present("ood.auroc_drop"),
-            why="drop in out-of-distribution detection AUROC",
-        ),
-        Gate(
-            "file_scan",
-            "security.file_scan",
-            ">=",
-            1.0,
-            why="the artifact's file scan (1 = PASS)",
-        ),
-        Gate(
-            "backdoor_scan",
-            "security.backdoor_flagged_classes",
-            "<=",
-            0.0,
-            unit="classes",
-            task=cls,
-            when=_present("security.backdoor_flagged_classes"),
-            why="classes the backdoor scans flag in the training data",
-        ),
-        Gate(
-            "cosine_mean",
-            "quality.cosine_mean",
-            ">=",
-            q.min_cosine_mean,
-            task="embedding",
-            why="mean cosine to the baseline's embeddings",
-        ),
-        Gate(
-            "cosine_p5",
-            "quality.cosine_p5",
-            ">=",
-            q.min_cosine_p5,
-            task="embedding",
-            why="5th-percentile cosine to the baseline's embeddings",
-        ),
-        Gate(
-            "top10_agreement",
-            "quality.top10_agreement",
-            ">=",
-            q.min_top10_agreement,
-            task="embedding",
-            why="agreement of the 10 nearest neighbours with the baseline's",
-        ),
-    ]
-    if b.max_latency_p99_ms is not None:
+    """Every gate of the registry with the policy's threshold; a gate whose threshold is None (a budget the
+    policy does not set) does not exist. Waivers must name known gates."""
+    gates = []
+    for spec, g in gate_specs():
+        threshold = g.default if g.key is None else policy.threshold(g.key)
+        if threshold is None:
+            continue
         gates.append(
             Gate(
-                "latency_p99",
-                "efficiency.latency_p99_ms",
-                "<=",
-                b.max_latency_p99_ms,
-                unit="ms",
-                why="p99 latency budget",
+                g.name,
+                spec.name,
+                g.op,
+                float(threshold),
+                scale=g.scale,
+                unit=g.unit,
+                tasks=spec.tasks,
+                absent_is_not_applicable=spec.absent_when_missing(),
+                only_if=g.only_if,
+                why=g.why,
             )
         )
-    if b.max_peak_rss_mb is not None:
-        gates.append(
-            Gate(
-                "peak_rss",
-                "efficiency.peak_rss_bytes",
-                "<=",
-                b.max_peak_rss_mb,
-                scale=1 / 2**20,
-                unit="MB",
-                why="memory budget",
-            )
-        )
-    if b.max_size_mb is not None:
-        gates.append(
-            Gate(
-                "size",
-                "efficiency.size_bytes",
-                "<=",
-                b.max_size_mb,
-                scale=1 / 2**20,
-                unit="MB",
-                why="size budget",
-            )
-        )
-    if b.min_throughput is not None:
-        gates.append(
-            Gate(
-                "throughput",
-                "efficiency.throughput_best",
-                ">=",
-                b.min_throughput,
-                unit="items/s",
-                why="throughput floor",
-            )
-        )
-    known = {g.name for g in gates} | set(BUDGET_GATES)
+    known = {g.name for _, g in gate_specs()}
     unknown = [w for w in policy.waive if w not in known]
     if unknown:
         raise ConfigError(
@@ -273,42 +80,55 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def verdict(measurements: dict[str, dict[str, Any]], task: str, policy: Policy) -> dict[str, Any]:
-    """Apply every gate of the policy to one candidate's measurements (Measurement dicts)."""
+def _value(measurements: Mapping[str, MeasurementLike], name: str) -> float | None:
+    m = measurements.get(name)
+    return None if m is None else m.value
+
+
+def _applies(gate: Gate, measurements: Mapping[str, MeasurementLike]) -> bool:
+    """False when the gate is not applicable: its check is absent by nature, or its ``only_if`` is not met.
+    A check that applies but could not run is present with an UNKNOWN value, and fails unless waived."""
+    if gate.absent_is_not_applicable and gate.check not in measurements:
+        return False
+    if gate.only_if is not None:
+        other = _value(measurements, gate.only_if[0])
+        return other is not None and other > gate.only_if[2]
+    return True
+
+
+def verdict(measurements: Mapping[str, MeasurementLike], task: str, policy: Policy) -> Verdict:
+    """Apply every gate of the policy to one candidate's measurements."""
     results = []
     for gate in gates_for(policy):
-        if gate.task is not None and gate.task != task:
+        if task not in gate.tasks:
             continue
-        if gate.when is not None and not gate.when(measurements):
+        waived = gate.name in policy.waive
+        if not _applies(gate, measurements):
             results.append(
-                {
-                    "gate": gate.name,
-                    "check": gate.check,
-                    "passed": True,
-                    "value": None,
-                    "threshold": gate.threshold,
-                    "reason": "not applicable",
-                }
+                GateResult(
+                    gate=gate.name,
+                    check=gate.check,
+                    passed=True,
+                    value=None,
+                    threshold=gate.threshold,
+                    reason="not applicable",
+                )
             )
             continue
-        m = measurements.get(gate.check)
-        value = None if m is None else m.get("value")
+        value = _value(measurements, gate.check)
         if value is None:
-            waived = gate.name in policy.waive
+            reason = f"{gate.check} is UNKNOWN" + (
+                " (waived by policy)" if waived else "; UNKNOWN fails unless the policy waives this gate"
+            )
             results.append(
-                {
-                    "gate": gate.name,
-                    "check": gate.check,
-                    "passed": waived,
-                    "value": None,
-                    "threshold": gate.threshold,
-                    "reason": f"{gate.check} is UNKNOWN"
-                    + (
-                        " (waived by policy)"
-                        if waived
-                        else "; UNKNOWN fails unless the policy waives this gate"
-                    ),
-                }
+                GateResult(
+                    gate=gate.name,
+                    check=gate.check,
+                    passed=waived,
+                    value=None,
+                    threshold=gate.threshold,
+                    reason=reason,
+                )
             )
             continue
         shown = float(value) * gate.scale
@@ -318,45 +138,45 @@ def verdict(measurements: dict[str, dict[str, Any]], task: str, policy: Policy) 
             f"{gate.why}: {_fmt(shown)}{unit} {'meets' if ok else 'violates'} "
             f"{gate.op} {_fmt(gate.threshold)}{unit}"
         )
-        if not ok and gate.name in policy.waive:
+        if not ok and waived:
             reason += " (waived by policy)"
         results.append(
-            {
-                "gate": gate.name,
-                "check": gate.check,
-                "passed": ok or gate.name in policy.waive,
-                "value": shown,
-                "threshold": gate.threshold,
-                "reason": reason,
-            }
+            GateResult(
+                gate=gate.name,
+                check=gate.check,
+                passed=ok or waived,
+                value=shown,
+                threshold=gate.threshold,
+                reason=reason,
+            )
         )
-    return {"passed": all(r["passed"] for r in results), "gates": results}
+    return Verdict(passed=all(r.passed for r in results), gates=results)
 
 
-def _objective_value(c: dict[str, Any], minimize: str) -> float | None:
+def _objective_value(c: CandidateEvidence, minimize: str) -> float | None:
     key = {
         "cost": "efficiency.cost_usd_per_1m",
         "latency": "efficiency.latency_p50_ms",
         "size": "efficiency.size_bytes",
     }[minimize]
-    v = c["measurements"].get(key, {}).get("value")
-    return None if v is None else float(v)
+    return _value(c.measurements, key)
 
 
-def quality_value(c: dict[str, Any], task: str) -> float | None:
+def quality_value(c: CandidateEvidence, task: str) -> float | None:
     key = "quality.accuracy" if task == "classification" else "quality.cosine_mean"
-    v = c["measurements"].get(key, {}).get("value")
-    return None if v is None else float(v)
+    return _value(c.measurements, key)
 
 
-def choose_champion(candidates: list[dict[str, Any]], task: str, policy: Policy) -> tuple[str | None, str]:
+def choose_champion(
+    candidates: Sequence[CandidateEvidence], task: str, policy: Policy
+) -> tuple[str | None, str]:
     """The cheapest passing candidate by the policy's objective; near-ties (within tie_tolerance) go to the
     higher-quality, then smaller candidate. Returns (name or None, reason)."""
     minimize = policy.objective.minimize
-    passing: list[tuple[dict[str, Any], float]] = []
+    passing: list[tuple[CandidateEvidence, float]] = []
     for c in candidates:
         v = _objective_value(c, minimize)
-        if c["verdict"]["passed"] and v is not None:
+        if c.verdict.passed and v is not None:
             passing.append((c, v))
     if not passing:
         return None, "no candidate passed every gate"
@@ -364,26 +184,26 @@ def choose_champion(candidates: list[dict[str, Any]], task: str, policy: Policy)
     tol = policy.objective.tie_tolerance
     tied = [c for c, v in passing if v <= best * (1 + tol)]
 
-    def key(c: dict[str, Any]) -> tuple[float, float]:
+    def key(c: CandidateEvidence) -> tuple[float, float]:
         q = quality_value(c, task)
-        size = c["measurements"].get("efficiency.size_bytes", {}).get("value") or 0.0
+        size = _value(c.measurements, "efficiency.size_bytes") or 0.0
         return (-(q if q is not None else -1.0), float(size))
 
     champ = sorted(tied, key=key)[0]
     reason = f"lowest {minimize} among {len(passing)} passing candidate(s)"
     if len(tied) > 1:
-        others = ", ".join(c["name"] for c in tied if c is not champ)
+        others = ", ".join(c.name for c in tied if c is not champ)
         reason += f"; within {tol:.0%} of it ({others}) counted as a tie and decided by quality, then size"
-    return champ["name"], reason
+    return champ.name, reason
 
 
-def pareto_front(candidates: list[dict[str, Any]], task: str) -> list[str]:
+def pareto_front(candidates: Sequence[CandidateEvidence], task: str) -> list[str]:
     """Names of candidates not dominated in (lower cost, higher quality)."""
     pts = []
     for c in candidates:
         cost, q = _objective_value(c, "cost"), quality_value(c, task)
         if cost is not None and q is not None:
-            pts.append((c["name"], cost, q))
+            pts.append((c.name, cost, q))
     front = []
     for name, cost, q in pts:
         dominated = any(

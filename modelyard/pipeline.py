@@ -4,6 +4,7 @@ then report, model card and registry. The CLI and tests call ``run_pipeline``.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ from modelyard.data.dataset import Dataset
 from modelyard.errors import GateFailed, ModelyardError, PassSkipped, first_line
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
+from modelyard.evaluate.schema import CandidateEvidence, RunEvidence, VersionEvidence, validate_evidence
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.optimize.recipes import get_pass, parse_recipe
 from modelyard.optimize.registry import PassContext, config_to_dict
@@ -41,6 +43,11 @@ class RunResult:
     versions: dict[str, int] = field(default_factory=dict)
     model_name: str = ""
 
+    @functools.cached_property
+    def typed_evidence(self) -> RunEvidence:
+        """The evidence as the typed schema (validated once)."""
+        return validate_evidence(self.evidence)
+
     @property
     def outputs(self) -> dict[str, Path]:
         return {n: self.run_dir / n for n in ("evidence.json", "report.html", "MODEL_CARD.md")}
@@ -50,8 +57,8 @@ class RunResult:
         if self.champion is not None:
             return self.champion
         failed = [
-            f"{c['name']}: {', '.join(g['gate'] for g in c['verdict']['gates'] if not g['passed'])}"
-            for c in self.evidence["candidates"]
+            f"{c.name}: {', '.join(g.gate for g in c.verdict.gates if not g.passed)}"
+            for c in self.typed_evidence.candidates
         ]
         raise GateFailed(
             f"no candidate passed the policy's gates ({'; '.join(failed)}); run {self.run_id} is registered "
@@ -228,10 +235,11 @@ def assemble_evidence(
                 "meta": {k: v for k, v in cand.meta.items() if k != "factory_kwargs"},
                 "serving": (serving or {}).get(cand.name),
                 "measurements": ms,
-                "verdict": gate.verdict(ms, task, policy),
+                "verdict": gate.verdict(measurements[cand.name], task, policy).model_dump(),
             }
         )
-    champion, reason = gate.choose_champion(rows, task, policy)
+    typed = [CandidateEvidence.model_validate(row) for row in rows]
+    champion, reason = gate.choose_champion(typed, task, policy)
     return {
         "schema": "modelyard.evidence/2",
         "run_id": run_id,
@@ -254,7 +262,7 @@ def assemble_evidence(
         "skipped": skipped,
         "champion": champion,
         "champion_reason": reason,
-        "pareto": gate.pareto_front(rows, task),
+        "pareto": gate.pareto_front(typed, task),
         "audit": {"data": audits.get("data") or {}, "model": audits.get("model") or {}},
         "caveats": _caveats(audits, rows, dataset, suite or {}),
         "suite": {
@@ -446,6 +454,7 @@ def run_pipeline(
             serving=serving,
         )
         _int8_verdict_note(evidence)
+        typed = validate_evidence(evidence)
         # Outputs are written into a temporary folder and renamed into place: all or nothing.
         staging.mkdir(parents=True, exist_ok=True)
         write_evidence(evidence, staging)
@@ -457,6 +466,7 @@ def run_pipeline(
             from modelyard.security.trust import version_trust
 
             rows = {c["name"]: c for c in evidence["candidates"]}
+            typed_rows = {c.name: c for c in typed.candidates}
             entries = []
             for cand in [baseline, *candidates]:
                 base = cand.path if cand.path.is_dir() else cand.path.parent
@@ -466,6 +476,7 @@ def run_pipeline(
                         if p.is_file() and p.suffix in (".json", ".txt"):
                             files.setdefault(f"tokenizer/{p.name}", p)
                 row = rows[cand.name]
+                typed_row = typed_rows[cand.name]
                 manifest = _with_serving(cand.to_dict(), serving.get(cand.name))
                 # The trust decision that let the baseline in goes with every version that still needs the
                 # pickle or the factory to load; ONNX and Hugging Face versions carry none.
@@ -480,11 +491,7 @@ def run_pipeline(
                         name=cand.name,
                         files=files,
                         manifest=manifest,
-                        evidence={
-                            "measurements": row["measurements"],
-                            "verdict": row["verdict"],
-                            "run_id": run_id,
-                        },
+                        evidence=VersionEvidence.of(typed_row, run_id),
                         parent=cand.parent,
                         passes=cand.passes,
                         data_sha256=evidence["dataset"]["fingerprint_sha256"],

@@ -32,7 +32,7 @@ def populated_home(home: Path, tmp_path: Path) -> Path:
     f.write_bytes(b"existing model")
     Registry(home).register_run(
         "existing",
-        [VersionEntry(name="baseline", files={"weights.bin": f}, manifest={}, evidence={})],
+        [VersionEntry(name="baseline", files={"weights.bin": f}, manifest={})],
         run_id="run-0",
         champion="baseline",
         reason="setup",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.cli import main
+from modelyard.evaluate.schema import Verdict, VersionEvidence
 from modelyard.registry import Registry, VersionEntry
 
 
@@ -23,7 +24,9 @@ def two_runs(home: Path, tmp_path: Path) -> Registry:
                     name=name,
                     files={"model.onnx": f},
                     manifest={"name": name},
-                    evidence={"verdict": {"passed": True, "gates": []}},
+                    evidence=VersionEvidence(
+                        run_id=run, measurements={}, verdict=Verdict(passed=True, gates=[])
+                    ),
                     parent=None if name == "baseline" else "baseline",
                     passes=[] if name == "baseline" else [{"pass": "onnx", "config": {}}],
                 )

@@ -14,8 +14,9 @@ from statsmodels.stats.multitest import multipletests
 
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate import metrics as M
+from modelyard.evaluate.checks import measurement_table
 from modelyard.evaluate.compare import apply_holm, paired_comparison
-from modelyard.evaluate.evidence import MEASUREMENTS, measure
+from modelyard.evaluate.evidence import measure
 from modelyard.evaluate.quality import classification_evidence
 from modelyard.evaluate.stats import accuracy_drop, bootstrap_ci, holm
 
@@ -99,7 +100,7 @@ def test_names_units_and_json() -> None:
     assert list(out) == NAMES
     for name, m in out.items():
         assert m.name == name
-        assert m.unit == MEASUREMENTS[name][0]
+        assert m.unit == measurement_table()[name][0]
         assert m.status == "ok"
         json.dumps(m.to_dict(), allow_nan=False)
 

@@ -18,7 +18,8 @@ from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.errors import ConfigError
 from modelyard.evaluate import efficiency as E
-from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
+from modelyard.evaluate.checks import measurement_table
+from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.run import EvalOptions, _interleaved_best
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 
@@ -213,7 +214,7 @@ def test_measure_efficiency_cost_recomputes_from_its_details(clock: Clock, tmp_p
     assert cost.details["throughput_items_per_s"] == best.value
     assert cost.value == pytest.approx(PRICE / 3600 / cost.details["throughput_items_per_s"] * 1e6)
     assert res["efficiency.latency_p50_ms"].value == pytest.approx(1.1)
-    assert set(res) == {n for n in MEASUREMENTS if n.startswith("efficiency.")}
+    assert set(res) == {n for n in measurement_table() if n.startswith("efficiency.")}
     for name, m in res.items():
         assert m.details["device"] == "cpu", name
 

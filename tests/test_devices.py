@@ -218,7 +218,7 @@ def test_a_candidate_whose_runtime_cannot_reach_the_gpu_gets_unknown_efficiency(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from modelyard.evaluate import run
-    from modelyard.evaluate.evidence import MEASUREMENTS
+    from modelyard.evaluate.checks import measurement_table
 
     monkeypatch.setattr(run, "gpu_runtime", lambda: TORCH_ONLY)
     onnx = Candidate("c", "onnx", tmp_path / "m.onnx", SPEC)
@@ -228,7 +228,7 @@ def test_a_candidate_whose_runtime_cannot_reach_the_gpu_gets_unknown_efficiency(
     reason = run._unreachable(onnx, "gpu")
     assert reason is not None and "ONNX Runtime cannot run there" in reason and TORCH_ONLY.ort_note in reason
     ms = run._unknown_efficiency(reason, "gpu")
-    assert set(ms) == {n for n in MEASUREMENTS if n.startswith("efficiency.")}
+    assert set(ms) == {n for n in measurement_table() if n.startswith("efficiency.")}
     for m in ms.values():
         assert m.status == "unknown" and m.details["reason"] == reason
         assert m.details["device"] == "not loaded (cuda:0 unreachable)"

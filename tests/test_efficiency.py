@@ -18,6 +18,7 @@ import pytest
 from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate._inputs import tile as _tile
+from modelyard.evaluate.checks import measurement_table
 from modelyard.evaluate.efficiency import (
     MIN_CALLS_PER_WINDOW,
     THROUGHPUT_ROUNDS,
@@ -25,12 +26,12 @@ from modelyard.evaluate.efficiency import (
     interleaved_throughput,
     measure_efficiency,
 )
-from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
+from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.memory import measure_peak_rss
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from tests.helpers.models import build_tiny_bert, sentiment_texts
 
-EFFICIENCY = {n for n in MEASUREMENTS if n.startswith("efficiency.")}
+EFFICIENCY = {n for n in measurement_table() if n.startswith("efficiency.")}
 FAST: dict[str, Any] = {"latency_calls": 20, "min_time_s": 0.05, "batch_sizes": (1, 8)}
 PRICE = 0.25
 
@@ -170,7 +171,7 @@ def test_every_efficiency_measurement_with_its_unit(results: dict[str, Measureme
     assert set(results) == EFFICIENCY
     for name, m in results.items():
         assert m.name == name
-        assert m.unit == MEASUREMENTS[name][0]
+        assert m.unit == measurement_table()[name][0]
         assert m.status == "ok", (name, m.details)
         assert m.value is not None and m.value > 0
         d = json.loads(json.dumps(m.to_dict(), allow_nan=False))

@@ -24,7 +24,8 @@ from modelyard.evaluate.schema import (
     validate_evidence,
 )
 from modelyard.report import EVIDENCE_FILE, write_evidence
-from tests.helpers.evidence import classifier_evidence, embedder_evidence, unknown_evidence
+from tests.helpers.evidence import as_v1, classifier_evidence, embedder_evidence, unknown_evidence
+from tests.helpers.full_evidence import full_evidence
 
 V1_FILE = Path(__file__).parent / "data" / "evidence_v1.json"
 """A real v1 file: the digits demo (recipes ["onnx"]) run by the code of commit ae4072a, with every list in
@@ -111,20 +112,28 @@ def test_migration_keeps_what_v1_has_and_does_not_change_its_input() -> None:
         migrate_v1({"schema": "x/9"})
 
 
+@pytest.mark.parametrize("build", [classifier_evidence, embedder_evidence, unknown_evidence, full_evidence])
+def test_the_report_fixtures_are_valid_current_evidence(build: Any) -> None:
+    ev = validate_evidence(build())
+    assert ev.schema_version == SCHEMA_VERSION and ev.candidates
+
+
 def test_older_v1_shapes_load_with_stated_defaults() -> None:
-    """The report tests' hand-built v1 evidence is shaped like v1 files written before audits, serving
-    rules, the model spec and calibration splits were recorded."""
-    ev = load_evidence(classifier_evidence())
+    """v1 files written before audits, serving rules, the model spec and calibration splits were recorded."""
+    ev = load_evidence(as_v1(classifier_evidence()))
     assert ev.audit == {"data": {}, "model": {}} and ev.caveats == [] and ev.suite == {}
     assert ev.model.spec is None and ev.dataset.n_cal is None and ev.dataset.slice_columns == []
     assert ev.hardware.machine == "not recorded (modelyard.evidence/1)"
+    assert ev.hardware.target == "cpu" and ev.dataset.split == "not recorded (modelyard.evidence/1)"
     assert all(c.serving is None and c.meta == {} for c in ev.candidates)
-    assert load_evidence(embedder_evidence()).model.license == "Apache-2.0"
+    assert load_evidence(as_v1(embedder_evidence())).model.license == "Apache-2.0"
 
 
 def test_incomplete_v1_dicts_are_refused() -> None:
+    ev = as_v1(unknown_evidence())
+    del ev["created"]
     with pytest.raises(DataError, match=r"schema modelyard.evidence/1, migrated .*: created: Field required"):
-        load_evidence(unknown_evidence())
+        load_evidence(ev)
 
 
 # ------------------------------------------------------------------------------------- load + validate
@@ -240,9 +249,17 @@ def test_write_evidence_validates_before_writing(tmp_path: Path) -> None:
         write_evidence(bad, tmp_path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == [EVIDENCE_FILE]
-    with pytest.raises(DataError, match=r"schema: Field required"):
+    with pytest.raises(DataError, match=r"evidence schema is None; this modelyard reads"):
         write_evidence({"candidates": []}, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_write_evidence_writes_version_2_only(tmp_path: Path) -> None:
+    """A v1 dict is migrated before it is written; a RunEvidence is written as the JSON it was read from."""
+    path = write_evidence(v1_data(), tmp_path / "from-v1")
+    assert json.loads(path.read_text()) == migrate_v1(v1_data())
+    again = write_evidence(load_evidence(path), tmp_path / "typed")
+    assert again.read_text() == path.read_text()
 
 
 def test_write_evidence_validates_what_it_writes(tmp_path: Path) -> None:

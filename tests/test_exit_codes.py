@@ -64,16 +64,23 @@ def test_bad_input_exits_2(home: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_require_champion_raises_gate_failed_from_python() -> None:
     from modelyard.pipeline import RunResult
+    from tests.helpers.evidence import classifier_evidence
 
-    ev = {
-        "candidates": [
-            {
-                "name": "baseline",
-                "verdict": {"gates": [{"gate": "size", "passed": False}, {"gate": "x", "passed": True}]},
-            }
-        ]
+    ev = classifier_evidence()
+    ev["champion"] = None
+    first = ev["candidates"][0]
+    gate = {
+        "gate": "size",
+        "check": "efficiency.size_bytes",
+        "value": 9.0,
+        "threshold": 1.0,
+        "reason": "size",
+    }
+    first["verdict"] = {
+        "passed": False,
+        "gates": [{**gate, "passed": False}, {**gate, "gate": "x", "passed": True}],
     }
     result = RunResult("r1", Path("runs/r1"), ev, None)
-    with pytest.raises(GateFailed, match=r"no candidate passed .*baseline: size\)"):
+    with pytest.raises(GateFailed, match=rf"no candidate passed .*{first['name']}: size[;)]"):
         result.require_champion()
-    assert RunResult("r2", Path("runs/r2"), ev, "baseline").require_champion() == "baseline"
+    assert RunResult("r2", Path("runs/r2"), ev, first["name"]).require_champion() == first["name"]

@@ -10,7 +10,9 @@ import pytest
 
 from modelyard.config import policy_from_dict
 from modelyard.evaluate.compare import apply_holm, paired_comparison
+from modelyard.evaluate.evidence import measure
 from modelyard.evaluate.quality import classification_evidence
+from modelyard.evaluate.schema import Measurement as SchemaMeasurement
 from modelyard.evaluate.slices import slice_evidence
 from modelyard.gate import verdict
 
@@ -40,9 +42,14 @@ def _measurements(y: np.ndarray, zb: np.ndarray, zc: np.ndarray) -> dict[str, di
     return {k: m.to_dict() for k, m in by_cand["cand"].items()}
 
 
+def _typed(ms: dict[str, dict[str, Any]]) -> dict[str, SchemaMeasurement]:
+    """The measurements as evidence.json holds them (the gate reads the typed objects)."""
+    return {k: SchemaMeasurement.model_validate(v) for k, v in ms.items()}
+
+
 def _gates(ms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    v = verdict(ms, "classification", policy_from_dict({}))
-    return {g["gate"]: g for g in v["gates"]}
+    v = verdict(_typed(ms), "classification", policy_from_dict({}))
+    return {g.gate: g.model_dump() for g in v.gates}
 
 
 def test_candidate_that_loses_one_class_passes_old_gate_fails_new() -> None:
@@ -84,7 +91,8 @@ def test_overconfident_candidate_passes_old_gate_fails_new() -> None:
 def test_identical_candidate_passes_every_applicable_gate() -> None:
     y, zb = _data(seed=2)
     ms = _measurements(y, zb, zb.copy())
-    ms["security.file_scan"] = {"value": 1.0, "unit": "pass", "status": "ok"}
-    ms["robustness.consistency_drop"] = {"value": 0.0, "unit": "points", "status": "ok"}
-    v = verdict(ms, "classification", policy_from_dict({}))
-    assert v["passed"], [g for g in v["gates"] if not g["passed"]]
+    ms["security.file_scan"] = measure("security.file_scan", 1.0).to_dict()
+    ms["robustness.consistency_drop"] = measure("robustness.consistency_drop", 0.0).to_dict()
+    ms["ood.auroc_drop"] = measure("ood.auroc_drop", 0.0).to_dict()
+    v = verdict(_typed(ms), "classification", policy_from_dict({}))
+    assert v.passed, [g for g in v.gates if not g.passed]

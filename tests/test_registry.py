@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 from modelyard.errors import RegistryError
+from modelyard.evaluate.evidence import measure
+from modelyard.evaluate.schema import Measurement as SchemaMeasurement
+from modelyard.evaluate.schema import Verdict, VersionEvidence
 from modelyard.registry import Registry, VersionEntry
 from modelyard.registry import db as db_module
 from modelyard.registry.store import CHECKPOINTS
@@ -45,10 +48,15 @@ def _entries(src: Path, tag: str) -> list[VersionEntry]:
                 name=name,
                 files=files,
                 manifest={"name": name, "format": "onnx", "parent": parent},
-                evidence={
-                    "measurements": {"quality.accuracy": {"value": 0.9, "unit": "fraction"}},
-                    "tag": tag,
-                },
+                evidence=VersionEvidence(
+                    run_id=tag,
+                    measurements={
+                        "quality.accuracy": SchemaMeasurement.model_validate(
+                            measure("quality.accuracy", 0.9).to_dict()
+                        )
+                    },
+                    verdict=Verdict(passed=True, gates=[]),
+                ),
                 parent=parent,
                 passes=[] if parent is None else [{"pass": name, "config": {"bits": 8}}],
                 data_sha256="d" * 64,
@@ -217,13 +225,16 @@ def test_register_run_validation(tmp_path: Path) -> None:
         RegistryError, match=r"champion 'fp16' is not a candidate of this run; candidates: baseline"
     ):
         run(good, champion="fp16")
-    bad_path = VersionEntry("baseline", {"../escape.bin": src / "r1" / "baseline" / "model.onnx"}, {}, {})
+    bad_path = VersionEntry("baseline", {"../escape.bin": src / "r1" / "baseline" / "model.onnx"}, {})
     with pytest.raises(RegistryError, match=r"invalid artifact file path '../escape.bin'"):
         run([bad_path])
-    nan = VersionEntry("baseline", dict(good[0].files), {}, {"ece": float("nan")})
-    with pytest.raises(RegistryError, match=r"evidence of candidate 'baseline' is not plain JSON"):
+    nan = VersionEntry("baseline", dict(good[0].files), {"ece": float("nan")})
+    with pytest.raises(RegistryError, match=r"manifest of candidate 'baseline' is not plain JSON"):
         run([nan])
-    missing = VersionEntry("baseline", {"model.onnx": src / "nope.onnx"}, {}, {})
+    untyped = VersionEntry("baseline", dict(good[0].files), {}, {"ece": 0.1})  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match=r"evidence of candidate 'baseline' must be a VersionEvidence"):
+        run([untyped])
+    missing = VersionEntry("baseline", {"model.onnx": src / "nope.onnx"}, {})
     with pytest.raises(RegistryError, match=r"nope.onnx' does not exist or is not a file"):
         run([missing])
 
@@ -377,8 +388,16 @@ def test_unknown_names_on_empty_registry(tmp_path: Path) -> None:
 _CHILD = """
 import json, os, signal, sys
 from pathlib import Path
+from modelyard.evaluate.schema import VersionEvidence
 from modelyard.registry import Registry, VersionEntry
-entries = [VersionEntry(**{**e, "files": {k: Path(v) for k, v in e["files"].items()}}) for e in json.loads(sys.argv[2])]
+entries = [
+    VersionEntry(**{
+        **e,
+        "files": {k: Path(v) for k, v in e["files"].items()},
+        "evidence": VersionEvidence.model_validate(e["evidence"]),
+    })
+    for e in json.loads(sys.argv[2])
+]
 def crash_at(point):  # killed without any cleanup at the chosen checkpoint
     if point == sys.argv[3]:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -428,7 +447,11 @@ def test_killed_register_run_leaves_all_or_nothing(
     before = _snapshot(reg, [1, 2, 3])
 
     spec = [
-        {**dataclasses.asdict(e), "files": {k: str(v) for k, v in e.files.items()}}
+        {
+            **dataclasses.asdict(e),
+            "files": {k: str(v) for k, v in e.files.items()},
+            "evidence": e.evidence.model_dump(mode="json") if e.evidence is not None else None,
+        }
         for e in _entries(tmp_path / "src", "r2")
     ]
     assert point in CHECKPOINTS
@@ -493,7 +516,7 @@ def test_manifest_json_is_stored_as_text(reg: Registry) -> None:
     manifest, evidence = db.execute("SELECT manifest, evidence FROM versions WHERE version = 1").fetchone()
     db.close()
     assert json.loads(manifest) == {"name": "baseline", "format": "onnx", "parent": None}
-    assert json.loads(evidence)["tag"] == "r1"
+    assert json.loads(evidence)["run_id"] == "r1"
 
 
 def test_concurrent_runs_get_distinct_contiguous_versions(tmp_path: Path) -> None:

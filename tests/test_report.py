@@ -14,7 +14,9 @@ import yaml
 from huggingface_hub import ModelCard
 
 from modelyard.errors import DataError
+from modelyard.evaluate.checks import expected as expected_checks
 from modelyard.evaluate.evidence import measure
+from modelyard.evaluate.schema import SCHEMA_VERSION, Measurement, load_evidence
 from modelyard.report import (
     CARD_FILE,
     EVIDENCE_FILE,
@@ -33,6 +35,7 @@ from tests.helpers.evidence import (
     FAILED_REASON,
     PNG_MAGIC,
     SKIPPED_REASON,
+    as_v1,
     bins,
     classifier_evidence,
     embedder_evidence,
@@ -41,6 +44,8 @@ from tests.helpers.evidence import (
     risks_section,
     unknown_evidence,
 )
+
+V1_FILE = Path(__file__).parent / "data" / "evidence_v1.json"
 
 # --------------------------------------------------------------------------------------------- files
 
@@ -83,25 +88,70 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda ev: ev.update(champion="nobody"), r"champion 'nobody' is not one of the candidates"),
-        (lambda ev: ev.update(schema="other/2"), r"schema is 'other/2', expected 'modelyard.evidence/1'"),
-        (lambda ev: ev.update(candidates={}), r"'candidates' is a dict, expected a list"),
-        (lambda ev: ev["candidates"][1].pop("name"), r"candidates\[1\] has no name"),
+        (lambda ev: ev.update(champion="nobody"), r"champion 'nobody' is not a candidate"),
+        (lambda ev: ev.update(schema="other/2"), r"evidence schema is 'other/2'; this modelyard reads"),
+        (lambda ev: ev.update(candidates={}), r"candidates: Input should be a valid list"),
+        (lambda ev: ev["candidates"][1].pop("name"), r"candidates\[1\]\.name: Field required"),
+        (lambda ev: ev.pop("hardware"), r"hardware: Field required"),
+        (lambda ev: ev["candidates"][0].pop("verdict"), r"candidates\[0\]\.verdict: Field required"),
+        (lambda ev: ev["candidates"][0]["measurements"].clear() or ev.pop("created"), r"created: Field"),
+        (
+            lambda ev: ev["candidates"][0]["measurements"]["quality.accuracy"].update(value="0.9"),
+            r"\['quality\.accuracy'\]\.value: Input should be a valid number",
+        ),
     ],
 )
-def test_invalid_evidence_raises_data_error(tmp_path: Path, mutate: Any, match: str) -> None:
+def test_invalid_evidence_raises_one_line_data_error(tmp_path: Path, mutate: Any, match: str) -> None:
     ev = classifier_evidence()
     mutate(ev)
-    with pytest.raises(DataError, match=match):
-        write_report(ev, tmp_path)
-    with pytest.raises(DataError, match=match):
-        write_model_card(ev, tmp_path)
+    for write in (write_report, write_model_card, write_evidence, write_outputs):
+        with pytest.raises(DataError, match=match) as info:
+            write(ev, tmp_path)
+        assert "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())
 
 
+def test_partial_evidence_is_refused() -> None:
+    """Evidence without its sections is refused, not rendered with gaps."""
+    partial = {"schema": SCHEMA_VERSION, "candidates": [], "champion": None}
+    with pytest.raises(DataError, match=r"^invalid evidence \(schema modelyard.evidence/2\): run_id: Field"):
+        render_report(partial)
+    with pytest.raises(DataError, match=r"migrated to modelyard.evidence/2\): run_id: Field required"):
+        render_model_card({**partial, "schema": "modelyard.evidence/1"})
+
+
 def test_non_dict_evidence_is_refused() -> None:
-    with pytest.raises(DataError, match=r"evidence must be a dict .* got list"):
+    with pytest.raises(
+        DataError, match=r"evidence must be a dict \(JSON object\) or a RunEvidence, got list"
+    ):
         render_report([])  # type: ignore[arg-type]
+
+
+def test_typed_and_dict_evidence_render_the_same(tmp_path: Path) -> None:
+    ev = classifier_evidence()
+    typed = load_evidence(ev)
+    assert render_model_card(typed) == render_model_card(ev)
+    path = write_evidence(typed, tmp_path)
+    assert json.loads(path.read_text()) == json.loads(write_evidence(ev, tmp_path / "dict").read_text())
+    assert load_evidence(path) == typed
+
+
+def test_a_v1_file_renders_through_the_migration(tmp_path: Path) -> None:
+    """Files written by the previous version still load and render; what is written is version 2."""
+    v1 = json.loads(V1_FILE.read_text())
+    paths = write_outputs(v1, tmp_path)
+    assert json.loads(paths[EVIDENCE_FILE].read_text())["schema"] == SCHEMA_VERSION
+    html, card = paths[REPORT_FILE].read_text(), paths[CARD_FILE].read_text()
+    assert v1["run_id"] in html and v1["run_id"] in card
+    assert "<p><strong>onnx</strong></p>" in html and "(champion)" in html
+    assert "Efficiency measured on</th><td>not recorded (modelyard.evidence/1)" in html
+    acc = v1["candidates"][1]["measurements"]["quality.accuracy"]["value"]
+    assert front_matter(card)["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(acc)
+
+
+def test_older_v1_dicts_render(tmp_path: Path) -> None:
+    html = write_report(as_v1(classifier_evidence()), tmp_path).read_text()
+    assert "0.9400 [0.9200 – 0.9550]" in html and "Target</th><td>cpu" in html
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -247,7 +297,7 @@ def test_gate_values_keep_the_gates_own_scale() -> None:
 
 def test_pipeline_extras_are_rendered() -> None:
     ev = classifier_evidence()
-    ev["hardware"]["machine"] = "x86_64"
+    ev["hardware"]["machine"] = "x86_64"  # the fixture's is "test machine"
     ev["hardware"]["int8_measured"] = [
         "int8-dynamic: 1.50x the throughput of its fp32 parent onnx (pays off here)"
     ]
@@ -289,7 +339,7 @@ def test_card_unknown_measurements_and_no_champion() -> None:
     text = render_model_card(ev)
     meta = front_matter(text)
     assert "model-index" not in meta  # nothing known to claim
-    assert meta["tags"] == ["modelyard", "tabular-classification"]
+    assert meta["tags"] == ["modelyard", "tabular-classification", "torch"]
     card = ModelCard(text)
     assert card.data.eval_results is None
     assert "| `quality.accuracy` | unknown (predictions failed: runner crashed) |" in text
@@ -304,9 +354,15 @@ def test_card_unknown_measurements_and_no_champion() -> None:
         "Unknown measurements (the check ran but gave no value): calibration.ece, efficiency.throughput_best, "
         "quality.accuracy." in found
     )
-    assert any(r.startswith("Not measured: quality.macro_f1, calibration.ece_increase") for r in found)
-    assert "The artifact's SHA-256 is not recorded, so the file cannot be matched to this card." in found
+    # every check a complete classifier run has (the registry's) and this evidence lacks, in registry order
+    missing = [n for n in expected_checks("classification") if n not in ev["candidates"][0]["measurements"]]
+    assert missing[:2] == ["quality.macro_f1", "compare.accuracy_drop"]
+    assert f"Not measured: {', '.join(missing)}." in found
     assert "The model's source is not recorded in the evidence." in found
+    assert (
+        "The evidence does not record the hardware that speed, memory and cost were measured on; other "
+        "hardware will give other numbers." in found
+    )
 
 
 def test_card_escapes_script_and_markdown() -> None:
@@ -329,7 +385,7 @@ def test_md_escape_cases() -> None:
 
 
 def test_empty_candidates_do_not_crash(tmp_path: Path) -> None:
-    ev = {"schema": "modelyard.evidence/1", "candidates": [], "champion": None}
+    ev = {**classifier_evidence(), "candidates": [], "champion": None, "pareto": []}
     paths = write_outputs(ev, tmp_path)
     assert "The evidence holds no candidates" in paths[CARD_FILE].read_text()
     assert "No champion:" in paths[REPORT_FILE].read_text()
@@ -347,8 +403,10 @@ def test_formatting() -> None:
     assert fmt_number(15000.0, "items/s") == "15,000 items/s"
     assert fmt_number(3e-6, "p-value") == "3.00e-06 p-value"
     assert fmt_measurement(None, "quality.accuracy") == "not measured"
-    m = measure("quality.accuracy", 0.5, (0.25, 0.75)).to_dict()
+    m = Measurement.model_validate(measure("quality.accuracy", 0.5, (0.25, 0.75)).to_dict())
     assert fmt_measurement(m, "quality.accuracy") == "0.5000 [0.2500 – 0.7500]"
+    unknown = Measurement.model_validate(measure("quality.accuracy", None, reason="no labels").to_dict())
+    assert fmt_measurement(unknown, "quality.accuracy") == "unknown (no labels)"
 
 
 def test_plots_return_png_and_refuse_empty_data() -> None:

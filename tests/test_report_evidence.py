@@ -13,297 +13,18 @@ from huggingface_hub import ModelCard
 
 from modelyard.errors import DataError
 from modelyard.evaluate.evidence import measure
+from modelyard.evaluate.schema import load_evidence
 from modelyard.report import plots, render_model_card, render_report
 from modelyard.report.card import md_table, risks
 from modelyard.report.governance import governance_rows
 from tests.helpers.evidence import (
     PNG_MAGIC,
-    bins,
     classifier_evidence,
     embedder_evidence,
     front_matter,
     risks_section,
 )
-
-EVIL = "<script>alert(1)</script>"
-CLASSES = [str(k) for k in range(10)]
-CORRUPTIONS = ["gaussian_noise", "gaussian_blur", "brightness"]
-LEAK_CAVEAT = "4.2% of test items have a near-duplicate in training (15 of 360); accuracy may be inflated"
-LIMITS = "adaptive attacks can evade activation clustering and spectral signatures; a clean scan is not proof"
-
-
-def _per_class(i: int) -> list[dict[str, Any]]:
-    rows = []
-    for k in CLASSES:
-        recall = 0.97 - 0.01 * int(k) - (0.3 if (k == "3" and i == 2) else 0.0)
-        base = 0.97 - 0.01 * int(k)
-        rows.append(
-            {
-                "class": k,
-                "support": 36,
-                "precision": None if k == "9" else 0.95,
-                "precision_ci": None if k == "9" else [0.83, 0.99],
-                "recall": recall,
-                "recall_ci": [recall - 0.1, min(1.0, recall + 0.05)],
-                "f1": 0.9,
-                "baseline_recall": base,
-                "recall_drop_points": 100 * (base - recall),
-            }
-        )
-    return rows
-
-
-def _evidence_measurements(i: int) -> dict[str, Any]:
-    """The new measurements of candidate ``i`` (0 = baseline), in the shapes the evaluation writes."""
-    drop = 30.0 if i == 2 else 0.5 * i
-    table = {c: [0.9 - 0.1 * s - 0.02 * i for s in range(5)] for c in CORRUPTIONS}
-    hist = {
-        "edges": [-10.0 + k for k in range(11)],
-        "id": [0, 1, 5, 20, 30, 20, 5, 0, 0, 0],
-        "ood": [0] * 5 + [3, 10, 20, 10, 2],
-    }
-    ms = [
-        measure("compare.negative_flip_rate", 0.004 * i, (0.0, 0.02)),
-        measure("compare.kl_mean", 0.001 * i + 1e-6, (0.0, 0.01), max_abs_logit_diff=0.2),
-        measure(
-            "calibration.temperature",
-            1.5 + 0.1 * i,
-            n_cal=180,
-            nll_before=0.31,
-            nll_after=0.22,
-            fitted_on="calibration split",
-        ),
-        measure(
-            "calibration.ece_calibrated", 0.011 + 0.001 * i, (0.005, 0.03), bins=bins(0.01), ece_before=0.04
-        ),
-        measure(
-            "slices.worst_class_recall",
-            0.64 if i == 2 else 0.88,
-            (0.54, 0.69) if i == 2 else (0.78, 0.93),
-            per_class=_per_class(i),
-            worst_class="3" if i == 2 else "9",
-        ),
-        measure(
-            "slices.worst_class_drop",
-            drop,
-            (drop - 5, drop + 5),
-            **{"class": "3", "per_class_drop_points": {"3": drop, "4": 0.0}},
-        ),
-        measure(
-            "slices.worst_slice_drop",
-            2.5,
-            slices=[
-                {
-                    "column": "writer",
-                    "value": "left-handed",
-                    "n": 40,
-                    "accuracy": 0.9,
-                    "accuracy_ci": [0.77, 0.96],
-                    "baseline_accuracy": 0.925,
-                    "drop_points": 2.5,
-                    "status": "ok",
-                },
-                {
-                    "column": "writer",
-                    "value": "unknown",
-                    "n": 5,
-                    "accuracy": 0.8,
-                    "accuracy_ci": [0.38, 0.96],
-                    "baseline_accuracy": 0.8,
-                    "drop_points": 0.0,
-                    "status": "unknown: n < min_support",
-                },
-            ],
-            worst={"column": "writer", "value": "left-handed"},
-        ),
-        measure(
-            "robustness.corruption_accuracy",
-            0.7 - 0.02 * i,
-            table=table,
-            clean_accuracy=0.96 - 0.01 * i,
-            baseline_table={c: [0.9 - 0.1 * s for s in range(5)] for c in CORRUPTIONS},
-        ),
-        measure(
-            "robustness.relative_mce", 1.0 + 0.05 * i, per_corruption={c: 1.0 + 0.05 * i for c in CORRUPTIONS}
-        ),
-        measure(
-            "robustness.consistency",
-            0.97 - 0.01 * i,
-            (0.95, 0.98),
-            per_perturbation={"gaussian_noise": 0.96, "brightness": 0.99},
-        ),
-        measure("robustness.consistency_drop", 1.0 * i),
-        measure(
-            "robustness.adversarial_accuracy",
-            0.312 + 0.01 * i,
-            (0.26, 0.36),
-            attacks={
-                "fgsm": {"robust_accuracy": 0.45 + 0.01 * i, "asr": 0.52, "n": 360, "n_clean_correct": 340},
-                "pgd": {"robust_accuracy": 0.312 + 0.01 * i, "asr": 0.67, "n": 360, "n_clean_correct": 340},
-            },
-            epsilon=0.1,
-            epsilon_text="0.1 of the input range (1.6/16 grey levels)",
-            steps=10,
-            crafted_on="baseline",
-            transfer=i > 0,
-        ),
-        measure("robustness.attack_success_rate", 0.67, (0.62, 0.72)),
-        measure("robustness.adversarial_accuracy_drop", -1.0 * i),
-        measure(
-            "ood.auroc",
-            0.93 - 0.01 * i,
-            (0.9, 0.95),
-            score="energy",
-            positive="OOD",
-            scores={
-                s: {"auroc": 0.9 + 0.01 * k, "aupr_in": 0.88, "aupr_out": 0.91, "fpr95": 0.3 - 0.01 * k}
-                for k, s in enumerate(["msp", "energy", "maxlogit"])
-            },
-            per_set={
-                "noise": {"n": 100, "auroc": 0.99, "fpr95": 0.01},
-                "letters": {"n": 100, "auroc": 0.8123, "fpr95": 0.5},
-            },
-            histogram=hist,
-            n_id=360,
-            n_ood=200,
-            ood_source="built-in",
-        ),
-        measure("ood.fpr95", 0.29 + 0.01 * i, (0.2, 0.35)),
-        measure("ood.auroc_drop", 1.0 * i),
-        measure("security.file_scan", 1.0, verdict="PASS", format="onnx", findings=[]),
-        measure(
-            "security.backdoor_flagged_classes",
-            1.0,
-            flagged_classes=["0"],
-            n_suspicious=12,
-            method="activation clustering confirmed by spectral signatures",
-            limits=LIMITS,
-        ),
-        measure("quality.accuracy_clean", 0.951 - 0.01 * i, (0.93, 0.97), n=340, excluded=20, baseline=0.951),
-    ]
-    return {m.name: m.to_dict() for m in ms}
-
-
-def _serving(i: int) -> dict[str, Any]:
-    return {
-        "temperature": 1.5 + 0.1 * i,
-        "ood": {
-            "score": "energy",
-            "threshold": -4.25,
-            "flag": "score > threshold",
-            "tpr_target": 0.95,
-            "fitted_on": "calibration split",
-        },
-        "input_contract": {
-            "inputs": [
-                {
-                    "name": "pixels",
-                    "dtype": "float32",
-                    "shape": [None, 1, 8, 8],
-                    "value_range": [0.0, 1.0],
-                    "finite": True,
-                }
-            ],
-            "text": False,
-        },
-    }
-
-
-def _audit() -> dict[str, Any]:
-    return {
-        "data": {
-            "status": "ok",
-            "representation": "penultimate layer (input of classifier.3)",
-            "exact_duplicates": {
-                "train_groups": 2,
-                "test_groups": 0,
-                "examples": [{"split": "train", "indices": [3, 7]}],
-            },
-            "near_duplicates": {
-                "threshold": 0.98,
-                "method": "cosine of L2-normalised features",
-                "pairs": 15,
-                "examples": [{"test": 4, "train": 99, "similarity": 0.991, "text": EVIL}],
-            },
-            "leakage": {
-                "exact_fraction": 0.0,
-                "near_fraction": 0.042,
-                "n_test": 360,
-                "pairs": [{"test": 4, "train": 99, "kind": "near", "similarity": 0.991}],
-                "test_indices": [4],
-            },
-            "label_conflicts": {"count": 1, "examples": [{"indices": [5, 6], "labels": ["1", "7"]}]},
-            "label_issues": {
-                "status": "ok",
-                "method": "cleanlab find_label_issues, 5-fold out-of-sample logistic regression",
-                "train_flagged": 16,
-                "test_flagged": 3,
-                "estimated_error_rate": 0.011,
-                "test_indices": [11, 12, 13],
-                "examples": [
-                    {
-                        "index": 11,
-                        "split": "test",
-                        "given": "1",
-                        "suggested": "7",
-                        "self_confidence": 0.02,
-                        "text": EVIL,
-                    }
-                ],
-            },
-            "outliers": {"count": 4, "fraction": 0.011, "top": [{"index": 8, "score": 0.5}]},
-            "balance": {
-                "train": {k: 140 + int(k) for k in CLASSES},
-                "test": {k: 36 for k in CLASSES},
-                "imbalance_ratio": 1.064,
-            },
-            "provenance": {
-                "fingerprint_sha256": "f" * 64,
-                "source": None,
-                "license": None,
-                "datasheet": None,
-            },
-            "caveats": [LEAK_CAVEAT, "the dataset's licence is not declared"],
-            "clean_test_indices": list(range(340)),
-        },
-        "model": {
-            "scan": {"status": "PASS", "format": "torch-zip", "findings": [], "sha256": "a" * 64},
-            "backdoor": {
-                "status": "ok",
-                "flagged_classes": ["0"],
-                "suspicious_indices": list(range(12)),
-                "n_suspicious": 12,
-                "method": "activation clustering confirmed by spectral signatures",
-                "limits": LIMITS,
-                "representation": "penultimate layer (input of classifier.3)",
-            },
-        },
-    }
-
-
-def full_evidence() -> dict[str, Any]:
-    """The report tests' classifier evidence with every new measurement, serving rule and section."""
-    ev = classifier_evidence()
-    for i, c in enumerate(ev["candidates"]):
-        c["measurements"].update(_evidence_measurements(i))
-        if i == 0:  # the baseline has no paired comparison with itself
-            for name in ("compare.negative_flip_rate", "compare.kl_mean", "ood.auroc_drop"):
-                c["measurements"].pop(name)
-        c["serving"] = _serving(i)
-    ev["audit"] = _audit()
-    ev["caveats"] = [
-        LEAK_CAVEAT,
-        "an estimated 1.1% of labels may be wrong (cleanlab, out-of-sample); 3 test items flagged",
-    ]
-    ev["suite"] = {
-        "seconds": {"robustness": 1.234, "ood": 0.2, "audit.data": 2.5},
-        "sample_sizes": {
-            "robustness": {"n": 360, "why": "385 items give a 5-point half-width; the test split has 360"}
-        },
-        "calibration_split": "20% of train, stratified",
-        "ood_source": "built-in",
-    }
-    return ev
+from tests.helpers.full_evidence import CLASSES, EVIL, LEAK_CAVEAT, LIMITS, full_evidence
 
 
 @pytest.fixture(scope="module")
@@ -501,9 +222,9 @@ def test_card_risks_group_unknown_checks_by_reason() -> None:
 
 
 def test_governance_rows_follow_the_evidence() -> None:
-    full = {r["evidence"] for r in governance_rows(full_evidence())}
+    full = {r["evidence"] for r in governance_rows(load_evidence(full_evidence()))}
     assert len(full) == 13
-    old = {r["evidence"] for r in governance_rows(classifier_evidence())}
+    old = {r["evidence"] for r in governance_rows(load_evidence(classifier_evidence()))}
     assert not any(
         k.startswith(
             (
@@ -524,7 +245,7 @@ def test_governance_rows_follow_the_evidence() -> None:
         for name in [n for n in c["measurements"] if n.startswith("ood.")]:
             c["measurements"][name] = measure(name, None, reason="no OOD set").to_dict()
     assert not any(
-        r["evidence"].startswith("Out-of-distribution") for r in governance_rows(ev)
+        r["evidence"].startswith("Out-of-distribution") for r in governance_rows(load_evidence(ev))
     )  # unknown: no row
 
 
@@ -557,7 +278,7 @@ AUDIT_ONLY = {"no-audit", "empty-audit", "skipped-audit", "odd-audit-parts", "od
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda ev: ev.pop("audit"),
+        lambda ev: ev.update(audit={}),
         lambda ev: ev.update(audit={"data": {}, "model": {}}),
         lambda ev: ev.update(
             audit={
@@ -572,10 +293,14 @@ AUDIT_ONLY = {"no-audit", "empty-audit", "skipped-audit", "odd-audit-parts", "od
             outliers={"top": "x"},
         ),
         lambda ev: ev.update(suite={"seconds": {"x": "slow"}, "sample_sizes": {"y": 3}}),
-        lambda ev: [c.pop("serving") for c in ev["candidates"]],
+        lambda ev: [c.update(serving=None) for c in ev["candidates"]],
         lambda ev: [
             c.update(
-                serving={"ood": {"threshold": None}, "input_contract": {"inputs": [None, {"shape": "?"}]}}
+                serving={
+                    "temperature": None,
+                    "ood": {"threshold": None},
+                    "input_contract": {"inputs": [None, {"shape": "?"}]},
+                }
             )
             for c in ev["candidates"]
         ],
@@ -614,7 +339,9 @@ AUDIT_ONLY = {"no-audit", "empty-audit", "skipped-audit", "odd-audit-parts", "od
         "all-unknown",
     ],
 )
-def test_missing_or_malformed_shapes_render(mutate: Any, request: pytest.FixtureRequest) -> None:
+def test_missing_or_malformed_free_form_parts_render(mutate: Any, request: pytest.FixtureRequest) -> None:
+    """Valid evidence whose free-form parts (audit, suite, serving rules, measurement details) are empty,
+    odd or unknown still renders every section."""
     if request.node.callspec.id in AUDIT_ONLY:  # these change no plotted data: stub the plots
         request.getfixturevalue("fast_plots")
     ev = full_evidence()
@@ -650,11 +377,20 @@ def test_evidence_without_new_sections_renders_not_measured() -> None:
     assert "No robustness check is in the evidence (not measured)." in html
     assert "No out-of-distribution check is in the evidence (not measured)." in html
     assert "The evidence records no data audit." in html
-    assert "‡" not in html  # no caveats, no marker
+    # the only caveat: no data audit was recorded, so leakage and label errors were not checked
+    assert "‡ Caveats on every accuracy figure" in html
+    assert "the data audit did not run (not recorded in the evidence)" in html
     assert len(_images(html)) == 4
     text = render_model_card(ev)
     assert "Accuracy on the clean test subset: not measured." in text
     assert "No candidate has a fitted temperature in the evidence (not measured)." in text
+
+
+def test_no_caveats_no_marker(fast_plots: None) -> None:
+    ev = classifier_evidence()
+    ev["audit"] = {"data": {"status": "ok"}, "model": {}}
+    html = render_report(ev)
+    assert "‡" not in html and "Caveats on every accuracy figure" not in html
 
 
 def test_embedder_evidence_has_no_classifier_sections() -> None:
@@ -669,15 +405,31 @@ def test_embedder_evidence_has_no_classifier_sections() -> None:
     assert "## Per-class results" not in render_model_card(ev)
 
 
-def test_wrong_section_types_are_refused() -> None:
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda ev: ev.update(audit=["not", "a", "dict"]), r"audit: Input should be a valid dictionary"),
+        (lambda ev: ev.update(caveats="one string"), r"caveats: Input should be a valid list"),
+        (lambda ev: ev.pop("audit"), r"audit: Field required"),
+        (lambda ev: ev["candidates"][1].pop("serving"), r"candidates\[1\]\.serving: Field required"),
+        (
+            lambda ev: ev["candidates"][1]["serving"].pop("temperature"),
+            r"candidates\[1\]\.serving\.temperature: Field required",
+        ),
+        (
+            lambda ev: ev["candidates"][1]["measurements"]["ood.auroc"].update(details=None),
+            r"\['ood\.auroc'\]\.details: Input should be a valid dictionary",
+        ),
+    ],
+    ids=["audit-list", "caveats-str", "no-audit", "no-serving", "serving-no-temperature", "null-details"],
+)
+def test_wrong_or_missing_sections_are_refused_in_one_line(mutate: Any, match: str) -> None:
     ev = full_evidence()
-    ev["audit"] = ["not", "a", "dict"]
-    with pytest.raises(DataError, match=r"'audit' is a list, expected a dict"):
-        render_report(ev)
-    ev = full_evidence()
-    ev["caveats"] = "one string"
-    with pytest.raises(DataError, match=r"'caveats' is a str, expected a list of sentences"):
-        render_model_card(ev)
+    mutate(ev)
+    for render in (render_report, render_model_card):
+        with pytest.raises(DataError, match=match) as info:
+            render(ev)
+        assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -737,6 +489,7 @@ def test_sections_render_what_the_evaluation_functions_write() -> None:
     }
     ev = classifier_evidence()
     cands = [ev["candidates"][0], ev["candidates"][2]]
+    cands[1]["parent"] = "baseline"  # its parent (onnx) is left out
     ev["candidates"], ev["pareto"] = cands, []
     for c, z, zc, advz in ((cands[0], base, corrupt, adv), (cands[1], cand, corrupt_c, adv)):
         ms: dict[str, Any] = {}
@@ -763,7 +516,11 @@ def test_sections_render_what_the_evaluation_functions_write() -> None:
         oms, rule = ood.ood_evidence(base, ood_sets, z, ood_sets, logits_val_cand=z[:100], n_resamples=200)
         ms.update(oms)
         c["measurements"].update({name: m.to_dict() for name, m in ms.items()})
-        c["serving"] = {"temperature": ms["calibration.temperature"].value, "ood": rule}
+        c["serving"] = {
+            "temperature": ms["calibration.temperature"].value,
+            "ood": rule,
+            "input_contract": {},
+        }
     html = render_report(ev)
     text = render_model_card(ev)
     for part in (
@@ -781,13 +538,13 @@ def test_per_class_bars_compare_the_baseline_with_the_champion_when_many() -> No
     from modelyard.report.sections import per_class_series
 
     ev = full_evidence()
-    classes, series, note = per_class_series(ev)
+    classes, series, note = per_class_series(load_evidence(ev))
     assert classes == CLASSES and list(series) == ["baseline", "onnx", "int8-dynamic", "int8-static"]
     assert series["int8-dynamic"][3] == pytest.approx(0.64) and note == ""
     extra = copy.deepcopy(ev["candidates"][1])
     extra["name"] = "fp16"
     ev["candidates"].append(extra)
-    classes, series, _ = per_class_series(ev)
+    classes, series, _ = per_class_series(load_evidence(ev))
     assert list(series) == ["baseline", "int8-dynamic"]  # four candidates: the champion only
 
 
@@ -795,11 +552,12 @@ def test_worst_table_has_slice_columns_only_when_slices_were_declared() -> None:
     from modelyard.report.sections import worst_table
 
     ev = full_evidence()
-    assert worst_table(ev)["header"][-2:] == ["worst-slice drop (points)", "slice"]
-    assert worst_table(ev)["rows"][2][-1] == "writer = left-handed"
+    t = worst_table(load_evidence(ev))
+    assert t["header"][-2:] == ["worst-slice drop (points)", "slice"]
+    assert t["rows"][2][-1] == "writer = left-handed"
     for c in ev["candidates"]:
         c["measurements"].pop("slices.worst_slice_drop")
-    t = worst_table(ev)
+    t = worst_table(load_evidence(ev))
     assert t["header"][-1] == "class" and all(len(r) == 5 for r in t["rows"])
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from modelyard.errors import ConfigError
+from modelyard.evaluate.evidence import measure
+from modelyard.evaluate.schema import Measurement as SchemaMeasurement
 from modelyard.serve.batcher import (
     THREAD_NAME_PREFIX,
     BatchingConfig,
@@ -420,21 +422,14 @@ def test_config_is_validated() -> None:
 # choose_batching
 
 
-def evidence(curve: dict[str, float] | None) -> dict[str, Any]:
-    """Measurements shaped as measure_efficiency stores them."""
+def evidence(curve: dict[str, float] | None) -> dict[str, SchemaMeasurement]:
+    """Measurements shaped as measure_efficiency stores them (typed, as the registry returns them)."""
     details: dict[str, Any] = {"method": "median of per-call rates"}
     if curve is not None:
         details |= {"curve": curve, "best_batch": int(max(curve, key=lambda k: curve[k]))}
-    return {
-        "efficiency.throughput_best": {
-            "name": "efficiency.throughput_best",
-            "value": max(curve.values()) if curve else None,
-            "unit": "items/s",
-            "status": "ok" if curve else "unknown",
-            "details": details,
-        },
-        "efficiency.throughput_b32": {"value": (curve or {}).get("32"), "details": {}},
-    }
+    best = measure("efficiency.throughput_best", max(curve.values()) if curve else None, **details)
+    b32 = measure("efficiency.throughput_b32", (curve or {}).get("32"))
+    return {m.name: SchemaMeasurement.model_validate(m.to_dict()) for m in (best, b32)}
 
 
 def test_choose_batching_batches_where_the_curve_pays_within_budget() -> None:
@@ -474,7 +469,14 @@ def test_choose_batching_stays_at_one_when_batches_are_too_slow() -> None:
     [
         (None, "no efficiency measurements"),
         ({}, "no efficiency measurements"),
-        ({"quality.accuracy": {"value": 0.9}}, "no efficiency.throughput_best"),
+        (
+            {
+                "quality.accuracy": SchemaMeasurement.model_validate(
+                    measure("quality.accuracy", 0.9).to_dict()
+                )
+            },
+            "no efficiency.throughput_best",
+        ),
         (evidence(None), "no throughput-per-batch-size curve"),
         (evidence({"8": 500.0, "32": 900.0}), "no batch-1 point"),
     ],
@@ -483,11 +485,6 @@ def test_choose_batching_without_a_curve_falls_back_to_one(measurements: Any, re
     cfg = choose_batching(measurements, latency_budget_ms=None, max_queue=17)
     assert cfg.max_batch_size == 1 and cfg.max_queue == 17
     assert reason in cfg.why
-
-
-def test_choose_batching_accepts_a_whole_evidence_row() -> None:
-    row = {"measurements": evidence({"1": 100.0, "4": 300.0}), "verdict": {}}
-    assert choose_batching(row, latency_budget_ms=100.0).max_batch_size == 4
 
 
 def test_choose_batching_rejects_a_bad_budget() -> None:

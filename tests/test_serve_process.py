@@ -85,7 +85,7 @@ def register_gated_model(registry: Registry, folder: Path, port: int) -> None:
     cand = Candidate(GATED, "torch", path, spec, meta=meta)
     registry.register_run(
         GATED,
-        [VersionEntry(name="baseline", files={path.name: path}, manifest=cand.to_dict(), evidence={})],
+        [VersionEntry(name="baseline", files={path.name: path}, manifest=cand.to_dict())],
         run_id="gated-run",
         champion="baseline",
         reason="test: a model the test can hold in flight",

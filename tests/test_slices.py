@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_fscore_support
 
 from modelyard.errors import ConfigError, DataError
-from modelyard.evaluate.evidence import MEASUREMENTS
+from modelyard.evaluate.checks import measurement_table
 from modelyard.evaluate.slices import per_class_table, slice_evidence, user_slice_evidence
 from modelyard.evaluate.stats import bootstrap_ci
 
@@ -114,7 +114,7 @@ def test_a_lost_class_keeps_global_accuracy_but_shows_as_the_worst_class() -> No
     assert list(out) == ["slices.worst_class_recall", "slices.worst_class_drop"]
 
     drop = out["slices.worst_class_drop"]
-    assert drop.unit == MEASUREMENTS["slices.worst_class_drop"][0]
+    assert drop.unit == measurement_table()["slices.worst_class_drop"][0]
     assert drop.value == pytest.approx(100.0)
     assert drop.details["class"] == "3"
     assert drop.interval == pytest.approx((100.0, 100.0))

@@ -120,7 +120,7 @@ def _register(
     reg = Registry(home)
     reg.register_run(
         name,
-        [VersionEntry(name="baseline", files={cand.path.name: cand.path}, manifest=manifest, evidence={})],
+        [VersionEntry(name="baseline", files={cand.path.name: cand.path}, manifest=manifest)],
         run_id=f"{name}-run",
         champion="baseline",
         reason="test",

@@ -24,7 +24,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 # Registration order is the order of `modelyard --help`: commands first, then the groups.
 app.command("serve")(serve.serve)
-for command in (run.demo, run.optimize, run.evaluate, run.passes):
+for command in (run.demo, run.optimize, run.evaluate, run.passes, run.checks):
     app.command()(command)
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")

@@ -52,7 +52,7 @@ def models_show(
         name, version = reg.resolve(ref)
         info = reg.get_version(name, version)
         if as_json:
-            console.print_json(json.dumps(info, default=str))
+            console.print_json(json.dumps(info, default=_json_default))
             return
         table = Table(title=f"{name} v{version}")
         table.add_column("field")
@@ -61,8 +61,8 @@ def models_show(
             if key in info:
                 table.add_row(key, str(info[key]))
         table.add_row("passes", " > ".join(p["pass"] for p in info.get("passes", [])) or "(baseline)")
-        verdict = (info.get("evidence") or {}).get("verdict") or {}
-        table.add_row("verdict", "pass" if verdict.get("passed") else "fail")
+        evidence = info.get("evidence")
+        table.add_row("verdict", "-" if evidence is None else ("pass" if evidence.verdict.passed else "fail"))
         manifest = info.get("manifest") or {}
         table.add_row("trust", describe_trust(manifest.get("format"), manifest.get("meta")))
         console.print(table)
@@ -72,7 +72,8 @@ def models_show(
         table.add_column(col)
     for v in reg.list_versions(ref):
         full = reg.get_version(ref, int(v["version"]))
-        verdict = ((full.get("evidence") or {}).get("verdict") or {}).get("passed")
+        evidence = full.get("evidence")
+        verdict = None if evidence is None else evidence.verdict.passed
         table.add_row(
             f"v{v['version']}",
             str(v.get("candidate")),
@@ -127,3 +128,12 @@ def models_log(
             str(e["reason"]),
         )
     console.print(table)
+
+
+def _json_default(value: object) -> object:
+    """JSON for what ``get_version`` returns beyond plain data: the typed evidence, paths."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    return str(value)

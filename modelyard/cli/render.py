@@ -4,10 +4,13 @@ audits and outputs."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from modelyard.evaluate.schema import Measurement, RunEvidence
 
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -16,42 +19,47 @@ err_console = Console(stderr=True)
 serve_console = Console()
 
 
-def _fmt(m: dict[str, Any] | None, kind: str = "g") -> str:
-    if not m or m.get("value") is None:
+def _ends(m: Measurement) -> tuple[float, float] | None:
+    if m.interval is None or m.interval[0] is None or m.interval[1] is None:
+        return None
+    return m.interval[0], m.interval[1]
+
+
+def _fmt(m: Measurement | None, kind: str = "g") -> str:
+    if m is None or m.value is None:
         return "unknown"
-    v = float(m["value"])
+    v = m.value
+    ends = _ends(m)
     if kind == "pct":
         s = f"{100 * v:.2f}%"
-        if m.get("interval"):
-            lo, hi = m["interval"]
-            s += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        if ends:
+            s += f" [{100 * ends[0]:.1f}, {100 * ends[1]:.1f}]"
         return s
     if kind == "bytes":
         return f"{v / 1024:.0f} KB" if v < 2**20 else f"{v / 2**20:.1f} MB"
     if kind == "int":
         s = f"{v:,.0f}"
-        if m.get("interval"):
-            lo, hi = m["interval"]
-            s += f" [{lo:,.0f}, {hi:,.0f}]"
+        if ends:
+            s += f" [{ends[0]:,.0f}, {ends[1]:,.0f}]"
         return s
     if kind == "usd":
         return f"${v:.4f}"
     return f"{v:.4g}"
 
 
-def _candidates_table(evidence: dict[str, Any]) -> Table:
-    task = evidence["model"]["task"]
-    table = Table(title=f"{evidence['model']['name']} — run {evidence['run_id']}", show_lines=False)
+def _candidates_table(evidence: RunEvidence) -> Table:
+    task = evidence.model.task
+    table = Table(title=f"{evidence.model.name} — run {evidence.run_id}", show_lines=False)
     cols = ["candidate"]
     if task == "classification":
         cols += ["accuracy [95% CI]", "drop (pts)", "flips", "ECE"]
     else:
         cols += ["cosine mean", "cosine p5", "top-10 agree", "recall@1"]
     cols += ["p50 ms", "items/s (best) [95% CI]", "size", "$/1M", "verdict"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("candidate", "verdict") else "right")
-    for c in evidence["candidates"]:
-        m = c["measurements"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    for c in evidence.candidates:
+        m = c.measurements
         if task == "classification":
             q = [
                 _fmt(m.get("quality.accuracy"), "pct"),
@@ -66,9 +74,9 @@ def _candidates_table(evidence: dict[str, Any]) -> Table:
                 _fmt(m.get("quality.top10_agreement")),
                 _fmt(m.get("quality.paraphrase_recall_at_1")),
             ]
-        failed = [g["gate"] for g in c["verdict"]["gates"] if not g["passed"]]
-        verdict = "[green]pass[/]" if c["verdict"]["passed"] else f"[red]fail[/] ({', '.join(failed)})"
-        name = c["name"] + (" [bold yellow]★[/]" if c["name"] == evidence["champion"] else "")
+        failed = [g.gate for g in c.verdict.gates if not g.passed]
+        verdict = "[green]pass[/]" if c.verdict.passed else f"[red]fail[/] ({', '.join(failed)})"
+        name = c.name + (" [bold yellow]★[/]" if c.name == evidence.champion else "")
         table.add_row(
             name,
             *q,
@@ -81,9 +89,9 @@ def _candidates_table(evidence: dict[str, Any]) -> Table:
     return table
 
 
-def _checks_table(evidence: dict[str, Any]) -> Table:
+def _checks_table(evidence: RunEvidence) -> Table:
     """The checks beyond accuracy and speed, one row per candidate."""
-    task = evidence["model"]["task"]
+    task = evidence.model.task
     table = Table(title="beyond accuracy (against the baseline)")
     if task == "classification":
         cols = [
@@ -109,21 +117,27 @@ def _checks_table(evidence: dict[str, Any]) -> Table:
     table.add_column("candidate")
     for title, _, _ in cols:
         table.add_column(title, justify="right")
-    for c in evidence["candidates"]:
-        m = c["measurements"]
+    for c in evidence.candidates:
+        m = c.measurements
         cells = []
         for _, key, kind in cols:
             if kind == "scan":
-                v = (m.get(key) or {}).get("value")
+                scan = m.get(key)
+                v = None if scan is None else scan.value
                 cells.append("unknown" if v is None else ("PASS" if v >= 1 else "[red]FAIL[/]"))
             else:
                 cells.append(_fmt(m.get(key), kind).split(" ")[0])
-        table.add_row(c["name"], *cells)
+        table.add_row(c.name, *cells)
     return table
 
 
-def _render_audits(ev: dict[str, Any]) -> None:
-    data = (ev.get("audit") or {}).get("data") or {}
+def _section(audit: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    part = audit.get(key)
+    return part if isinstance(part, Mapping) else {}
+
+
+def _render_audits(ev: RunEvidence) -> None:
+    data = _section(ev.audit, "data")
     leak = data.get("leakage") or {}
     li = data.get("label_issues") or {}
     bits = []
@@ -131,41 +145,43 @@ def _render_audits(ev: dict[str, Any]) -> None:
         bits.append(f"leakage {100 * float(leak.get('near_fraction') or 0):.1f}% of test items")
     if li.get("status") == "ok":
         bits.append(f"label issues ~{100 * float(li.get('estimated_error_rate') or 0):.1f}%")
-    bd = ((ev.get("audit") or {}).get("model") or {}).get("backdoor") or {}
+    model_audit = _section(ev.audit, "model")
+    bd = _section(model_audit, "backdoor")
     if bd.get("status") == "ok":
         bits.append(
             "backdoor scans: " + (", ".join(map(str, bd.get("flagged_classes") or [])) or "no class flagged")
         )
-    scan = ((ev.get("audit") or {}).get("model") or {}).get("scan") or {}
+    scan = _section(model_audit, "scan")
     if scan:
         bits.append(f"model file scan {scan.get('status')}")
     if bits:
         console.print("[dim]audit[/] " + "; ".join(bits))
-    for c in ev.get("caveats") or []:
+    for c in ev.caveats:
         console.print(f"[yellow]caveat[/] {c}")
 
 
 def render_run(result: Any) -> None:
-    ev = result.evidence
+    """A run (``pipeline.RunResult``) for the terminal, from its typed evidence."""
+    ev: RunEvidence = result.typed_evidence
     console.print(_candidates_table(ev))
     console.print(_checks_table(ev))
     _render_audits(ev)
-    for s in ev["skipped"]:
-        console.print(f"[dim]skipped[/] {s['pass']}: {s['reason']}")
-    for line in ev["hardware"].get("int8_measured", []):
+    for s in ev.skipped:
+        console.print(f"[dim]skipped[/] {s.pass_}: {s.reason}")
+    hw = ev.hardware
+    for line in hw.int8_measured or []:
         console.print(f"[dim]int8[/] {line}")
-    isa = ", ".join(k for k, v in ev["hardware"]["isa"].items() if v) or "none of AVX2/AVX-512/VNNI/AMX"
-    device = ev["hardware"].get("efficiency_device")
-    on = f"; speed and cost measured on {device}" if device else ""
-    console.print(f"[dim]CPU[/] {ev['hardware']['cpu']} ({ev['hardware']['cores']} cores; {isa}){on}")
+    isa = ", ".join(k for k, v in hw.isa.items() if v) or "none of AVX2/AVX-512/VNNI/AMX"
+    on = f"; speed and cost measured on {hw.efficiency_device}" if hw.efficiency_device else ""
+    console.print(f"[dim]CPU[/] {hw.cpu} ({hw.cores} cores; {isa}){on}")
     if result.champion:
-        console.print(f"[bold]champion:[/] {result.champion} — {ev['champion_reason']}")
+        console.print(f"[bold]champion:[/] {result.champion} — {ev.champion_reason}")
     else:
-        console.print(f"[bold red]no champion:[/] {ev['champion_reason']}")
-        for c in ev["candidates"]:
-            for g in c["verdict"]["gates"]:
-                if not g["passed"]:
-                    console.print(f"[red]failed[/] {c['name']}: {g['gate']}: {g.get('reason', '')}")
+        console.print(f"[bold red]no champion:[/] {ev.champion_reason}")
+        for c in ev.candidates:
+            for g in c.verdict.gates:
+                if not g.passed:
+                    console.print(f"[red]failed[/] {c.name}: {g.gate}: {g.reason}")
     console.print(f"outputs: {result.run_dir}/ (report.html, MODEL_CARD.md, evidence.json)")
     if result.versions:
         shown = ", ".join(f"{n}=v{v}" for n, v in result.versions.items())

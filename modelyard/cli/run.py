@@ -36,6 +36,7 @@ from modelyard.cli.options import (
     settings_for,
 )
 from modelyard.cli.render import console, err_console, render_run
+from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
     from modelyard.candidate import Candidate
@@ -225,6 +226,35 @@ def evaluate(
         ood_data=ood_data,
     )
     _finish(result)
+
+
+def checks(
+    readme: Annotated[
+        Path | None,
+        typer.Option("--readme", help="rewrite the gate table of this README from the registry, then exit"),
+    ] = None,
+) -> None:
+    """List the checks every candidate is measured on: unit, direction, model kinds, needs and gate."""
+    from modelyard.evaluate.checks import all_checks, readme_with_gate_table
+
+    if readme is not None:
+        try:
+            text = readme.read_text(encoding="utf-8")
+            readme.write_text(readme_with_gate_table(text), encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot rewrite the gate table of {readme}: {exc}") from None
+        console.print(f"rewrote the gate table in {readme}")
+        return
+    for spec in all_checks():
+        better = f"{spec.direction} is better" if spec.direction else "no better direction"
+        needs = f"; needs {', '.join(spec.needs)}" if spec.needs else ""
+        line = f"{spec.name} ({spec.unit}, {better}; {', '.join(spec.tasks)}{needs})"
+        if spec.gate is not None:
+            g = spec.gate
+            default = "unset" if g.default is None else f"{g.default:g}"
+            line += f"  gate {g.name}: {g.key or 'fixed threshold'} = {default}"
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"{len(all_checks())} checks; a gate's threshold is set by its policy key")
 
 
 def passes() -> None:

@@ -17,6 +17,7 @@ from scipy.special import logsumexp
 
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate import metrics as M
+from modelyard.evaluate.checkspec import CLASSIFIERS, CheckSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.stats import _as_labels_1d
 
@@ -25,6 +26,25 @@ __all__ = ["apply_temperature", "calibration_evidence", "fit_temperature"]
 MIN_CALIBRATION_N = 20
 LOG_T_BOUNDS = (-3.0, 3.0)
 _N_BINS = 15
+
+CHECKS = declare(
+    CheckSpec(
+        "calibration.temperature",
+        "T",
+        "softmax temperature fitted on the calibration split (never the test split)",
+        None,
+        CLASSIFIERS,
+        ("calibration",),
+    ),
+    CheckSpec(
+        "calibration.ece_calibrated",
+        "fraction",
+        "ECE on the test split after the fitted temperature",
+        "lower",
+        CLASSIFIERS,
+        ("labels", "calibration"),
+    ),
+)
 _NO_SPLIT = (
     "give a calibration split: pass held-out labelled items (not the test split), at least "
     f"{MIN_CALIBRATION_N}, to fit the temperature on"

@@ -15,6 +15,7 @@ import numpy as np
 
 from modelyard.errors import DataError
 from modelyard.evaluate import metrics as M
+from modelyard.evaluate.checkspec import CLASSIFIERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.stats import (
     _MAX_INDEX_ENTRIES,
@@ -26,6 +27,86 @@ from modelyard.evaluate.stats import (
 )
 
 __all__ = ["apply_holm", "paired_comparison"]
+
+_CLS = CLASSIFIERS
+CHECKS = declare(
+    CheckSpec(
+        "compare.accuracy_drop_upper95",
+        "points",
+        "upper bound of the one-sided 95% paired bootstrap interval of the accuracy drop (non-inferiority)",
+        "lower",
+        _CLS,
+        ("labels",),
+        gate=GateSpec(
+            "accuracy_noninferiority",
+            "quality.max_accuracy_drop_points",
+            1.0,
+            "<",
+            "upper bound of the one-sided 95% interval of the accuracy drop (non-inferiority margin)",
+            unit="points",
+        ),
+    ),
+    CheckSpec(
+        "compare.macro_f1_drop",
+        "points",
+        "baseline macro-F1 minus candidate macro-F1, percentage points, paired 95% bootstrap interval",
+        "lower",
+        _CLS,
+        ("labels",),
+    ),
+    CheckSpec(
+        "compare.negative_flip_rate",
+        "fraction",
+        "fraction of test items the baseline got right and the candidate gets wrong",
+        "lower",
+        _CLS,
+        ("labels",),
+        gate=GateSpec(
+            "negative_flip_rate",
+            "quality.max_negative_flip_rate",
+            0.01,
+            "<=",
+            "share of items the baseline got right and the candidate gets wrong",
+            kind="fraction",
+            meaning="share the baseline got right and the candidate gets wrong",
+        ),
+    ),
+    CheckSpec(
+        "compare.kl_mean",
+        "nats",
+        "mean KL divergence from the baseline's class probabilities",
+        "lower",
+        _CLS,
+        gate=GateSpec(
+            "kl_to_baseline",
+            "quality.max_kl_nats",
+            0.05,
+            "<=",
+            "mean KL divergence from the baseline's probabilities",
+            unit="nats",
+            meaning="mean KL divergence from the baseline's probabilities",
+        ),
+    ),
+    CheckSpec(
+        "compare.mcnemar_p_holm",
+        "p-value",
+        "McNemar p-value after Holm correction across every candidate of the run",
+        "higher",
+        _CLS,
+        ("labels", "holm"),
+        gate=GateSpec(
+            "accuracy_drop_significance",
+            "quality.significance_alpha",
+            0.05,
+            ">=",
+            "a drop that McNemar's exact test finds significant after Holm correction",
+            unit="p",
+            kind="fraction",
+            meaning="... and a drop must not be significant (McNemar exact, Holm-corrected)",
+            only_if=("compare.accuracy_drop", ">", 0.0),
+        ),
+    ),
+)
 
 # Below this many test items a bootstrap interval is not trusted: interval-based checks are UNKNOWN.
 MIN_BOOTSTRAP_N = 30

@@ -44,6 +44,7 @@ import numpy as np
 from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError
 from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
+from modelyard.evaluate.checkspec import CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.memory import measure_peak_rss
 from modelyard.runtime.base import Runner
@@ -65,6 +66,53 @@ MAX_DISTINCT_LATENCY_INPUTS = 64
 COST_ASSUMPTION = (
     "one instance kept fully busy at the best batch size measured; excludes idle time, "
     "preprocessing (e.g. tokenization) and network"
+)
+_BUDGET = "budgets."
+CHECKS = declare(
+    CheckSpec(
+        "efficiency.size_bytes",
+        "bytes",
+        "artifact size on disk",
+        "lower",
+        column="Size",
+        gate=GateSpec("size", _BUDGET + "max_size_mb", None, "<=", "size budget", scale=1 / 2**20, unit="MB"),
+    ),
+    CheckSpec(
+        "efficiency.latency_p50_ms", "ms", "median latency of one batch-1 call", "lower", column="Latency p50"
+    ),
+    CheckSpec(
+        "efficiency.latency_p99_ms",
+        "ms",
+        "99th percentile latency of one batch-1 call",
+        "lower",
+        gate=GateSpec(
+            "latency_p99", _BUDGET + "max_latency_p99_ms", None, "<=", "p99 latency budget", unit="ms"
+        ),
+    ),
+    CheckSpec(
+        "efficiency.throughput_b32",
+        "items/s",
+        "throughput at batch 32, order-statistic interval over timing rounds",
+        "higher",
+    ),
+    CheckSpec(
+        "efficiency.throughput_best",
+        "items/s",
+        "throughput at the best batch size measured, order-statistic interval over timing rounds",
+        "higher",
+        column="Throughput (best batch)",
+        gate=GateSpec(
+            "throughput", _BUDGET + "min_throughput", None, ">=", "throughput floor", unit="items/s"
+        ),
+    ),
+    CheckSpec("efficiency.load_time_s", "s", "time to load the artifact into a ready Runner", "lower"),
+    CheckSpec(
+        "efficiency.cost_usd_per_1m",
+        "USD",
+        "hardware cost of 1 million predictions at the best throughput (price / 3600 / throughput * 1e6)",
+        "lower",
+        column="Cost per 1M predictions",
+    ),
 )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from modelyard.candidate import Candidate
 from modelyard.errors import ConfigError
 from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
+from modelyard.evaluate.checkspec import CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.runtime.device import default_threads
 
@@ -31,6 +32,18 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 300.0
 PROBE_BATCH = 32
+
+CHECKS = declare(
+    CheckSpec(
+        "efficiency.peak_rss_bytes",
+        "bytes",
+        "peak resident memory of a fresh process that loads and runs the model",
+        "lower",
+        gate=GateSpec(
+            "peak_rss", "budgets.max_peak_rss_mb", None, "<=", "memory budget", scale=1 / 2**20, unit="MB"
+        ),
+    ),
+)
 
 
 def _pythonpath() -> str:

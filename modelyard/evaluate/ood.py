@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 
 from modelyard.data.ood_sets import check_ood_inputs
 from modelyard.errors import ConfigError, DataError
+from modelyard.evaluate.checkspec import CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.metrics import _as_embeddings, _unit_rows, softmax
 from modelyard.evaluate.stats import _check_positive_int, _check_seed
@@ -49,6 +50,39 @@ __all__ = [
 MIN_ITEMS = 10  # fewer ID or OOD items than this make the OOD measurements UNKNOWN
 TPR_TARGET = 0.95
 HIST_BINS = 30
+
+CHECKS = declare(
+    CheckSpec(
+        "ood.auroc",
+        "fraction",
+        "AUROC separating out-of-distribution from test inputs (OOD positive)",
+        "higher",
+        needs=("ood",),
+    ),
+    CheckSpec(
+        "ood.fpr95",
+        "fraction",
+        "fraction of OOD inputs accepted at the threshold keeping 95% of ID (ID positive)",
+        "lower",
+        needs=("ood",),
+    ),
+    CheckSpec(
+        "ood.auroc_drop",
+        "points",
+        "baseline OOD AUROC minus candidate OOD AUROC, percentage points",
+        "lower",
+        needs=("ood",),
+        gate=GateSpec(
+            "ood_auroc_drop",
+            "robustness.max_ood_auroc_drop_points",
+            5.0,
+            "<=",
+            "drop in out-of-distribution detection AUROC",
+            unit="points",
+            meaning="out-of-distribution detection AUROC",
+        ),
+    ),
+)
 _SIM_BLOCK_ROWS = 1024  # kNN similarities are computed this many query rows at a time
 _MAX_WEIGHT_ENTRIES = 4_000_000  # bootstrap weight matrices are drawn in chunks of this many entries
 

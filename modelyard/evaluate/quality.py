@@ -5,7 +5,180 @@ from __future__ import annotations
 import numpy as np
 
 from modelyard.evaluate import metrics as M
+from modelyard.evaluate.checkspec import CLASSIFIERS, EMBEDDERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
+from modelyard.evaluate.stats import wilson_interval
+
+_CLS = CLASSIFIERS
+_EMB = EMBEDDERS
+CHECKS = declare(
+    CheckSpec(
+        "quality.accuracy",
+        "fraction",
+        "top-1 accuracy on the test split, 95% bootstrap interval",
+        "higher",
+        _CLS,
+        ("labels",),
+        column="Accuracy",
+    ),
+    CheckSpec(
+        "quality.macro_f1",
+        "fraction",
+        "macro-averaged F1 on the test split, 95% bootstrap interval",
+        "higher",
+        _CLS,
+        ("labels",),
+        column="Macro F1",
+    ),
+    CheckSpec(
+        "compare.accuracy_drop",
+        "points",
+        "baseline accuracy minus candidate accuracy, percentage points, paired 95% interval",
+        "lower",
+        _CLS,
+        ("labels",),
+        column="Accuracy drop",
+        gate=GateSpec(
+            "accuracy_drop",
+            "quality.max_accuracy_drop_points",
+            1.0,
+            "<=",
+            "accuracy drop against the baseline",
+            unit="points",
+            meaning="accuracy drop margin, percentage points: the point estimate AND the upper bound of the "
+            "one-sided 95% paired interval (non-inferiority) must be below it",
+        ),
+    ),
+    CheckSpec(
+        "compare.flip_rate",
+        "fraction",
+        "fraction of test items whose predicted class differs from the baseline's",
+        "lower",
+        _CLS,
+        gate=GateSpec(
+            "flip_rate",
+            "quality.max_flip_rate",
+            0.02,
+            "<=",
+            "share of predictions that changed",
+            kind="fraction",
+            meaning="share of predictions that changed",
+        ),
+    ),
+    CheckSpec(
+        "compare.mcnemar_p",
+        "p-value",
+        "McNemar's exact test on paired correctness against the baseline",
+        None,
+        _CLS,
+        ("labels",),
+    ),
+    CheckSpec(
+        "calibration.ece",
+        "fraction",
+        "expected calibration error, 15 equal-width bins, top label",
+        "lower",
+        _CLS,
+        ("labels",),
+        column="ECE",
+    ),
+    CheckSpec(
+        "calibration.ece_increase",
+        "fraction",
+        "candidate ECE minus baseline ECE",
+        "lower",
+        _CLS,
+        ("labels",),
+        gate=GateSpec(
+            "ece_increase",
+            "quality.max_ece_increase",
+            0.02,
+            "<=",
+            "calibration error increase",
+            kind="fraction",
+            meaning="calibration error increase (15-bin ECE)",
+        ),
+    ),
+    CheckSpec(
+        "calibration.brier", "score", "multiclass Brier score, range [0, 2]", "lower", _CLS, ("labels",)
+    ),
+    CheckSpec(
+        "calibration.nll",
+        "nats",
+        "mean negative log-likelihood of the true class",
+        "lower",
+        _CLS,
+        ("labels",),
+    ),
+    CheckSpec(
+        "quality.accuracy_clean",
+        "fraction",
+        "accuracy on the test items the data audit neither found leaked nor flagged as mislabelled",
+        "higher",
+        _CLS,
+        ("labels", "audit"),
+    ),
+    CheckSpec(
+        "quality.cosine_mean",
+        "cosine",
+        "mean cosine similarity to the baseline's embeddings",
+        "higher",
+        _EMB,
+        column="Cosine mean",
+        gate=GateSpec(
+            "cosine_mean",
+            "quality.min_cosine_mean",
+            0.99,
+            ">=",
+            "mean cosine to the baseline's embeddings",
+            kind="fraction",
+            meaning="embedders: mean cosine to the baseline's embeddings",
+        ),
+    ),
+    CheckSpec(
+        "quality.cosine_p5",
+        "cosine",
+        "5th percentile of cosine similarity to the baseline's embeddings",
+        "higher",
+        _EMB,
+        column="Cosine p5",
+        gate=GateSpec(
+            "cosine_p5",
+            "quality.min_cosine_p5",
+            0.98,
+            ">=",
+            "5th-percentile cosine to the baseline's embeddings",
+            kind="fraction",
+            meaning="embedders: 5th percentile cosine",
+        ),
+    ),
+    CheckSpec(
+        "quality.top10_agreement",
+        "fraction",
+        "mean overlap of each item's 10 nearest neighbours with the baseline's",
+        "higher",
+        _EMB,
+        column="Top-10 agreement",
+        gate=GateSpec(
+            "top10_agreement",
+            "quality.min_top10_agreement",
+            0.95,
+            ">=",
+            "agreement of the 10 nearest neighbours with the baseline's",
+            kind="fraction",
+            meaning="embedders: 10-nearest-neighbour agreement with the baseline",
+        ),
+    ),
+    CheckSpec(
+        "quality.paraphrase_recall_at_1",
+        "fraction",
+        "fraction of paraphrase pairs whose partner is the nearest neighbour",
+        "higher",
+        _EMB,
+        ("pairs",),
+        column="Paraphrase recall@1",
+    ),
+)
 
 
 def classification_evidence(
@@ -104,3 +277,24 @@ def embedding_evidence(
             pairs=len(pairs),
         )
     return out
+
+
+def clean_accuracy(
+    y: np.ndarray, logits_base: np.ndarray, logits_cand: np.ndarray, clean_idx: list[int]
+) -> Measurement:
+    """Accuracy on the test items the data audit kept (neither leaked nor flagged), Wilson 95% interval."""
+    idx = np.asarray(clean_idx, dtype=np.int64)
+    if not len(idx):
+        return measure(
+            "quality.accuracy_clean", None, reason="every test item is leaked or flagged by the data audit"
+        )
+    correct = logits_cand[idx].argmax(1) == y[idx]
+    k = int(np.sum(correct))
+    return measure(
+        "quality.accuracy_clean",
+        float(np.mean(correct)),
+        wilson_interval(k, len(idx)),
+        n=len(idx),
+        excluded=int(len(y) - len(idx)),
+        baseline=float(np.mean(logits_base[idx].argmax(1) == y[idx])),
+    )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.errors import ConfigError, DataError
+from modelyard.evaluate.checkspec import CLASSIFIERS, EMBEDDERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.metrics import _as_float_2d, _as_labels, cosine_to_reference
 from modelyard.evaluate.stats import (
@@ -36,6 +37,101 @@ __all__ = [
 
 # Per-feature arrays in details are listed up to this many entries, summarised beyond.
 _MAX_LIST = 50
+
+_CLS = CLASSIFIERS
+_ADV = ("labels", "tensor_inputs", "gradients")
+CHECKS = declare(
+    CheckSpec(
+        "robustness.corruption_accuracy",
+        "fraction",
+        "mean accuracy over corruptions and severities 1-5",
+        "higher",
+        _CLS,
+        ("labels", "images"),
+    ),
+    CheckSpec(
+        "robustness.relative_mce",
+        "ratio",
+        "relative mean corruption error against the baseline (Hendrycks & Dietterich); 1 = as robust",
+        "lower",
+        _CLS,
+        ("labels", "images"),
+        gate=GateSpec(
+            "corruption_mce",
+            "robustness.max_relative_mce",
+            1.2,
+            "<=",
+            "corruption error relative to the baseline's",
+            meaning="corruption error relative to the baseline's (images; 1 = as robust)",
+        ),
+    ),
+    CheckSpec(
+        "robustness.consistency",
+        "fraction",
+        "fraction of items whose prediction is unchanged under label-preserving perturbations",
+        "higher",
+        _CLS,
+        ("perturbations",),
+    ),
+    CheckSpec(
+        "robustness.consistency_drop",
+        "points",
+        "baseline consistency minus candidate consistency",
+        "lower",
+        _CLS,
+        ("perturbations",),
+        gate=GateSpec(
+            "consistency_drop",
+            "robustness.max_consistency_drop_points",
+            5.0,
+            "<=",
+            "drop in prediction consistency under perturbations",
+            unit="points",
+            meaning="prediction consistency under noise / typos / small perturbations",
+        ),
+    ),
+    CheckSpec(
+        "robustness.perturbation_cosine",
+        "cosine",
+        "mean cosine between an item's embedding and its perturbed copy's (embedders)",
+        "higher",
+        EMBEDDERS,
+        ("perturbations",),
+    ),
+    CheckSpec(
+        "robustness.adversarial_accuracy",
+        "fraction",
+        "accuracy on PGD adversarials crafted on the baseline and replayed (transfer robustness)",
+        "higher",
+        _CLS,
+        _ADV,
+    ),
+    CheckSpec(
+        "robustness.attack_success_rate",
+        "fraction",
+        "of items classified correctly when clean, the fraction the PGD adversarials flip",
+        "lower",
+        _CLS,
+        _ADV,
+    ),
+    CheckSpec(
+        "robustness.adversarial_accuracy_drop",
+        "points",
+        "baseline adversarial accuracy minus candidate adversarial accuracy",
+        "lower",
+        _CLS,
+        _ADV,
+        gate=GateSpec(
+            "adversarial_drop",
+            "robustness.max_adversarial_drop_points",
+            5.0,
+            "<=",
+            "drop in accuracy under PGD adversarials crafted on the baseline",
+            unit="points",
+            meaning="accuracy on PGD adversarials crafted on the baseline, replayed",
+        ),
+    ),
+)
 
 
 def _boot_mean(per_item: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float]:

@@ -18,7 +18,8 @@ from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.errors import DataError
 from modelyard.evaluate._inputs import tile
-from modelyard.evaluate.evidence import MEASUREMENTS, Measurement, measure
+from modelyard.evaluate.checks import CheckContext, measurement_table, run_plugins
+from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.suite import Progress, no_progress
 from modelyard.runtime.device import GPU_FIX, cpu_info, gpu_runtime, resolve_device
 
@@ -79,6 +80,9 @@ def evaluate_candidates(
         base = S.Predictions(baseline, threads=threads).all(inputs, dataset)
     clean_idx = audits.get("data", {}).get("clean_test_indices")
     backdoor = audits.get("model", {}).get("backdoor")
+    unmet = S.unmet_needs(
+        dataset, inputs, audited=clean_idx is not None, backdoor_scanned=backdoor is not None
+    )
     results: dict[str, dict[str, Measurement]] = {}
     rules: dict[
         str, dict[str, Any]
@@ -117,14 +121,26 @@ def evaluate_candidates(
                 )
                 ms.update(extra)
             except Exception as exc:  # a check bug is UNKNOWN with its reason, never a crashed run
-                ms.update(S.check_failed(S.CLASSIFIER_CHECKS, exc))
+                ms.update(S.check_failed(task, unmet, exc))
         else:
             with S._timed(seconds, "quality"):
                 ms = embedding_evidence(base["test"], preds["test"], dataset.pairs)
             try:
                 ms.update(S.embedding_checks(base, preds, inputs, seconds=seconds))
             except Exception as exc:
-                ms.update(S.check_failed(S.EMBEDDER_CHECKS, exc))
+                ms.update(S.check_failed(task, unmet, exc))
+        context = CheckContext(
+            task=task,
+            candidate=cand.name,
+            is_baseline=cand is baseline,
+            y=dataset.y_test,
+            base=base,
+            cand=preds,
+            dataset=dataset,
+            policy=policy,
+        )
+        with S._timed(seconds, "plugins"):
+            ms.update(run_plugins(context, ms, unmet))
         with S._timed(seconds, "security"):
             ms["security.file_scan"] = candidate_scan_measurement(cand)
             if task == "classification" and backdoor is not None:
@@ -192,7 +208,7 @@ def _unknown_efficiency(reason: str, device: str) -> dict[str, Measurement]:
     """Every efficiency measurement UNKNOWN with ``reason``: the figures would come from another device."""
     return {
         name: measure(name, None, reason=reason, device=f"not loaded ({resolve_device(device)} unreachable)")
-        for name in MEASUREMENTS
+        for name in measurement_table()
         if name.startswith("efficiency.")
     }
 

@@ -61,7 +61,7 @@ class Measurement(_Model):
 
     name: Str = Field(
         pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$",
-        description="stable dotted name, e.g. quality.accuracy (see evidence.MEASUREMENTS)",
+        description="stable dotted name, e.g. quality.accuracy (see modelyard.evaluate.checks)",
     )
     value: Float | None = Field(description="the measured value in `unit`; null when status is unknown")
     unit: Str = Field(description="unit of value and interval, e.g. fraction, points, ms, bytes, USD")
@@ -136,6 +136,19 @@ class CandidateEvidence(_Model):
         if wrong:
             raise ValueError(f"measurements {wrong} are filed under a key that is not their name")
         return self
+
+
+class VersionEvidence(_Model):
+    """What the registry keeps of a candidate's evidence with its version: the run it came from, its
+    measurements and its verdict (the whole run's evidence is the run's ``evidence.json``)."""
+
+    run_id: Str
+    measurements: dict[str, Measurement]
+    verdict: Verdict
+
+    @classmethod
+    def of(cls, candidate: CandidateEvidence, run_id: str) -> VersionEvidence:
+        return cls(run_id=run_id, measurements=candidate.measurements, verdict=candidate.verdict)
 
 
 class ModelInfo(_Model):

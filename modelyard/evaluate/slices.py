@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.errors import ConfigError, DataError
+from modelyard.evaluate.checkspec import CLASSIFIERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.compare import _grouped_sums, _index_chunks, _paired_inputs, _percentile_interval
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.stats import _as_labels_1d, _check_positive_int, _check_seed, wilson_interval
@@ -26,6 +27,52 @@ MAX_DETAIL_ROWS = 50
 # Numeric slice columns with more distinct values than this are cut into quantile bins.
 MAX_DISTINCT_VALUES = 10
 N_QUANTILE_BINS = 4
+
+_CLS = CLASSIFIERS
+CHECKS = declare(
+    CheckSpec(
+        "slices.worst_class_recall",
+        "fraction",
+        "lowest per-class recall, Wilson 95% interval",
+        "higher",
+        _CLS,
+        ("labels",),
+    ),
+    CheckSpec(
+        "slices.worst_class_drop",
+        "points",
+        "largest per-class recall drop against the baseline, percentage points, paired 95% interval",
+        "lower",
+        _CLS,
+        ("labels",),
+        gate=GateSpec(
+            "worst_class_drop",
+            "quality.max_class_recall_drop_points",
+            10.0,
+            "<=",
+            "largest per-class recall drop against the baseline",
+            unit="points",
+            meaning="per-class recall against the baseline: losing one class fails",
+        ),
+    ),
+    CheckSpec(
+        "slices.worst_slice_drop",
+        "points",
+        "largest accuracy drop against the baseline over user-declared slices, percentage points",
+        "lower",
+        _CLS,
+        ("labels", "slices"),
+        gate=GateSpec(
+            "slice_drop",
+            "quality.max_slice_drop_points",
+            5.0,
+            "<=",
+            "largest accuracy drop on a declared slice",
+            unit="points",
+            meaning="accuracy per --slice-column value against the baseline",
+        ),
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------------

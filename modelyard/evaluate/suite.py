@@ -22,26 +22,15 @@ from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
 from modelyard.data.splits import take
 from modelyard.errors import DataError, ModelyardError, first_line
+from modelyard.evaluate import calibration as calibration_checks
+from modelyard.evaluate import compare as compare_checks
+from modelyard.evaluate import ood as ood_checks
+from modelyard.evaluate import robustness as robustness_checks
+from modelyard.evaluate import slices as slice_checks
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.runtime.preprocess import predict
 
 Progress = Callable[[str, float], None]
-CLASSIFIER_CHECKS = (
-    "compare.accuracy_drop_upper95",
-    "compare.macro_f1_drop",
-    "compare.negative_flip_rate",
-    "compare.kl_mean",
-    "calibration.temperature",
-    "calibration.ece_calibrated",
-    "slices.worst_class_recall",
-    "slices.worst_class_drop",
-    "robustness.consistency",
-    "robustness.consistency_drop",
-    "ood.auroc",
-    "ood.fpr95",
-    "ood.auroc_drop",
-)
-EMBEDDER_CHECKS = ("robustness.perturbation_cosine", "ood.auroc", "ood.fpr95", "ood.auroc_drop")
 Z95 = 1.959963984540054
 EMBED_OOD_VAL_MIN = 10  # fit items kept out of the kNN reference to fit the OOD threshold on
 EMBED_OOD_REFERENCE_MAX = 2000
@@ -55,8 +44,11 @@ def no_progress(msg: str, advance: float = 0.0) -> None:
 def robust_sample_size(policy: Policy, n_available: int) -> tuple[int, str]:
     """Items per perturbed set: enough for a 95% interval half-width at most the smallest robustness margin
     (worst case p = 0.5), capped by what the test split has."""
-    r = policy.robustness
-    margin = min(r.max_consistency_drop_points, r.max_adversarial_drop_points) / 100.0
+    margins = [
+        policy.threshold("robustness.max_consistency_drop_points"),
+        policy.threshold("robustness.max_adversarial_drop_points"),
+    ]
+    margin = min(m for m in margins if m is not None) / 100.0
     needed = math.ceil((Z95 / max(margin, 1e-3)) ** 2 * 0.25) if margin > 0 else n_available
     n = min(n_available, needed)
     why = (
@@ -260,7 +252,7 @@ def _all_unknown(names: tuple[str, ...], reason: str) -> dict[str, Measurement]:
     return {n: _unknown(n, reason) for n in names}
 
 
-OOD_CHECKS = ("ood.auroc", "ood.fpr95", "ood.auroc_drop")
+OOD_CHECKS = tuple(s.name for s in ood_checks.CHECKS)
 
 
 def classification_checks(
@@ -306,24 +298,9 @@ def classification_checks(
         if slices:
             out.update(S.user_slice_evidence(y, zb, zc, slices))
     if clean_idx is not None:
-        idx = np.asarray(clean_idx, dtype=np.int64)
-        if len(idx):
-            acc = float(np.mean(zc[idx].argmax(1) == y[idx]))
-            from modelyard.evaluate.stats import wilson_interval
+        from modelyard.evaluate.quality import clean_accuracy
 
-            k = int(np.sum(zc[idx].argmax(1) == y[idx]))
-            out["quality.accuracy_clean"] = measure(
-                "quality.accuracy_clean",
-                acc,
-                wilson_interval(k, len(idx)),
-                n=len(idx),
-                excluded=int(len(y) - len(idx)),
-                baseline=float(np.mean(zb[idx].argmax(1) == y[idx])),
-            )
-        else:
-            out["quality.accuracy_clean"] = _unknown(
-                "quality.accuracy_clean", "every test item is leaked or flagged by the data audit"
-            )
+        out["quality.accuracy_clean"] = clean_accuracy(y, zb, zc, clean_idx)
     with _timed(seconds, "robustness"):
         out.update(_robustness(y, base, cand, inputs, robustness, transfer=base is not cand))
     with _timed(seconds, "ood"):
@@ -435,9 +412,60 @@ def embedding_checks(
     return out
 
 
-def check_failed(names: tuple[str, ...], exc: BaseException) -> dict[str, Measurement]:
-    """A check that crashed is UNKNOWN with the reason, never a crashed run."""
-    return _all_unknown(names, f"the check failed: {type(exc).__name__}: {first_line(exc)}")
+def unmet_needs(
+    dataset: Dataset, inputs: SuiteInputs, *, audited: bool, backdoor_scanned: bool
+) -> dict[str, str]:
+    """Need (``checkspec.NEEDS``) -> why this run does not have it, for every need it lacks."""
+    x = dataset.x_test
+    out: dict[str, str] = {}
+    if dataset.y_test is None:
+        out["labels"] = "the test split has no labels"
+    if inputs.cal_labels is None:
+        out["calibration"] = "no calibration split: declare one, or give train items to hold one out of"
+    if not inputs.ood_names:
+        out["ood"] = inputs.unknown.get("ood", "no out-of-distribution set")
+    if "adversarial" in inputs.unknown:
+        out["gradients"] = inputs.unknown["adversarial"]
+    if dataset.modality == "text" or not isinstance(x, np.ndarray):
+        out["tensor_inputs"] = "text inputs: no gradient attack; text robustness is the perturbation check"
+    if not inputs.perturbation_keys:
+        out["perturbations"] = "no label-preserving perturbation exists for this input type"
+    if not inputs.corruption_keys:
+        out["images"] = "corruptions are defined for images"
+    if not dataset.slices:
+        out["slices"] = "no slice columns declared"
+    if not dataset.pairs:
+        out["pairs"] = "no paraphrase pairs"
+    if not audited:
+        out["audit"] = "no data audit"
+    if not backdoor_scanned:
+        out["backdoor"] = "no backdoor scan"
+    return out
+
+
+# the checks that classification_checks / embedding_checks compute (quality.py's run before them; the Holm
+# p-value is set across candidates afterwards)
+_SUITE_CHECKS = (
+    *compare_checks.CHECKS,
+    *calibration_checks.CHECKS,
+    *slice_checks.CHECKS,
+    *robustness_checks.CHECKS,
+    *ood_checks.CHECKS,
+)
+
+
+def check_failed(task: str, unmet: dict[str, str], exc: BaseException) -> dict[str, Measurement]:
+    """The suite's checks after a crash: each one that applies is UNKNOWN with the reason, never a crashed
+    run."""
+    from modelyard.evaluate.checks import missing_needs
+
+    reason = f"the check failed: {type(exc).__name__}: {first_line(exc)}"
+    names = [
+        s.name
+        for s in _SUITE_CHECKS
+        if task in s.tasks and s.name != "compare.mcnemar_p_holm" and missing_needs(s, unmet)[0]
+    ]
+    return _all_unknown(tuple(names), reason)
 
 
 def validate_ood_data(ood: dict[str, Any], dataset: Dataset) -> None:

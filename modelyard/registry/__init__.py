@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modelyard.registry.artifacts import ArtifactStore
-from modelyard.registry.store import Registry, VersionEntry
+from modelyard.registry.entries import VersionEntry
+from modelyard.registry.store import Registry
 
 __all__ = ["ArtifactStore", "Registry", "VersionEntry"]

@@ -27,11 +27,11 @@ must leave all or nothing (``CHECKPOINTS``: ``mid_artifact``, ``after_artifacts`
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,29 +39,14 @@ from typing import Any
 from modelyard.errors import RegistryError
 from modelyard.registry.artifacts import ArtifactStore, check_relpath
 from modelyard.registry.db import connect, read_snapshot, transaction
-from modelyard.security.trust import check_record, current_user
+from modelyard.registry.entries import VersionEntry, evidence_of, trust_of, validate_entries
+from modelyard.security.trust import current_user
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("mid_artifact", "after_artifacts", "mid_transaction", "after_commit")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-@dataclass
-class VersionEntry:
-    """One candidate of a run, as handed to :meth:`Registry.register_run`.
-
-    ``files`` maps a relative '/'-separated path inside the artifact to the file on disk.
-    ``parent`` is the name of another entry of the same run (None for the baseline).
-    """
-
-    name: str
-    files: dict[str, Path]
-    manifest: dict[str, Any]
-    evidence: dict[str, Any]
-    parent: str | None = None
-    passes: list[dict[str, Any]] = field(default_factory=list)
-    data_sha256: str = ""
-    artifact_sha256: str = ""
 
 
 def _now() -> str:
@@ -81,29 +66,6 @@ def _check_reason(reason: object) -> str:
     if not isinstance(reason, str) or not reason.strip():
         raise RegistryError(f"a reason is required for the audit log, got {reason!r}; say why in one line")
     return reason.strip()
-
-
-def _to_json(what: str, value: Any) -> str:
-    try:
-        return json.dumps(value, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise RegistryError(
-            f"{what} is not plain JSON ({e}); convert it to dicts, lists, str and finite numbers"
-        ) from e
-
-
-def _check_trust(entry: VersionEntry) -> None:
-    """A trust record in a manifest (``meta["trust"]``) must be well formed: it is what lets the server load a
-    pickle-based or factory-built version (see :mod:`modelyard.security.trust`)."""
-    meta = entry.manifest.get("meta") if isinstance(entry.manifest, dict) else None
-    if isinstance(meta, dict) and "trust" in meta:
-        check_record(meta["trust"], label=f"candidate {entry.name!r}")
-
-
-def _trust_of(manifest: Any) -> dict[str, Any] | None:
-    meta = manifest.get("meta") if isinstance(manifest, dict) else None
-    record = meta.get("trust") if isinstance(meta, dict) else None
-    return record if isinstance(record, dict) else None
 
 
 def _versions_text(n: int) -> str:
@@ -209,7 +171,7 @@ class Registry:
         _check_name("model", model)
         _check_name("run id", run_id)
         reason = _check_reason(reason)
-        rows = self._validate_entries(entries, champion)
+        rows = validate_entries(entries, champion)
 
         at: Callable[[str], None] = checkpoint or (lambda point: None)  # see CHECKPOINTS
 
@@ -300,41 +262,6 @@ class Registry:
                     )
             at("after_commit")
         return numbers
-
-    @staticmethod
-    def _validate_entries(entries: list[VersionEntry], champion: str | None) -> list[tuple[str, str, str]]:
-        """Check a run's entries before anything is written; returns their (manifest, evidence, passes) JSON."""
-        if not entries:
-            raise RegistryError("a run needs at least one candidate to register; got an empty list")
-        names = [e.name for e in entries]
-        if any(not isinstance(n, str) or not n for n in names):
-            raise RegistryError(f"every candidate needs a non-empty name; got {names!r}")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise RegistryError(f"candidate names must be unique within a run; repeated: {', '.join(dupes)}")
-        for e in entries:
-            _check_trust(e)
-            if e.parent is not None and (e.parent not in names or e.parent == e.name):
-                raise RegistryError(
-                    f"candidate {e.name!r} names parent {e.parent!r}, which is not another candidate of this run; "
-                    f"candidates: {', '.join(names)}"
-                )
-            if not e.files:
-                raise RegistryError(f"candidate {e.name!r} has no files; an artifact needs at least one file")
-            for rel in e.files:
-                check_relpath(rel)
-        if champion is not None and champion not in names:
-            raise RegistryError(
-                f"champion {champion!r} is not a candidate of this run; candidates: {', '.join(names)}"
-            )
-        return [
-            (
-                _to_json(f"manifest of candidate {e.name!r}", e.manifest),
-                _to_json(f"evidence of candidate {e.name!r}", e.evidence),
-                _to_json(f"passes of candidate {e.name!r}", e.passes),
-            )
-            for e in entries
-        ]
 
     @staticmethod
     def _check_new_run(conn: sqlite3.Connection, run_id: str) -> None:
@@ -471,8 +398,8 @@ class Registry:
             ).fetchone()
             out = _summary(model, r, self._aliases_by_version(conn, model_id))
             out["manifest"] = json.loads(r["manifest"])
-            out["trust"] = _trust_of(out["manifest"])
-            out["evidence"] = json.loads(r["evidence"])
+            out["trust"] = trust_of(out["manifest"])
+            out["evidence"] = evidence_of(model, version, r["evidence"])
             out["passes"] = json.loads(r["passes"])
             out["files"] = [
                 {"path": f["path"], "sha256": f["sha256"], "size_bytes": int(f["size_bytes"])}

@@ -1,7 +1,7 @@
 """Data for the audit, security and "how this was measured" sections, and the risks the audits imply.
 
-Reads ``evidence["audit"]`` (data audit and model audit), each candidate's ``security.*`` measurements and
-``serving.input_contract``, and ``evidence["suite"]``; returns display strings (metrics.md §5.6–5.7).
+Reads the typed evidence's free-form ``audit`` (data audit and model audit), each candidate's ``security.*``
+measurements and ``serving.input_contract``, and the free-form ``suite``; returns display strings (metrics.md §5.6–5.7).
 Long lists (e.g. the clean test indices) are counted, never listed.
 """
 
@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelyard.evaluate.schema import CandidateEvidence, RunEvidence
 from modelyard.report import view as v
-from modelyard.report.sections import Table, as_dict, as_list, details, num, short, table
+from modelyard.report.sections import (
+    Table,
+    as_dict,
+    as_list,
+    data_audit_of,
+    details,
+    num,
+    serving_ood,
+    short,
+    table,
+)
 
 MAX_EXAMPLES = 10
 MAX_EXAMPLE_KEYS = 8
 
 
-def data_audit(ev: dict[str, Any]) -> dict[str, Any]:
+def data_audit(ev: RunEvidence) -> dict[str, Any]:
     """The data audit as ``{status, note, summary: [(label, text)], tables: [{title, table, more}], caveats}``."""
-    data = as_dict(as_dict(ev.get("audit")).get("data"))
+    data = data_audit_of(ev)
     if not data:
         return {
             "status": v.NOT_MEASURED,
@@ -159,8 +170,15 @@ def balance_table(balance: dict[str, Any]) -> Table:
     return table(["class", "train", "test"], [[k, _n(train.get(k, 0)), _n(test.get(k, 0))] for k in classes])
 
 
-def provenance_table(data: dict[str, Any], ev: dict[str, Any]) -> Table:
-    prov, ds = as_dict(data.get("provenance")), v.section(ev, "dataset")
+def provenance_table(data: dict[str, Any], ev: RunEvidence) -> Table:
+    """The data's provenance: what the data audit recorded, else what the dataset declares."""
+    prov, ds = as_dict(data.get("provenance")), ev.dataset
+    declared = {
+        "fingerprint_sha256": ds.fingerprint_sha256,
+        "source": ds.source,
+        "license": ds.license,
+        "datasheet": ds.datasheet,
+    }
     rows = []
     for key, label in (
         ("fingerprint_sha256", "fingerprint (SHA-256)"),
@@ -168,7 +186,7 @@ def provenance_table(data: dict[str, Any], ev: dict[str, Any]) -> Table:
         ("license", "licence"),
         ("datasheet", "datasheet"),
     ):
-        val = prov.get(key) or ds.get(key)
+        val = prov.get(key) or declared[key]
         rows.append([label, short(val) if val else "not declared"])
     return table(["field", "value"], rows)
 
@@ -176,9 +194,9 @@ def provenance_table(data: dict[str, Any], ev: dict[str, Any]) -> Table:
 # ------------------------------------------------------------------------------------------ model audit
 
 
-def model_audit(ev: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+def model_audit(ev: RunEvidence) -> dict[str, list[tuple[str, str]]]:
     """The baseline model's file scan and backdoor scans as (label, text) rows."""
-    model = as_dict(as_dict(ev.get("audit")).get("model"))
+    model = as_dict(ev.audit.get("model"))
     scan, bd = as_dict(model.get("scan")), as_dict(model.get("backdoor"))
     scan_rows = (
         [
@@ -212,10 +230,10 @@ def _join(items: Any, limit: int = 5) -> str:
     return "; ".join(xs[:limit]) + (f"; and {len(xs) - limit} more" if len(xs) > limit else "")
 
 
-def file_scan_table(ev: dict[str, Any]) -> Table:
+def file_scan_table(ev: RunEvidence) -> Table:
     """Per candidate: the artifact's file-scan verdict (fails closed: unknown is not a pass)."""
     rows = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         m = v.measurement(c, "security.file_scan")
         if m is None:
             continue
@@ -225,7 +243,7 @@ def file_scan_table(ev: dict[str, Any]) -> Table:
         reason = v.unknown_reason(m)
         rows.append(
             [
-                str(c["name"]),
+                c.name,
                 str(verdict),
                 short(d.get("format") or v.NOT_RECORDED),
                 _join(d.get("findings")) or reason or "none",
@@ -234,11 +252,11 @@ def file_scan_table(ev: dict[str, Any]) -> Table:
     return table(["candidate", "verdict", "format", "findings"], rows)
 
 
-def contract_table(ev: dict[str, Any], only: dict[str, Any] | None = None) -> Table:
+def contract_table(ev: RunEvidence, only: CandidateEvidence | None = None) -> Table:
     """The input contract the server enforces, per candidate (or for ``only``)."""
     rows = []
-    for c in [only] if only is not None else v.candidates(ev):
-        contract = as_dict(as_dict(c.get("serving")).get("input_contract"))
+    for c in [only] if only is not None else ev.candidates:
+        contract = c.serving.input_contract if c.serving is not None else {}
         for inp in as_list(contract.get("inputs")):
             inp = as_dict(inp)
             shape = inp.get("shape")
@@ -252,18 +270,16 @@ def contract_table(ev: dict[str, Any], only: dict[str, Any] | None = None) -> Ta
             fin = inp.get("finite")
             finite = "required" if fin is True else "not checked" if fin is False else v.NOT_RECORDED
             text = " (raw text through the tokenizer)" if contract.get("text") else ""
-            rows.append(
-                [str(c["name"]), short(inp.get("name")) + text, short(inp.get("dtype")), dims, rng, finite]
-            )
+            rows.append([c.name, short(inp.get("name")) + text, short(inp.get("dtype")), dims, rng, finite])
     return table(["candidate", "input", "dtype", "shape", "value range", "finite values"], rows)
 
 
 # --------------------------------------------------------------------------------------------- suite
 
 
-def suite_table(ev: dict[str, Any]) -> Table:
+def suite_table(ev: RunEvidence) -> Table:
     """How long each check took and the sample size each used, with why."""
-    suite = as_dict(ev.get("suite"))
+    suite = ev.suite
     seconds, sizes = as_dict(suite.get("seconds")), as_dict(suite.get("sample_sizes"))
     rows = []
     for k in sorted({*map(str, seconds), *map(str, sizes)}):
@@ -280,12 +296,11 @@ def suite_table(ev: dict[str, Any]) -> Table:
     return table(["check", "seconds", "items", "why this many"], rows)
 
 
-def suite_facts(ev: dict[str, Any]) -> list[tuple[str, str]]:
+def suite_facts(ev: RunEvidence) -> list[tuple[str, str]]:
     """Other facts the suite records (calibration split, OOD source, adversarial settings), flattened."""
-    suite = as_dict(ev.get("suite"))
     rest = {
         k: val
-        for k, val in suite.items()
+        for k, val in ev.suite.items()
         if k not in ("seconds", "sample_sizes") and val not in (None, "", [], {})
     }
     return [(k, short(val, 300)) for k, val in v.flatten(rest)]
@@ -294,12 +309,11 @@ def suite_facts(ev: dict[str, Any]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- risks
 
 
-def evidence_risks(ev: dict[str, Any], cand: dict[str, Any] | None) -> list[str]:
+def evidence_risks(ev: RunEvidence, cand: CandidateEvidence | None) -> list[str]:
     """Risks that the audits, the security checks and unknown checks imply, one sentence each."""
     out: list[str] = []
-    audit = as_dict(ev.get("audit"))
-    data, model = as_dict(audit.get("data")), as_dict(audit.get("model"))
-    if "audit" in ev and (not data or data.get("status") == "skipped"):
+    data, model = data_audit_of(ev), as_dict(ev.audit.get("model"))
+    if not data or data.get("status") == "skipped":
         out.append(
             "The data audit did not run ("
             + short(data.get("reason") or "not recorded", 200)
@@ -337,15 +351,15 @@ def evidence_risks(ev: dict[str, Any], cand: dict[str, Any] | None) -> list[str]
         )
     if cand is not None:
         by_reason: dict[str, list[str]] = {}
-        for name, m in (cand.get("measurements") or {}).items():
-            reason = v.unknown_reason(m) if isinstance(m, dict) else None
-            if reason and v.value(cand, str(name)) is None:
-                by_reason.setdefault(short(reason, 300), []).append(str(name))
+        for name, m in cand.measurements.items():
+            reason = v.unknown_reason(m)
+            if reason and v.measured(m) is None:
+                by_reason.setdefault(short(reason, 300), []).append(name)
         for reason, names in by_reason.items():
             out.append(
                 f"Unknown ({reason}): {', '.join(sorted(names))}; these checks fail closed in the gates."
             )
-        rule = as_dict(as_dict(cand.get("serving")).get("ood"))
+        rule = serving_ood(cand)
         if "test" in str(
             rule.get("fitted_on") or ""
         ):  # evidence written before thresholds left the test split

@@ -1,7 +1,8 @@
 """MODEL_CARD.md: Hugging Face–compatible YAML front matter plus Markdown sections, from evidence only.
 
 ``card_metadata`` builds the front matter (data); ``card_context`` builds the body's rows and risk
-statements (data); the jinja2 template renders them. Every string from the evidence is escaped for
+statements (data), both from the typed evidence (``RunEvidence``; a dict is converted once on the way in);
+the jinja2 template renders them. Every string from the evidence is escaped for
 Markdown by the environment's ``finalize`` hook, so a name like ``<script>`` shows as text.
 """
 
@@ -16,7 +17,8 @@ import jinja2
 import yaml
 from markupsafe import Markup
 
-from modelyard.evaluate.evidence import MEASUREMENTS
+from modelyard.evaluate.checks import measurement_table
+from modelyard.evaluate.schema import CandidateEvidence, DatasetInfo, Measurement, RunEvidence
 from modelyard.report import audit_view as a
 from modelyard.report import governance
 from modelyard.report import robustness_view as rv
@@ -57,14 +59,17 @@ WIDE_INTERVAL = 0.05  # a main-metric interval wider than this (5 points of accu
 SMALL_TEST_SET = 1000
 
 
-def write_model_card(evidence: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``out_dir/MODEL_CARD.md`` (atomically) from ``evidence`` and return its path."""
+def write_model_card(evidence: v.EvidenceInput, out_dir: Path) -> Path:
+    """Write ``out_dir/MODEL_CARD.md`` (atomically) from ``evidence`` and return its path.
+
+    ``evidence``: a RunEvidence, or its dict (schema version 2, or 1 migrated); an invalid dict raises
+    DataError naming the first invalid field, and nothing is written."""
     return v.atomic_write_text(Path(out_dir) / CARD_FILE, render_model_card(evidence))
 
 
-def render_model_card(evidence: dict[str, Any]) -> str:
+def render_model_card(evidence: v.EvidenceInput) -> str:
     """The model card as Markdown text with YAML front matter."""
-    ev = v.check_evidence(evidence)
+    ev = v.as_evidence(evidence)
     front = yaml.safe_dump(card_metadata(ev), sort_keys=False, allow_unicode=True, width=1000)
     body = _env().get_template("model_card.md.j2").render(**card_context(ev))
     return f"---\n{front}---\n\n{body.strip()}\n"
@@ -73,17 +78,12 @@ def render_model_card(evidence: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------- front matter
 
 
-def subject(evidence: dict[str, Any]) -> dict[str, Any] | None:
-    """The candidate the card describes: the champion, else the baseline (stated as not approved)."""
-    return v.candidate(evidence, evidence.get("champion")) or v.baseline(evidence)
-
-
-def card_metadata(evidence: dict[str, Any]) -> dict[str, Any]:
-    """The YAML front matter as a dict: license (only when the model declares one), tags, model-index."""
-    ev = v.check_evidence(evidence)
-    model = v.section(ev, "model")
+def card_metadata(evidence: v.EvidenceInput) -> dict[str, Any]:
+    """The YAML front matter as a dict: license (only when the model declares one), tags, model-index.
+    The card describes the champion, else the baseline (stated as not approved)."""
+    ev = v.as_evidence(evidence)
     meta: dict[str, Any] = {}
-    declared = _one_line(model.get("license"))
+    declared = _one_line(ev.model.license)
     if declared:
         lic = declared.lower().replace(" ", "-")
         if lic in HF_LICENSES:
@@ -92,20 +92,19 @@ def card_metadata(evidence: dict[str, Any]) -> dict[str, Any]:
             meta["license"] = "other"
             meta["license_name"] = declared
     task = v.hf_task_type(ev)
-    cand = subject(ev)
+    cand = v.subject(ev)
     tags = ["modelyard"] + ([task] if task else [])
-    if cand is not None and cand.get("format"):
-        tags.append(_one_line(cand["format"]))
+    if cand is not None and cand.format:
+        tags.append(_one_line(cand.format))
     meta["tags"] = list(dict.fromkeys(tags))
     if task:
         meta["pipeline_tag"] = task
     metrics = _index_metrics(ev, cand)
     if task and metrics:
-        ds = v.section(ev, "dataset")
-        ds_name = _one_line(ds.get("name")) or "unnamed dataset"
+        ds_name = _one_line(ev.dataset.name) or "unnamed dataset"
         meta["model-index"] = [
             {
-                "name": _one_line(model.get("name")) or "unnamed model",
+                "name": _one_line(ev.model.name) or "unnamed model",
                 "results": [
                     {
                         "task": {"type": task},
@@ -118,7 +117,7 @@ def card_metadata(evidence: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _index_metrics(ev: dict[str, Any], cand: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _index_metrics(ev: RunEvidence, cand: CandidateEvidence | None) -> list[dict[str, Any]]:
     out = []
     for name, hf_type, label in INDEX_METRICS[v.task_kind(ev)]:
         val = v.value(cand, name)
@@ -139,40 +138,38 @@ def _one_line(text: Any) -> str:
 # ------------------------------------------------------------------------------------------------ body
 
 
-def card_context(evidence: dict[str, Any]) -> dict[str, Any]:
+def card_context(evidence: v.EvidenceInput) -> dict[str, Any]:
     """The body's content as plain strings and rows."""
-    ev = v.check_evidence(evidence)
-    model, ds, hw = v.section(ev, "model"), v.section(ev, "dataset"), v.section(ev, "hardware")
-    cand = subject(ev)
-    champion = ev.get("champion")
+    ev = v.as_evidence(evidence)
+    cand = v.subject(ev)
     kind = v.task_kind(ev)
-    ms = (cand or {}).get("measurements") or {}
-    efficiency = [r for r in _measurement_rows(cand, ms) if r["name"].startswith("efficiency.")]
+    results = _measurement_rows(cand)
+    efficiency = [r for r in results if r["name"].startswith("efficiency.")]
     return {
-        "model_name": _one_line(model.get("name")) or "unnamed model",
-        "run_id": str(ev.get("run_id") or v.UNKNOWN),
-        "created": str(ev.get("created") or v.UNKNOWN),
-        "schema": str(ev.get("schema") or v.UNKNOWN),
-        "task": str(model.get("task") or kind),
+        "model_name": _one_line(ev.model.name) or "unnamed model",
+        "run_id": ev.run_id or v.UNKNOWN,
+        "created": ev.created,
+        "schema": ev.schema_version,
+        "task": ev.model.task,
         "hf_task": v.hf_task_type(ev) or "not determined (dataset modality not recorded)",
-        "model_source": str(model.get("source") or "not recorded"),
-        "model_license": str(model.get("license") or "not recorded"),
+        "model_source": ev.model.source or v.NOT_RECORDED,
+        "model_license": ev.model.license or v.NOT_RECORDED,
         "cand": _candidate_details(cand, v.baseline(ev)) if cand else None,
-        "is_champion": cand is not None and cand.get("name") == champion,
-        "champion_reason": str(ev.get("champion_reason") or "not recorded"),
-        "data": _data_rows(ds),
-        "results": _measurement_rows(cand, ms),
+        "is_champion": cand is not None and cand.name == ev.champion,
+        "champion_reason": ev.champion_reason or v.NOT_RECORDED,
+        "data": _data_rows(ev.dataset),
+        "results": results,
         "comparison": _comparison(ev, kind),
-        "gates": [v.gate_row(g) for g in v.gates(cand)] if cand else [],
+        "gates": [v.gate_row(g) for g in cand.verdict.gates] if cand else [],
         "other_failures": [
-            {"name": str(c["name"]), "gate": v.gate_row(g)}
-            for c in v.candidates(ev)
-            if cand is None or c["name"] != cand.get("name")
+            {"name": c.name, "gate": v.gate_row(g)}
+            for c in ev.candidates
+            if c is not cand
             for g in v.failed_gates(c)
         ],
         "skipped": v.skipped_rows(ev),
-        "hardware": v.hardware_rows(hw),
-        "spec": v.spec_rows(model),
+        "hardware": v.hardware_rows(ev.hardware),
+        "spec": v.spec_rows(ev.model),
         "efficiency": efficiency,
         "risks": risks(ev),
         "caveats": sec.caveats(ev),
@@ -180,9 +177,9 @@ def card_context(evidence: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _evidence_sections(ev: dict[str, Any], cand: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+def _evidence_sections(ev: RunEvidence, cand: CandidateEvidence | None, kind: str) -> dict[str, Any]:
     """Calibration, per-class, robustness, OOD, data audit, security and governance content."""
-    name = str((cand or {}).get("name") or "")
+    name = cand.name if cand else ""
     scores = rv.ood_scores_table(ev)
     scores["rows"] = [r for r in scores["rows"] if r[0] == name]
     scans = a.file_scan_table(ev)
@@ -212,7 +209,7 @@ def _evidence_sections(ev: dict[str, Any], cand: dict[str, Any] | None, kind: st
             "sets": rv.ood_sets_table(ev),
         },
         "audit": a.data_audit(ev),
-        "provenance": a.provenance_table(sec.as_dict(sec.as_dict(ev.get("audit")).get("data")), ev),
+        "provenance": a.provenance_table(sec.data_audit_of(ev), ev),
         "clean_accuracy": {
             "text": v.fmt_measurement(clean, "quality.accuracy_clean", with_unit=False),
             "n": str(clean_details.get("n", v.NOT_RECORDED)),
@@ -230,56 +227,55 @@ def _evidence_sections(ev: dict[str, Any], cand: dict[str, Any] | None, kind: st
     }
 
 
-def _candidate_details(cand: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+def _candidate_details(cand: CandidateEvidence, base: CandidateEvidence | None) -> dict[str, Any]:
     size = v.size_bytes(cand)
     return {
-        "name": str(cand["name"]),
-        "format": str(cand.get("format") or "not recorded"),
-        "parent": str(cand["parent"]) if cand.get("parent") is not None else "none (this is the baseline)",
-        "baseline": str((base or {}).get("name") or "not recorded"),
-        "passes": [{"pass": p["pass"], "config": v.config_text(p["config"])} for p in v.pass_chain(cand)],
-        "sha256": md_code(cand["artifact_sha256"]) if cand.get("artifact_sha256") else v.NOT_RECORDED,
-        "size": "not recorded" if size is None else f"{size:,.0f} bytes ({v.fmt_bytes(size)})",
-        "notes": [str(n) for n in cand.get("notes") or []],
+        "name": cand.name,
+        "format": cand.format or v.NOT_RECORDED,
+        "parent": cand.parent if cand.parent is not None else "none (this is the baseline)",
+        "baseline": base.name if base else v.NOT_RECORDED,
+        "passes": v.passes_rows(cand),
+        "sha256": md_code(cand.artifact_sha256),
+        "size": f"{size:,.0f} bytes ({v.fmt_bytes(size)})",
+        "notes": list(cand.notes),
     }
 
 
-def _data_rows(ds: dict[str, Any]) -> list[tuple[str, str]]:
-    def get(key: str) -> str:
-        return "not recorded" if ds.get(key) in (None, "") else str(ds[key])
+def _data_rows(ds: DatasetInfo) -> list[tuple[str, str]]:
+    def text(x: object) -> str:
+        return v.NOT_RECORDED if x is None or x == "" else str(x)
 
     rows = [
-        ("Name", get("name")),
-        ("Modality", get("modality")),
-        ("Train examples", get("n_train")),
-        ("Test examples", get("n_test")),
+        ("Name", text(ds.name)),
+        ("Modality", ds.modality),
+        ("Train examples", str(ds.n_train)),
+        ("Test examples", str(ds.n_test)),
     ]
-    if ds.get("num_classes") is not None:
-        rows.append(("Classes", get("num_classes")))
-    if ds.get("paraphrase_pairs"):
-        rows.append(("Paraphrase pairs (test)", get("paraphrase_pairs")))
+    if ds.num_classes is not None:
+        rows.append(("Classes", str(ds.num_classes)))
+    if ds.paraphrase_pairs:
+        rows.append(("Paraphrase pairs (test)", str(ds.paraphrase_pairs)))
     rows += [
-        ("Fingerprint (SHA-256)", get("fingerprint_sha256")),
-        ("Source", get("source")),
-        ("Licence", get("license")),
+        ("Fingerprint (SHA-256)", text(ds.fingerprint_sha256)),
+        ("Source", text(ds.source)),
+        ("Licence", text(ds.license)),
     ]
     return rows
 
 
-def _measurement_rows(cand: dict[str, Any] | None, ms: dict[str, Any]) -> list[dict[str, str]]:
+def _measurement_rows(cand: CandidateEvidence | None) -> list[dict[str, str]]:
+    ms: dict[str, Measurement] = cand.measurements if cand else {}
     rows = []
-    for name in sorted(ms, key=str):
+    for name in sorted(ms):
         m = ms[name]
-        unit = v.unit_of(m, str(name))
-        val = v.value(cand, str(name))
-        reason = v.unknown_reason(m)
+        unit = v.unit_of(m, name)
         rows.append(
             {
-                "name": str(name),
-                "value": _value_text(val, unit, reason),
+                "name": name,
+                "value": _value_text(v.measured(m), unit, v.unknown_reason(m)),
                 "interval": v.fmt_interval(v.interval(m), unit) or "—",
                 "unit": unit or "—",
-                "meaning": v.meaning_of(str(name)) or "—",
+                "meaning": v.meaning_of(name) or "—",
             }
         )
     return rows
@@ -293,58 +289,50 @@ def _value_text(val: float | None, unit: str, reason: str | None) -> str:
     return v.fmt_bare(val, unit)
 
 
-def _comparison(ev: dict[str, Any], kind: str) -> dict[str, Any]:
-    metrics = v.KEY_METRICS[kind][:2] + v.EFFICIENCY_METRICS
+def _comparison(ev: RunEvidence, kind: str) -> dict[str, Any]:
+    metrics = v.key_metrics(kind)[:2] + v.efficiency_metrics()
     header = [
-        f"{label} ({unit})" if (unit := MEASUREMENTS[name][0]) != "bytes" else label
+        f"{label} ({unit})" if (unit := measurement_table()[name][0]) != "bytes" else label
         for name, label in metrics
     ]
     rows = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         cells = [v.cell_text(c, name) for name, _ in metrics]
-        rows.append({"name": str(c["name"]), "cells": cells, "verdict": v.verdict_label(c)})
+        rows.append({"name": c.name, "cells": cells, "verdict": v.verdict_label(c)})
     return {"header": header, "rows": rows}
 
 
-def risks(evidence: dict[str, Any]) -> list[str]:
+def risks(evidence: v.EvidenceInput) -> list[str]:
     """Limitations and risks, each derived from a fact in the evidence (or from its absence)."""
-    ev = v.check_evidence(evidence)
+    ev = v.as_evidence(evidence)
     out: list[str] = []
     kind = v.task_kind(ev)
-    cand = subject(ev)
-    champion = ev.get("champion")
-    ds, model, hw = v.section(ev, "dataset"), v.section(ev, "model"), v.section(ev, "hardware")
+    cand = v.subject(ev)
+    ds, hw = ev.dataset, ev.hardware
     if cand is None:
         out.append("The evidence holds no candidates, so nothing about a model was measured.")
-    elif cand.get("name") != champion:
+    elif cand.name != ev.champion:
         out.append(
-            f"No candidate passed the policy's gates; this card describes the baseline (candidate {cand['name']}), "
+            f"No candidate passed the policy's gates; this card describes the baseline (candidate {cand.name}), "
             "which the policy did not approve."
         )
     main = v.MAIN_METRIC[kind]
-    m = v.measurement(cand, main)
-    iv = v.interval(m)
-    n_test = v.as_float(ds.get("n_test"))
+    iv = v.interval(v.measurement(cand, main))
     if iv is not None and iv[1] - iv[0] > WIDE_INTERVAL:
-        width = iv[1] - iv[0]
-        size = f" from {n_test:.0f} test examples" if n_test is not None else ""
         out.append(
-            f"The 95% interval of {main} is {width:.4f} wide{size}; differences smaller than that "
-            "between candidates are not resolved by this evidence."
+            f"The 95% interval of {main} is {iv[1] - iv[0]:.4f} wide from {ds.n_test} test examples; "
+            "differences smaller than that between candidates are not resolved by this evidence."
         )
-    if n_test is not None and n_test < SMALL_TEST_SET:
+    if ds.n_test < SMALL_TEST_SET:
         out.append(
-            f"The test split has {n_test:.0f} examples (fewer than {SMALL_TEST_SET}); intervals are wide and "
+            f"The test split has {ds.n_test} examples (fewer than {SMALL_TEST_SET}); intervals are wide and "
             "rare failure modes may not appear in it."
         )
-    if n_test is None:
-        out.append("The evidence does not record the size of the test split.")
     if cand is not None:
-        ms = cand.get("measurements") or {}
-        unknown = sorted(str(n) for n, mm in ms.items() if v.value(cand, str(n)) is None)
+        unknown = sorted(n for n, m in cand.measurements.items() if v.measured(m) is None)
         if unknown:
             out.append("Unknown measurements (the check ran but gave no value): " + ", ".join(unknown) + ".")
-        expected = [n for n in v.EXPECTED[kind] if n not in ms]
+        expected = [n for n in v.expected(kind) if n not in cand.measurements]
         if expected:
             out.append("Not measured: " + ", ".join(expected) + ".")
     if kind == "embedding":
@@ -352,36 +340,35 @@ def risks(evidence: dict[str, Any]) -> list[str]:
             "Embedding quality is measured as agreement with the baseline's embeddings and paraphrase retrieval "
             "on this dataset, not against downstream task labels."
         )
-    if hw.get("int8_note"):
-        out.append(f"Hardware: {hw['int8_note']}")
-    device = f", device {hw['efficiency_device']}" if hw.get("efficiency_device") else ""
+    if hw.int8_note:
+        out.append(f"Hardware: {hw.int8_note}")
+    recorded = hw.efficiency_device and not hw.efficiency_device.startswith(v.NOT_RECORDED)
+    device = f", device {hw.efficiency_device}" if recorded else ""
     out.append(
         (
-            f"Speed, memory and cost were measured on the hardware listed above ({hw['cpu']}{device})"
-            if hw.get("cpu")
+            f"Speed, memory and cost were measured on the hardware listed above ({hw.cpu}{device})"
+            if hw.cpu
             else "The evidence does not record the hardware that speed, memory and cost were measured on"
         )
         + "; other hardware will give other numbers."
     )
-    for c in v.candidates(ev):
-        if cand is not None and c["name"] == cand.get("name"):
-            continue
-        for g in v.failed_gates(c):
-            reason = g.get("reason") or "no reason recorded"
-            out.append(f"Candidate {c['name']} did not pass gate {g.get('gate') or v.UNKNOWN}: {reason}")
-    provenance = sec.as_dict(sec.as_dict(sec.as_dict(ev.get("audit")).get("data")).get("provenance"))
-    if not (ds.get("source") or provenance.get("source")):
+    for c in ev.candidates:
+        if c is not cand:
+            out += [
+                f"Candidate {c.name} did not pass gate {g.gate or v.UNKNOWN}: {g.reason or 'no reason recorded'}"
+                for g in v.failed_gates(c)
+            ]
+    provenance = sec.as_dict(sec.data_audit_of(ev).get("provenance"))
+    if not (ds.source or provenance.get("source")):
         out.append(
             "The dataset's source is not recorded in the evidence; its provenance cannot be checked from this card."
         )
-    if not (ds.get("license") or provenance.get("license")):
+    if not (ds.license or provenance.get("license")):
         out.append(
             "The dataset's licence is not recorded in the evidence; check its terms before using or sharing the model."
         )
-    if not model.get("source"):
+    if not ev.model.source:
         out.append("The model's source is not recorded in the evidence.")
-    if cand is not None and not cand.get("artifact_sha256"):
-        out.append("The artifact's SHA-256 is not recorded, so the file cannot be matched to this card.")
     out.extend(a.evidence_risks(ev, cand))
     return out
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from modelyard.report import view as v
-from modelyard.report.sections import as_dict
+from modelyard.evaluate.schema import RunEvidence
+from modelyard.report.sections import as_dict, data_audit_of
 
 NOTE = (
     "This mapping is indicative: it lists which NIST AI RMF 1.0 MEASURE subcategories and ISO/IEC 42001:2023 "
@@ -36,40 +36,38 @@ ISO: dict[str, str] = {
 }
 
 
-def _measured(ev: dict[str, Any], *prefixes: str) -> bool:
+def _measured(ev: RunEvidence, *prefixes: str) -> bool:
     return any(
-        str(name).startswith(prefixes) and isinstance(m, dict) and m.get("status", "ok") == "ok"
-        for c in v.candidates(ev)
-        for name, m in (c.get("measurements") or {}).items()
+        name.startswith(prefixes) and m.status == "ok"
+        for c in ev.candidates
+        for name, m in c.measurements.items()
     )
 
 
-def _audit(ev: dict[str, Any], part: str, key: str) -> dict[str, Any]:
-    return as_dict(as_dict(as_dict(ev.get("audit")).get(part)).get(key))
+def _audit(ev: RunEvidence, part: str, key: str) -> dict[str, Any]:
+    return as_dict(as_dict(ev.audit.get(part)).get(key))
 
 
-def _data_audit_ran(ev: dict[str, Any]) -> bool:
-    data = as_dict(as_dict(ev.get("audit")).get("data"))
+def _data_audit_ran(ev: RunEvidence) -> bool:
+    data = data_audit_of(ev)
     return bool(data) and data.get("status") != "skipped"
 
 
-def _provenance(ev: dict[str, Any]) -> bool:
-    prov = _audit(ev, "data", "provenance")
-    ds = v.section(ev, "dataset")
-    return bool(prov.get("fingerprint_sha256") or ds.get("fingerprint_sha256"))
+def _provenance(ev: RunEvidence) -> bool:
+    return bool(_audit(ev, "data", "provenance").get("fingerprint_sha256") or ev.dataset.fingerprint_sha256)
 
 
-def _security(ev: dict[str, Any]) -> bool:
+def _security(ev: RunEvidence) -> bool:
     bd = _audit(ev, "model", "backdoor")
     return bool(_audit(ev, "model", "scan")) or bd.get("status") == "ok" or _measured(ev, "security.")
 
 
-def _contract(ev: dict[str, Any]) -> bool:
-    return any(as_dict(as_dict(c.get("serving")).get("input_contract")) for c in v.candidates(ev))
+def _contract(ev: RunEvidence) -> bool:
+    return any(c.serving is not None and c.serving.input_contract for c in ev.candidates)
 
 
 # (evidence in this run, present?, NIST subcategories, ISO areas)
-ROWS: list[tuple[str, Callable[[dict[str, Any]], bool], list[str], list[str]]] = [
+ROWS: list[tuple[str, Callable[[RunEvidence], bool], list[str], list[str]]] = [
     (
         "Test split, metrics with 95% intervals, and how each check was measured",
         lambda ev: _measured(ev, "quality.", "calibration.", "compare."),
@@ -130,14 +128,14 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], bool], list[str], list[str]]] =
     ),
     (
         "This model card and the report, generated from the evidence file",
-        lambda ev: bool(v.candidates(ev)),
+        lambda ev: bool(ev.candidates),
         ["2.1"],
         ["A.6.2", "A.8"],
     ),
 ]
 
 
-def governance_rows(evidence: dict[str, Any]) -> list[dict[str, str]]:
+def governance_rows(evidence: RunEvidence) -> list[dict[str, str]]:
     """One row per piece of evidence present in this run: ``{evidence, nist, iso}`` as display text."""
     return [
         {

@@ -1,7 +1,8 @@
 """report.html: one self-contained page (inline CSS, plots as inline PNG) rendered from evidence.
 
-``report_context`` turns evidence into plain rows and strings (data); the jinja2 template with
-autoescape turns those into HTML (rendering). Nothing appears in the page that is not in the evidence.
+``report_context`` turns the typed evidence (``RunEvidence``; a dict is converted once on the way in) into
+plain rows and strings (data); the jinja2 template with autoescape turns those into HTML (rendering). Nothing
+appears in the page that is not in the evidence.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import jinja2
 
 from modelyard.errors import DataError
-from modelyard.evaluate.evidence import MEASUREMENTS
+from modelyard.evaluate.checks import measurement_table
+from modelyard.evaluate.schema import CandidateEvidence, DatasetInfo, ModelInfo, RunEvidence
 from modelyard.report import audit_view as a
 from modelyard.report import plots
 from modelyard.report import robustness_view as rv
@@ -38,45 +40,45 @@ def _env() -> jinja2.Environment:
     )
 
 
-def write_report(evidence: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``out_dir/report.html`` (atomically) from ``evidence`` and return its path."""
+def write_report(evidence: v.EvidenceInput, out_dir: Path) -> Path:
+    """Write ``out_dir/report.html`` (atomically) from ``evidence`` and return its path.
+
+    ``evidence``: a RunEvidence, or its dict (schema version 2, or 1 migrated); an invalid dict raises
+    DataError naming the first invalid field, and nothing is written."""
     return v.atomic_write_text(Path(out_dir) / REPORT_FILE, render_report(evidence))
 
 
-def render_report(evidence: dict[str, Any]) -> str:
+def render_report(evidence: v.EvidenceInput) -> str:
     """The report as an HTML string."""
     return _env().get_template("report.html.j2").render(**report_context(evidence))
 
 
-def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
+def report_context(evidence: v.EvidenceInput) -> dict[str, Any]:
     """Everything the template shows, as plain strings, lists and dicts."""
-    ev = v.check_evidence(evidence)
+    ev = v.as_evidence(evidence)
     kind = v.task_kind(ev)
-    cands = v.candidates(ev)
-    champion = ev.get("champion") if isinstance(ev.get("champion"), str) else None
+    cands = ev.candidates
     caveats = sec.caveats(ev)
+    base = v.baseline(ev)
     return {
-        "title": f"modelyard report: {v.section(ev, 'model').get('name') or 'unnamed model'}",
+        "title": f"modelyard report: {ev.model.name or 'unnamed model'}",
         "run": _run(ev),
-        "model": _pairs(v.section(ev, "model"), ["name", "task", "source", "license"])
-        + v.spec_rows(v.section(ev, "model")),
-        "dataset": _dataset(v.section(ev, "dataset")),
-        "hardware": v.hardware_rows(v.section(ev, "hardware")),
-        "policy": v.flatten(v.section(ev, "policy")),
-        "table": _candidates_table(
-            cands, kind, champion, [str(n) for n in ev.get("pareto") or []], marked=bool(caveats)
-        ),
+        "model": _model(ev.model),
+        "dataset": _dataset(ev.dataset),
+        "hardware": v.hardware_rows(ev.hardware),
+        "policy": v.flatten(ev.policy),
+        "table": _candidates_table(cands, kind, ev.champion, ev.pareto, marked=bool(caveats)),
         "caveats": caveats,
-        "champion": champion,
-        "champion_reason": str(ev.get("champion_reason") or ""),
+        "champion": ev.champion,
+        "champion_reason": ev.champion_reason,
         "failures": [
-            {"name": c["name"], "gates": [v.gate_row(g) for g in v.failed_gates(c)]}
+            {"name": c.name, "gates": [v.gate_row(g) for g in v.failed_gates(c)]}
             for c in cands
             if v.failed_gates(c)
         ],
         "skipped": v.skipped_rows(ev),
-        "plots": _plots(ev, kind, champion),
-        "lineage": [_lineage(c, (v.baseline(ev) or {}).get("name")) for c in cands],
+        "plots": _plots(ev, kind, ev.champion),
+        "lineage": [_lineage(c, base.name if base else None) for c in cands],
         **evidence_sections(ev, kind),
     }
 
@@ -84,36 +86,52 @@ def report_context(evidence: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- header
 
 
-def _run(ev: dict[str, Any]) -> list[tuple[str, str]]:
+def _run(ev: RunEvidence) -> list[tuple[str, str]]:
     return [
-        ("run id", str(ev.get("run_id") or v.UNKNOWN)),
-        ("created", str(ev.get("created") or v.UNKNOWN)),
-        ("evidence schema", str(ev.get("schema") or v.UNKNOWN)),
+        ("run id", ev.run_id or v.UNKNOWN),
+        ("created", ev.created),
+        ("evidence schema", ev.schema_version),
     ]
 
 
-def _pairs(data: dict[str, Any], keys: list[str]) -> list[tuple[str, str]]:
-    return [(k, "not recorded" if data.get(k) in (None, "") else str(data[k])) for k in keys]
+def _text(x: object) -> str:
+    return v.NOT_RECORDED if x is None or x == "" else str(x)
 
 
-def _dataset(ds: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = _pairs(ds, ["name", "modality", "n_train", "n_test", "num_classes", "fingerprint_sha256"])
-    if ds.get("paraphrase_pairs"):
-        rows.append(("paraphrase pairs", str(ds["paraphrase_pairs"])))
-    rows += _pairs(ds, ["source", "license"])
-    return rows
+def _model(m: ModelInfo) -> list[tuple[str, str]]:
+    rows = [("name", _text(m.name)), ("task", m.task), ("source", _text(m.source))]
+    return [*rows, ("license", _text(m.license)), *v.spec_rows(m)]
+
+
+def _dataset(ds: DatasetInfo) -> list[tuple[str, str]]:
+    rows = [
+        ("name", _text(ds.name)),
+        ("modality", ds.modality),
+        ("n_train", str(ds.n_train)),
+        ("n_test", str(ds.n_test)),
+        ("num_classes", _text(ds.num_classes)),
+        ("fingerprint_sha256", _text(ds.fingerprint_sha256)),
+    ]
+    if ds.paraphrase_pairs:
+        rows.append(("paraphrase pairs", str(ds.paraphrase_pairs)))
+    return [*rows, ("source", _text(ds.source)), ("license", _text(ds.license))]
 
 
 # ------------------------------------------------------------------------------------------ candidates
 
 
 def _candidates_table(
-    cands: list[dict[str, Any]], kind: str, champion: str | None, pareto: list[str], *, marked: bool = False
+    cands: list[CandidateEvidence],
+    kind: str,
+    champion: str | None,
+    pareto: list[str],
+    *,
+    marked: bool = False,
 ) -> dict[str, Any]:
     """Key metrics (with intervals), the extra evidence columns the run has (values only; intervals and
     unknown reasons in the cell's title), then efficiency. ``marked``: accuracy headers point to the caveats."""
     extra = sec.extra_columns(cands, kind)
-    metrics = v.KEY_METRICS[kind] + extra + v.EFFICIENCY_METRICS
+    metrics = v.key_metrics(kind) + extra + v.efficiency_metrics()
     header = []
     for name, label in metrics:
         text = sec.header(name, label)
@@ -131,9 +149,9 @@ def _candidates_table(
         verdict = v.verdict_label(c)
         rows.append(
             {
-                "name": c["name"],
-                "champion": c["name"] == champion,
-                "pareto": c["name"] in pareto,
+                "name": c.name,
+                "champion": c.name == champion,
+                "pareto": c.name in pareto,
                 "cells": cells,
                 "verdict": verdict,
                 "verdict_detail": f"{n_failed} gate(s) not passed" if n_failed else "",
@@ -142,28 +160,26 @@ def _candidates_table(
     return {"header": header, "rows": rows}
 
 
-def _lineage(c: dict[str, Any], baseline: str | None) -> dict[str, Any]:
-    ms = c.get("measurements") or {}
-    chain = [p["pass"] for p in v.pass_chain(c)]
+def _lineage(c: CandidateEvidence, baseline: str | None) -> dict[str, Any]:
+    ms = c.measurements
+    chain = [p.pass_ for p in c.passes]
     return {
-        "name": c["name"],
-        "parent": str(c.get("parent")) if c.get("parent") is not None else "none (baseline)",
-        "format": str(c.get("format") or "not recorded"),
-        "chain": " → ".join([str(baseline or "baseline"), *chain])
-        if c.get("parent") is not None
-        else "baseline",
-        "passes": [{"pass": p["pass"], "config": v.config_text(p["config"])} for p in v.pass_chain(c)],
-        "sha256": str(c.get("artifact_sha256") or "not recorded"),
-        "notes": [str(n) for n in c.get("notes") or []],
-        "gates": [v.gate_row(g) for g in v.gates(c)],
+        "name": c.name,
+        "parent": c.parent if c.parent is not None else "none (baseline)",
+        "format": c.format or v.NOT_RECORDED,
+        "chain": " → ".join([baseline or "baseline", *chain]) if c.parent is not None else "baseline",
+        "passes": v.passes_rows(c),
+        "sha256": c.artifact_sha256,
+        "notes": list(c.notes),
+        "gates": [v.gate_row(g) for g in c.verdict.gates],
         "measurements": [
             {
-                "name": str(name),
-                "value": v.fmt_measurement(ms[name], str(name)),
-                "status": str(ms[name].get("status", "ok")),
-                "meaning": v.meaning_of(str(name)),
+                "name": name,
+                "value": v.fmt_measurement(ms[name], name),
+                "status": ms[name].status,
+                "meaning": v.meaning_of(name),
             }
-            for name in sorted(ms, key=str)
+            for name in sorted(ms)
         ],
     }
 
@@ -171,10 +187,10 @@ def _lineage(c: dict[str, Any], baseline: str | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ evidence sections
 
 
-def evidence_sections(ev: dict[str, Any], kind: str) -> dict[str, Any]:
+def evidence_sections(ev: RunEvidence, kind: str) -> dict[str, Any]:
     """Calibration, per-class, robustness, OOD, audit and "how this was measured" sections."""
-    cands = v.candidates(ev)
-    subject = sec.subject(ev)
+    cands = ev.candidates
+    subject = v.subject(ev)
     classifier = kind == "classification"
     return {
         "calibration": {
@@ -199,12 +215,14 @@ def evidence_sections(ev: dict[str, Any], kind: str) -> dict[str, Any]:
         },
         "suite": {"table": a.suite_table(ev), "facts": a.suite_facts(ev)},
         "has_evidence_sections": any(
-            sec.has_any(cands, [n]) for n in MEASUREMENTS if n.startswith(("robustness.", "ood.", "slices."))
+            sec.has_any(cands, [n])
+            for n in measurement_table()
+            if n.startswith(("robustness.", "ood.", "slices."))
         ),
     }
 
 
-def _per_class(ev: dict[str, Any], subject: dict[str, Any] | None) -> dict[str, Any]:
+def _per_class(ev: RunEvidence, subject: CandidateEvidence | None) -> dict[str, Any]:
     classes, series, note = sec.per_class_series(ev)
     names = list(series)
     caption = "Recall per class" + (
@@ -213,7 +231,7 @@ def _per_class(ev: dict[str, Any], subject: dict[str, Any] | None) -> dict[str, 
     caption += note
     return {
         "worst": sec.worst_table(ev),
-        "subject": str((subject or {}).get("name") or ""),
+        "subject": subject.name if subject else "",
         "table": sec.per_class_table(subject),
         "slices": sec.slices_table(subject),
         "plot": _plot(
@@ -226,7 +244,7 @@ def _per_class(ev: dict[str, Any], subject: dict[str, Any] | None) -> dict[str, 
     }
 
 
-def _robustness(ev: dict[str, Any]) -> dict[str, Any]:
+def _robustness(ev: RunEvidence) -> dict[str, Any]:
     return {
         "table": rv.robustness_table(ev),
         "unknown": rv.unknown_reason(ev, "robustness"),
@@ -243,7 +261,7 @@ def _robustness(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ood(ev: dict[str, Any]) -> dict[str, Any]:
+def _ood(ev: RunEvidence) -> dict[str, Any]:
     return {
         "table": rv.ood_table(ev),
         "unknown": rv.unknown_reason(ev, "ood"),
@@ -264,21 +282,16 @@ def _ood(ev: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def _plots(ev: dict[str, Any], kind: str, champion: str | None) -> list[dict[str, str]]:
-    cands = v.candidates(ev)
+def _plots(ev: RunEvidence, kind: str, champion: str | None) -> list[dict[str, str]]:
+    cands = ev.candidates
     out = [_pareto_plot(ev, kind, champion)]
     if kind == "classification":
         panels = []
         for c in cands:
-            m = v.measurement(c, "calibration.ece")
-            bins = (
-                (m or {}).get("details", {}).get("bins")
-                if isinstance((m or {}).get("details"), dict)
-                else None
-            )
+            bins = sec.details(c, "calibration.ece").get("bins")
             if isinstance(bins, list) and bins:
                 panels.append(
-                    (f"{c['name']}: ECE {v.fmt_bare(v.value(c, 'calibration.ece'), 'fraction')}", bins)
+                    (f"{c.name}: ECE {v.fmt_bare(v.value(c, 'calibration.ece'), 'fraction')}", bins)
                 )
         out.append(
             _plot(
@@ -291,11 +304,9 @@ def _plots(ev: dict[str, Any], kind: str, champion: str | None) -> list[dict[str
         )
     samples = {}
     for c in cands:
-        m = v.measurement(c, "efficiency.latency_p50_ms")
-        details = (m or {}).get("details")
-        s = details.get("samples_ms") if isinstance(details, dict) else None
+        s = sec.details(c, "efficiency.latency_p50_ms").get("samples_ms")
         if isinstance(s, list) and s:
-            samples[c["name"]] = s
+            samples[c.name] = s
     out.append(
         _plot(
             "Latency distributions",
@@ -307,11 +318,9 @@ def _plots(ev: dict[str, Any], kind: str, champion: str | None) -> list[dict[str
     )
     curves = {}
     for c in cands:
-        m = v.measurement(c, "efficiency.throughput_best")
-        details = (m or {}).get("details")
-        curve = details.get("curve") if isinstance(details, dict) else None
+        curve = sec.details(c, "efficiency.throughput_best").get("curve")
         if isinstance(curve, dict) and curve:
-            curves[c["name"]] = curve
+            curves[c.name] = curve
     out.append(
         _plot(
             "Throughput by batch size",
@@ -324,30 +333,30 @@ def _plots(ev: dict[str, Any], kind: str, champion: str | None) -> list[dict[str
     return out
 
 
-def _pareto_plot(ev: dict[str, Any], kind: str, champion: str | None) -> dict[str, str]:
-    cands = v.candidates(ev)
+def _pareto_plot(ev: RunEvidence, kind: str, champion: str | None) -> dict[str, str]:
+    cands = ev.candidates
     y_name = v.MAIN_METRIC[kind]
     # x: cost per 1M predictions (the axis modelyard.gate computes the frontier on) when any candidate has
     # it; otherwise batch-1 latency, and then the cost frontier is not drawn as a line.
     on_cost = any(v.value(c, "efficiency.cost_usd_per_1m") is not None for c in cands)
     x_name = "efficiency.cost_usd_per_1m" if on_cost else "efficiency.latency_p50_ms"
     x_label = "cost per 1M predictions (USD)" if on_cost else "batch-1 latency p50 (ms)"
-    y_label = f"{y_name.split('.', 1)[1].replace('_', ' ')} ({MEASUREMENTS[y_name][0]})"
+    y_label = f"{y_name.split('.', 1)[1].replace('_', ' ')} ({measurement_table()[y_name][0]})"
     points, left_out = [], []
     for c in cands:
         x, y = v.value(c, x_name), v.value(c, y_name)
         if x is None or y is None:
-            left_out.append(c["name"])
+            left_out.append(c.name)
         else:
-            points.append((c["name"], x, y))
-    frontier = [str(n) for n in ev.get("pareto") or []]
+            points.append((c.name, x, y))
+    frontier = list(ev.pareto)
     caption = f"x: {x_label}; y: {y_label}. Star: champion; crosses: candidates that failed a gate"
     caption += "; dashed line: Pareto frontier recorded in the evidence." if on_cost else "."
     if frontier and not on_cost:
         caption += " The Pareto frontier (" + ", ".join(frontier) + ") is on cost, which is unknown here."
     if left_out:
         caption += " Not plotted (unknown x or y): " + ", ".join(left_out) + "."
-    failed = [c["name"] for c in cands if v.verdict_label(c) == "FAIL"]
+    failed = [c.name for c in cands if not c.verdict.passed]
     return _plot(
         "Pareto: quality against " + ("cost" if on_cost else "latency"),
         caption,

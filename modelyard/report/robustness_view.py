@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelyard.evaluate.schema import CandidateEvidence, RunEvidence
 from modelyard.report import view as v
 from modelyard.report.sections import (
     Table,
@@ -19,6 +20,7 @@ from modelyard.report.sections import (
     details,
     has_any,
     num,
+    serving_ood,
     short,
     table,
     with_ci,
@@ -38,32 +40,32 @@ ROBUSTNESS_COLUMNS = [
 ]
 
 
-def unknown_reason(ev: dict[str, Any], section: str) -> str:
+def unknown_reason(ev: RunEvidence, section: str) -> str:
     """The one reason every candidate's robustness or OOD measurements are unknown, else ""."""
     names = OOD_NAMES if section == "ood" else tuple(n for n, _ in ROBUSTNESS_COLUMNS)
-    return common_unknown(v.candidates(ev), names)
+    return common_unknown(ev.candidates, names)
 
 
-def robustness_table(ev: dict[str, Any]) -> Table:
+def robustness_table(ev: RunEvidence) -> Table:
     """Per candidate: every robustness measurement the run has, plus FGSM robust accuracy from the details."""
-    cands = v.candidates(ev)
+    cands = ev.candidates
     t = candidate_table(cands, ROBUSTNESS_COLUMNS)
     if any(_attack(c, "fgsm") for c in cands) and t["rows"]:
         t["header"].append("FGSM accuracy (fraction)")
-        by_name = {str(c["name"]): c for c in cands}
+        by_name = {c.name: c for c in cands}
         for row in t["rows"]:
             fgsm = _attack(by_name[row[0]], "fgsm")
             row.append(num(fgsm.get("robust_accuracy"), "fraction") if fgsm else v.NOT_MEASURED)
     return t
 
 
-def _attack(cand: dict[str, Any], attack: str) -> dict[str, Any]:
+def _attack(cand: CandidateEvidence, attack: str) -> dict[str, Any]:
     return as_dict(as_dict(details(cand, "robustness.adversarial_accuracy").get("attacks")).get(attack))
 
 
-def adversarial_note(ev: dict[str, Any]) -> str:
+def adversarial_note(ev: RunEvidence) -> str:
     """How the adversarials were made: attacks, epsilon in input units, steps, where they were crafted."""
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "robustness.adversarial_accuracy")
         if not d:
             continue
@@ -92,10 +94,10 @@ def _severity_table(raw: Any) -> dict[str, list[float | None]]:
     }
 
 
-def corruption_curves(ev: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+def corruption_curves(ev: RunEvidence) -> dict[str, list[tuple[int, float]]]:
     """Mean accuracy over corruptions at each severity (severity 0 = clean accuracy), per candidate."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "robustness.corruption_accuracy")
         tbl = _severity_table(d.get("table"))
         if not tbl:
@@ -109,15 +111,15 @@ def corruption_curves(ev: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
             if m is not None:
                 pts.append((s + 1, m))
         if pts:
-            out[str(c["name"])] = pts
+            out[c.name] = pts
     return out
 
 
-def corruption_by_candidate(ev: dict[str, Any]) -> Table:
+def corruption_by_candidate(ev: RunEvidence) -> Table:
     """Rows: corruptions; columns: candidates; cells: accuracy averaged over severities."""
     tables = {
-        str(c["name"]): _severity_table(details(c, "robustness.corruption_accuracy").get("table"))
-        for c in v.candidates(ev)
+        c.name: _severity_table(details(c, "robustness.corruption_accuracy").get("table"))
+        for c in ev.candidates
     }
     tables = {k: t for k, t in tables.items() if t}
     corruptions = list(dict.fromkeys(k for t in tables.values() for k in t))
@@ -125,7 +127,7 @@ def corruption_by_candidate(ev: dict[str, Any]) -> Table:
     return table(["corruption", *tables], rows)
 
 
-def corruption_by_severity(cand: dict[str, Any] | None) -> Table:
+def corruption_by_severity(cand: CandidateEvidence | None) -> Table:
     """The candidate's accuracy per corruption and severity, with the baseline's mean for comparison."""
     d = details(cand, "robustness.corruption_accuracy")
     tbl, base = _severity_table(d.get("table")), _severity_table(d.get("baseline_table"))
@@ -141,13 +143,13 @@ def corruption_by_severity(cand: dict[str, Any] | None) -> Table:
     return table(["corruption", *(f"severity {s + 1}" for s in range(n)), "baseline mean"], rows)
 
 
-def consistency_table(ev: dict[str, Any]) -> Table:
+def consistency_table(ev: RunEvidence) -> Table:
     """Rows: label-preserving perturbations; columns: candidates; cells: fraction of unchanged predictions."""
     per = {}
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         raw = as_dict(details(c, "robustness.consistency").get("per_perturbation"))
         if raw:
-            per[str(c["name"])] = {str(k): _fraction(x) for k, x in raw.items()}
+            per[c.name] = {str(k): _fraction(x) for k, x in raw.items()}
     names = list(dict.fromkeys(k for p in per.values() for k in p))
     return table(
         ["perturbation", *per], [[k, *(p.get(k, v.NOT_MEASURED) for p in per.values())] for k in names]
@@ -166,16 +168,16 @@ def _fraction(x: Any) -> str:
 OOD_NAMES = ("ood.auroc", "ood.fpr95", "ood.auroc_drop")
 
 
-def ood_table(ev: dict[str, Any]) -> Table:
+def ood_table(ev: RunEvidence) -> Table:
     """Per candidate: the chosen score's AUROC and FPR95, the drop against the baseline, and the serving rule."""
     rows = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         if not has_any([c], OOD_NAMES):
             continue
         rule = serving_ood(c)
         rows.append(
             [
-                str(c["name"]),
+                c.name,
                 short(details(c, "ood.auroc").get("score") or rule.get("score") or v.NOT_RECORDED),
                 cell(c, "ood.auroc"),
                 cell(c, "ood.fpr95"),
@@ -196,10 +198,6 @@ def ood_table(ev: dict[str, Any]) -> Table:
     )
 
 
-def serving_ood(cand: dict[str, Any]) -> dict[str, Any]:
-    return as_dict(as_dict(cand.get("serving")).get("ood"))
-
-
 def threshold_text(rule: dict[str, Any]) -> str:
     """ "flag when energy score > -3.2 (95% of ID kept, fitted on the calibration split)"."""
     t = v.as_float(rule.get("threshold"))
@@ -212,17 +210,17 @@ def threshold_text(rule: dict[str, Any]) -> str:
     return f"{short(rule.get('score') or 'score')}: flag when {flag} ({kept}, fitted on {fitted})"
 
 
-def ood_scores_table(ev: dict[str, Any]) -> Table:
+def ood_scores_table(ev: RunEvidence) -> Table:
     """Per candidate and score: AUROC, AUPR-In, AUPR-Out and FPR95 (the chosen score marked)."""
     rows = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "ood.auroc")
         for score, r in as_dict(d.get("scores")).items():
             r = as_dict(r)
             chosen = " (chosen)" if score == d.get("score") else ""
             rows.append(
                 [
-                    str(c["name"]),
+                    c.name,
                     f"{short(score)}{chosen}",
                     *(num(r.get(k), "fraction") for k in ("auroc", "aupr_in", "aupr_out", "fpr95")),
                 ]
@@ -230,16 +228,16 @@ def ood_scores_table(ev: dict[str, Any]) -> Table:
     return table(["candidate", "score", "AUROC", "AUPR-In", "AUPR-Out", "FPR95"], rows)
 
 
-def ood_sets_table(ev: dict[str, Any]) -> Table:
+def ood_sets_table(ev: RunEvidence) -> Table:
     """Rows: OOD sets (with their size); columns: candidates; cells: the chosen score's AUROC on that set, and
     its FPR95 ("AUROC / FPR95") when the evidence records one."""
     per: dict[str, dict[str, dict[str, Any]]] = {}
     sizes: dict[str, str] = {}
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "ood.auroc")
         sets = as_dict(d.get("sets") or d.get("per_set"))
         if sets:
-            per[str(c["name"])] = {str(k): as_dict(s) for k, s in sets.items()}
+            per[c.name] = {str(k): as_dict(s) for k, s in sets.items()}
             for k, s in sets.items():
                 n = as_dict(s).get("n")
                 sizes.setdefault(str(k), str(n) if n is not None else v.NOT_RECORDED)
@@ -256,17 +254,17 @@ def ood_sets_table(ev: dict[str, Any]) -> Table:
     return table(["OOD set", "n", *(f"{name}: {label}" for name in per)], rows)
 
 
-def ood_histograms(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def ood_histograms(ev: RunEvidence) -> dict[str, dict[str, Any]]:
     """Per candidate: the chosen score's histogram (edges, ID and OOD counts) and the serving threshold."""
     out = {}
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "ood.auroc")
         h = as_dict(d.get("histogram"))
         if not h.get("edges"):
             continue
         rule = serving_ood(c)
         same = rule.get("score") in (None, d.get("score"))
-        out[str(c["name"])] = {
+        out[c.name] = {
             "edges": as_list(h.get("edges")),
             "id": as_list(h.get("id")),
             "ood": as_list(h.get("ood")),
@@ -276,12 +274,12 @@ def ood_histograms(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ood_note(ev: dict[str, Any]) -> str:
+def ood_note(ev: RunEvidence) -> str:
     """The OOD convention and where the sets came from."""
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         d = details(c, "ood.auroc")
         if d and v.value(c, "ood.auroc") is not None:
-            src = d.get("ood_source") or as_dict(ev.get("suite")).get("ood_source")
+            src = d.get("ood_source") or ev.suite.get("ood_source")
             parts = [
                 f"Score: {short(d.get('score') or v.NOT_RECORDED)} (larger = more out-of-distribution)",
                 f"AUROC with {short(d.get('positive') or 'OOD')} as the positive class; FPR95 with ID positive",

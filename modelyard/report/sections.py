@@ -1,7 +1,7 @@
 """Data for the report's and card's evidence sections beyond accuracy: comparison columns, calibration after
 temperature, per-class results, robustness and out-of-distribution detection.
 
-Every function reads the evidence dict and returns display strings in plain tables
+Every function reads the typed evidence (``RunEvidence``; measurement details are free-form dicts) and returns display strings in plain tables
 (``{"header": [str], "rows": [[str]]}``, first cell the candidate or row name) or plain numbers for the plots.
 Nothing is invented: a missing measurement shows as "not measured", an unknown one as "unknown (reason)".
 Metric conventions are those of the reference (metrics.md §5.1–5.5).
@@ -9,9 +9,11 @@ Metric conventions are those of the reference (metrics.md §5.1–5.5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from modelyard.evaluate.evidence import MEASUREMENTS
+from modelyard.evaluate.checks import measurement_table
+from modelyard.evaluate.schema import CandidateEvidence, RunEvidence
 from modelyard.report import view as v
 
 Table = dict[str, Any]
@@ -38,10 +40,10 @@ MAX_COMPARED = 3  # per-class bars compare the baseline with every candidate whe
 # -------------------------------------------------------------------------------------------- accessors
 
 
-def details(cand: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """The measurement's details dict, or {} when missing or malformed."""
-    d = (v.measurement(cand, name) or {}).get("details")
-    return d if isinstance(d, dict) else {}
+def details(cand: CandidateEvidence | None, name: str) -> dict[str, Any]:
+    """The measurement's free-form details, or {} when the measurement is missing."""
+    m = v.measurement(cand, name)
+    return {} if m is None else m.details
 
 
 def as_dict(x: Any) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def as_list(x: Any) -> list[Any]:
     return x if isinstance(x, list) else []
 
 
-def has_any(cands: list[dict[str, Any]], names: list[str] | tuple[str, ...]) -> bool:
+def has_any(cands: Sequence[CandidateEvidence], names: Sequence[str]) -> bool:
     return any(v.measurement(c, n) is not None for c in cands for n in names)
 
 
@@ -64,7 +66,7 @@ def num(x: Any, unit: str) -> str:
 def with_ci(x: Any, ci: Any, unit: str = "fraction") -> str:
     """ "0.9500 [0.9000 – 0.9800]" from a details value and its ``[lo, hi]`` (the interval only when valid)."""
     text = num(x, unit)
-    iv = v.interval({"interval": ci})
+    iv = v.pair(ci)
     return f"{text} [{v.fmt_interval(iv, unit)}]" if iv and v.as_float(x) is not None else text
 
 
@@ -73,20 +75,22 @@ def short(x: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def cell(cand: dict[str, Any], name: str, *, with_interval: bool = True) -> str:
+def cell(cand: CandidateEvidence, name: str, *, with_interval: bool = True) -> str:
     """A table cell for a measurement: value (with interval), "unknown (reason)" or "not measured"."""
     m = v.measurement(cand, name)
-    if not with_interval and m is not None and v.value(cand, name) is not None:
-        return v.fmt_bare(v.value(cand, name), v.unit_of(m, name))
+    if not with_interval and v.measured(m) is not None:
+        return v.fmt_bare(v.measured(m), v.unit_of(m, name))
     return v.fmt_measurement(m, name, with_unit=False)
 
 
 def header(name: str, label: str) -> str:
-    unit = MEASUREMENTS.get(name, ("", ""))[0]
+    unit = measurement_table().get(name, ("", ""))[0]
     return f"{label} ({unit})" if unit and unit not in ("bytes", "pass", "classes") else label
 
 
-def measured_columns(cands: list[dict[str, Any]], columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def measured_columns(
+    cands: Sequence[CandidateEvidence], columns: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
     """The columns some candidate has a measurement for."""
     return [(n, label) for n, label in columns if has_any(cands, [n])]
 
@@ -95,41 +99,44 @@ def table(header_row: list[str], rows: list[list[str]]) -> Table:
     return {"header": header_row, "rows": rows}
 
 
-def common_unknown(cands: list[dict[str, Any]], names: list[str] | tuple[str, ...]) -> str:
+def common_unknown(cands: Sequence[CandidateEvidence], names: Sequence[str]) -> str:
     """The reason when every candidate's ``names`` that exist are unknown for one same reason, else "" (a table
     of identical "unknown (reason)" cells says less than one sentence)."""
     ms = [v.measurement(c, n) for c in cands for n in names]
     present = [m for m in ms if m is not None]
-    if not present or any(
-        m.get("status", "ok") == "ok" and v.as_float(m.get("value")) is not None for m in present
-    ):
+    if not present or any(v.measured(m) is not None for m in present):
         return ""
     reasons = {v.unknown_reason(m) or "" for m in present}
     return reasons.pop() if len(reasons) == 1 else ""
 
 
-def candidate_table(cands: list[dict[str, Any]], columns: list[tuple[str, str]]) -> Table:
+def candidate_table(cands: Sequence[CandidateEvidence], columns: list[tuple[str, str]]) -> Table:
     """One row per candidate with any of ``columns``, one column per measurement some candidate has."""
     cols = measured_columns(cands, columns)
     rows = [
-        [str(c["name"]), *(cell(c, n) for n, _ in cols)]
+        [c.name, *(cell(c, n) for n, _ in cols)]
         for c in cands
         if any(v.measurement(c, n) is not None for n, _ in cols)
     ]
     return table(["candidate", *(header(n, label) for n, label in cols)], rows if cols else [])
 
 
-def subject(ev: dict[str, Any]) -> dict[str, Any] | None:
-    """The candidate a single-model section describes: the champion, else the baseline."""
-    return v.candidate(ev, ev.get("champion")) or v.baseline(ev)
+def serving_ood(cand: CandidateEvidence) -> dict[str, Any]:
+    """The candidate's OOD serving rule (free-form), or {} when none is served."""
+    return (cand.serving.ood if cand.serving is not None else None) or {}
 
 
-def caveats(ev: dict[str, Any]) -> list[str]:
+def data_audit_of(ev: RunEvidence) -> dict[str, Any]:
+    """The data audit (free-form), or {} when none is recorded."""
+    return as_dict(ev.audit.get("data"))
+
+
+def caveats(ev: RunEvidence) -> list[str]:
     """The sentences that go next to every accuracy figure: the evidence's caveats, plus a note when the data
     audit did not run (leakage and label errors were then not checked)."""
-    out = [short(c, 400) for c in as_list(ev.get("caveats")) if c not in (None, "")]
-    data = as_dict(as_dict(ev.get("audit")).get("data"))
-    if "audit" in ev and (not data or data.get("status") == "skipped"):
+    out = [short(c, 400) for c in ev.caveats if c]
+    data = data_audit_of(ev)
+    if not data or data.get("status") == "skipped":
         why = data.get("reason") or "not recorded in the evidence"
         out.append(
             f"the data audit did not run ({short(why, 200)}): leakage and label errors were not checked"
@@ -140,11 +147,11 @@ def caveats(ev: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------ candidates table
 
 
-def extra_columns(cands: list[dict[str, Any]], kind: str) -> list[tuple[str, str]]:
+def extra_columns(cands: Sequence[CandidateEvidence], kind: str) -> list[tuple[str, str]]:
     return measured_columns(cands, EXTRA_METRICS.get(kind, []))
 
 
-def compact_cell(cand: dict[str, Any], name: str) -> dict[str, Any]:
+def compact_cell(cand: CandidateEvidence, name: str) -> dict[str, Any]:
     """A narrow cell (value only; the reason of an unknown in ``title``) for the extra columns."""
     m = v.measurement(cand, name)
     if m is None:
@@ -164,10 +171,10 @@ def compact_cell(cand: dict[str, Any], name: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- calibration
 
 
-def calibration_table(ev: dict[str, Any]) -> Table:
+def calibration_table(ev: RunEvidence) -> Table:
     """ECE before and after the fitted temperature, T and its calibration-split NLL, per candidate."""
     rows = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         if not has_any([c], ("calibration.temperature", "calibration.ece_calibrated")):
             continue
         t = details(c, "calibration.temperature")
@@ -179,7 +186,7 @@ def calibration_table(ev: dict[str, Any]) -> Table:
         )
         rows.append(
             [
-                str(c["name"]),
+                c.name,
                 before,
                 cell(c, "calibration.temperature"),
                 cell(c, "calibration.ece_calibrated"),
@@ -204,25 +211,25 @@ def calibration_table(ev: dict[str, Any]) -> Table:
     )
 
 
-def calibrated_bins(ev: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+def calibrated_bins(ev: RunEvidence) -> list[tuple[str, list[Any]]]:
     """Reliability panels after temperature scaling: (title, bins) per candidate that has them."""
     out = []
-    for c in v.candidates(ev):
+    for c in ev.candidates:
         bins = details(c, "calibration.ece_calibrated").get("bins")
         if isinstance(bins, list) and bins:
             t = v.value(c, "calibration.temperature")
             ece = v.fmt_bare(v.value(c, "calibration.ece_calibrated"), "fraction")
-            out.append((f"{c['name']}: T {v.fmt_bare(t, 'T')}, ECE {ece}", bins))
+            out.append((f"{c.name}: T {v.fmt_bare(t, 'T')}, ECE {ece}", bins))
     return out
 
 
 # ------------------------------------------------------------------------------------------- per class
 
 
-def worst_table(ev: dict[str, Any]) -> Table:
+def worst_table(ev: RunEvidence) -> Table:
     """Per candidate: worst-class recall (class), worst-class drop (class), and the worst-slice drop (slice)
     when the run declared slices."""
-    cands = v.candidates(ev)
+    cands = ev.candidates
     with_slices = has_any(cands, ["slices.worst_slice_drop"])
     rows = []
     for c in cands:
@@ -233,7 +240,7 @@ def worst_table(ev: dict[str, Any]) -> Table:
         wcr = details(c, "slices.worst_class_recall").get("worst_class")
         wcd = details(c, "slices.worst_class_drop").get("class")
         row = [
-            str(c["name"]),
+            c.name,
             cell(c, "slices.worst_class_recall"),
             "—" if wcr is None else short(wcr),
             cell(c, "slices.worst_class_drop"),
@@ -250,7 +257,7 @@ def worst_table(ev: dict[str, Any]) -> Table:
     return table(header + (["worst-slice drop (points)", "slice"] if with_slices else []), rows)
 
 
-def per_class_table(cand: dict[str, Any] | None) -> Table:
+def per_class_table(cand: CandidateEvidence | None) -> Table:
     """The candidate's per-class precision, recall and F1 (Wilson 95% intervals) with the baseline's recall."""
     rows = []
     for r in as_list(details(cand, "slices.worst_class_recall").get("per_class")):
@@ -283,7 +290,7 @@ def per_class_table(cand: dict[str, Any] | None) -> Table:
     )
 
 
-def slices_table(cand: dict[str, Any] | None) -> Table:
+def slices_table(cand: CandidateEvidence | None) -> Table:
     """Accuracy per user-declared slice against the baseline's."""
     rows = []
     for s in as_list(details(cand, "slices.worst_slice_drop").get("slices")):
@@ -305,7 +312,7 @@ def slices_table(cand: dict[str, Any] | None) -> Table:
     )
 
 
-def _recalls(cand: dict[str, Any] | None) -> dict[str, float | None]:
+def _recalls(cand: CandidateEvidence | None) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for r in as_list(details(cand, "slices.worst_class_recall").get("per_class")):
         if isinstance(r, dict) and r.get("class") is not None:
@@ -313,12 +320,12 @@ def _recalls(cand: dict[str, Any] | None) -> dict[str, float | None]:
     return out
 
 
-def per_class_series(ev: dict[str, Any]) -> tuple[list[str], dict[str, list[float | None]], str]:
+def per_class_series(ev: RunEvidence) -> tuple[list[str], dict[str, list[float | None]], str]:
     """Classes, recall series by candidate (the baseline first) and a note on what was left out, for the
     grouped bar plot: the baseline against the champion, or against every candidate when there are few."""
     base = v.baseline(ev)
-    others = [c for c in v.candidates(ev) if c is not base and _recalls(c)]
-    champion = v.candidate(ev, ev.get("champion"))
+    others = [c for c in ev.candidates if c is not base and _recalls(c)]
+    champion = v.candidate(ev, ev.champion)
     if len(others) > MAX_COMPARED:
         others = (
             [champion]
@@ -345,8 +352,8 @@ def per_class_series(ev: dict[str, Any]) -> tuple[list[str], dict[str, list[floa
         classes = [k for k in classes if k in keep]
     series: dict[str, list[float | None]] = {}
     if base_recall and base is not None:
-        series[str(base["name"])] = [base_recall.get(k) for k in classes]
+        series[base.name] = [base_recall.get(k) for k in classes]
     for c in others:
         rec = _recalls(c)
-        series[str(c["name"])] = [rec.get(k) for k in classes]
+        series[c.name] = [rec.get(k) for k in classes]
     return classes, series, note

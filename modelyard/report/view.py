@@ -1,8 +1,9 @@
 """Data layer shared by the HTML report and the model card.
 
-Reads an evidence dict (schema ``modelyard.evidence/2`` or ``/1``, see ``modelyard.evaluate.schema``),
-checks its shape, pulls values out of it without ever inventing one, formats numbers with their units, and
-writes files atomically. Rendering (HTML, Markdown, plots) lives in the sibling modules.
+The renderers read a ``RunEvidence`` (``modelyard.evaluate.schema``): ``as_evidence`` is the one entry point
+that turns a dict into one (version 2 validated, version 1 migrated, anything else refused with DataError).
+This module pulls values out of the typed evidence without ever inventing one, formats numbers with their
+units, and writes files atomically. Rendering (HTML, Markdown, plots) lives in the sibling modules.
 """
 
 from __future__ import annotations
@@ -12,304 +13,207 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modelyard.errors import DataError
-from modelyard.evaluate.evidence import MEASUREMENTS
-from modelyard.evaluate.schema import SCHEMA_VERSION, SUPPORTED_VERSIONS
+from modelyard.evaluate.checks import columns, measurement_table
+from modelyard.evaluate.checks import expected as expected_checks
+from modelyard.evaluate.schema import (
+    CandidateEvidence,
+    GateResult,
+    Hardware,
+    Measurement,
+    ModelInfo,
+    RunEvidence,
+    load_evidence,
+)
 
-SCHEMA = SCHEMA_VERSION
 UNKNOWN = "unknown"
 NOT_MEASURED = "not measured"
 NOT_RECORDED = "not recorded"
 
-# Key metrics shown in the candidates table, per task kind: (measurement name, column label).
-KEY_METRICS: dict[str, list[tuple[str, str]]] = {
-    "classification": [
-        ("quality.accuracy", "Accuracy"),
-        ("quality.macro_f1", "Macro F1"),
-        ("compare.accuracy_drop", "Accuracy drop"),
-        ("calibration.ece", "ECE"),
-    ],
-    "embedding": [
-        ("quality.cosine_mean", "Cosine mean"),
-        ("quality.cosine_p5", "Cosine p5"),
-        ("quality.top10_agreement", "Top-10 agreement"),
-        ("quality.paraphrase_recall_at_1", "Paraphrase recall@1"),
-    ],
-}
-EFFICIENCY_METRICS: list[tuple[str, str]] = [
-    ("efficiency.size_bytes", "Size"),
-    ("efficiency.latency_p50_ms", "Latency p50"),
-    ("efficiency.throughput_best", "Throughput (best batch)"),
-    ("efficiency.cost_usd_per_1m", "Cost per 1M predictions"),
-]
 MAIN_METRIC = {"classification": "quality.accuracy", "embedding": "quality.cosine_mean"}
 
-# Measurements a complete run of each task kind has; absent ones are reported as not measured.
-EXPECTED: dict[str, list[str]] = {
-    "classification": [
-        n for n in MEASUREMENTS if n.startswith(("quality.accuracy", "quality.macro", "calibration."))
-    ]
-    + [n for n in MEASUREMENTS if n.startswith("efficiency.")],
-    "embedding": [
-        n for n in MEASUREMENTS if n.startswith(("quality.cosine", "quality.top10", "quality.para"))
-    ]
-    + [n for n in MEASUREMENTS if n.startswith("efficiency.")],
-}
+
+def key_metrics(kind: str) -> list[tuple[str, str]]:
+    """The candidates table's quality columns for a task kind: (measurement name, column label), from the
+    check registry (read at render time, so a check declared later has its column)."""
+    return columns(kind)
+
+
+def efficiency_metrics() -> list[tuple[str, str]]:
+    """The candidates table's efficiency columns, from the check registry."""
+    return columns("classification", efficiency_columns=True)
+
+
+def expected(kind: str) -> list[str]:
+    """Measurements a complete run of a task kind has (the registry's); absent ones are reported as not
+    measured."""
+    return expected_checks(kind)
+
 
 _PROBABILITY_UNITS = {"fraction", "cosine", "score", "nats", "points", "p-value"}
 _RATIO_UNITS = {"ratio", "T"}  # around 1: three decimals, so 1.000 and 1.050 line up in a table
 
+EvidenceInput = RunEvidence | Mapping[str, Any]
+"""What the public renderers take: the typed evidence, or its dict (schema version 2 or 1)."""
 
-# ---------------------------------------------------------------------------------------------- checks
+
+# ----------------------------------------------------------------------------------------- entry point
 
 
-def check_evidence(evidence: Any) -> dict[str, Any]:
-    """Return ``evidence`` if renderers can use its shape; raise DataError listing every problem otherwise.
-
-    This is the renderers' lenient check, for either schema version: missing sections and missing
-    measurements are allowed (they render as "unknown"/"not recorded"); wrong types, unnamed candidates and
-    a champion that is not a candidate are not. The strict check of a whole evidence file is
-    ``modelyard.evaluate.schema.validate_evidence`` (what ``write_evidence`` applies).
-    """
-    if not isinstance(evidence, dict):
+def json_data(evidence: object) -> dict[str, Any]:
+    """A JSON-safe copy of an evidence dict (what ``evidence.json`` would hold); DataError for anything else."""
+    if not isinstance(evidence, Mapping):
         raise DataError(
-            f"evidence must be a dict in schema {SCHEMA}, got {type(evidence).__name__}; "
-            "pass the dict that modelyard.evaluate builds (or json.load of evidence.json)"
+            f"evidence must be a dict (JSON object) or a RunEvidence, got {type(evidence).__name__}; pass "
+            "the dict that modelyard.pipeline builds, json.load of evidence.json, or load_evidence(path)"
         )
-    problems: list[str] = []
-    schema = evidence.get("schema")
-    if schema is not None and schema not in SUPPORTED_VERSIONS:
-        problems.append(f"schema is {schema!r}, expected {' or '.join(map(repr, SUPPORTED_VERSIONS))}")
-    for key in ("model", "dataset", "hardware", "policy", "audit", "suite"):
-        if evidence.get(key) is not None and not isinstance(evidence[key], dict):
-            problems.append(f"{key!r} is a {type(evidence[key]).__name__}, expected a dict")
-    caveats = evidence.get("caveats")
-    if caveats is not None and not isinstance(caveats, list):
-        problems.append(f"'caveats' is a {type(caveats).__name__}, expected a list of sentences")
-    cands = evidence.get("candidates", [])
-    names: list[str] = []
-    if not isinstance(cands, list):
-        problems.append(f"'candidates' is a {type(cands).__name__}, expected a list")
-        cands = []
-    for i, cand in enumerate(cands):
-        if not isinstance(cand, dict):
-            problems.append(f"candidates[{i}] is a {type(cand).__name__}, expected a dict")
-            continue
-        name = cand.get("name")
-        if not isinstance(name, str) or not name:
-            problems.append(f"candidates[{i}] has no name")
-            continue
-        if name in names:
-            problems.append(f"candidate name {name!r} appears twice")
-        names.append(name)
-        ms = cand.get("measurements")
-        if ms is not None and not isinstance(ms, dict):
-            problems.append(f"candidate {name!r}: 'measurements' is a {type(ms).__name__}, expected a dict")
-        elif ms:
-            bad = sorted(str(k) for k, v in ms.items() if not isinstance(v, dict))
-            if bad:
-                problems.append(f"candidate {name!r}: measurements {bad} are not dicts")
-        verdict = cand.get("verdict")
-        if verdict is not None and not isinstance(verdict, dict):
-            problems.append(f"candidate {name!r}: 'verdict' is a {type(verdict).__name__}, expected a dict")
-        elif verdict and not isinstance(verdict.get("gates", []), list):
-            problems.append(f"candidate {name!r}: 'verdict.gates' is not a list")
-        passes = cand.get("passes")
-        if passes is not None and not isinstance(passes, list):
-            problems.append(f"candidate {name!r}: 'passes' is a {type(passes).__name__}, expected a list")
-    skipped = evidence.get("skipped")
-    if skipped is not None and not (isinstance(skipped, list) and all(isinstance(s, dict) for s in skipped)):
-        problems.append("'skipped' must be a list of dicts")
-    champion = evidence.get("champion")
-    if champion is not None and champion not in names:
-        problems.append(f"champion {champion!r} is not one of the candidates {names}")
-    pareto = evidence.get("pareto")
-    if pareto is not None and not isinstance(pareto, list):
-        problems.append(f"'pareto' is a {type(pareto).__name__}, expected a list of candidate names")
-    if problems:
-        raise DataError(
-            "invalid evidence: "
-            + "; ".join(problems)
-            + "; rebuild it with modelyard.evaluate or fix these fields"
-        )
-    return evidence
+    data: dict[str, Any] = jsonable(dict(evidence))
+    return data
+
+
+def as_evidence(evidence: EvidenceInput) -> RunEvidence:
+    """The typed evidence the renderers read: ``evidence`` itself, or its dict converted once (as JSON:
+    non-finite numbers become null) by ``load_evidence``: version 2 validated, version 1 migrated. An invalid
+    dict raises DataError naming the first invalid field, in one line."""
+    if isinstance(evidence, RunEvidence):
+        return evidence
+    return load_evidence(json_data(evidence))
 
 
 # ------------------------------------------------------------------------------------------- accessors
 
 
-def section(evidence: dict[str, Any], key: str) -> dict[str, Any]:
-    value = evidence.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def candidates(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(evidence.get("candidates") or [])
-
-
-def skipped(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(evidence.get("skipped") or [])
-
-
-def skipped_rows(evidence: dict[str, Any]) -> list[dict[str, str]]:
+def skipped_rows(ev: RunEvidence) -> list[dict[str, str]]:
     """Skipped passes as ``{recipe, pass, reason}`` display strings."""
     return [
-        {
-            "recipe": str(s.get("recipe", "")),
-            "pass": str(s.get("pass", "")),
-            "reason": str(s.get("reason") or "no reason recorded"),
-        }
-        for s in skipped(evidence)
+        {"recipe": s.recipe, "pass": s.pass_, "reason": s.reason or "no reason recorded"} for s in ev.skipped
     ]
 
 
-def candidate(evidence: dict[str, Any], name: str | None) -> dict[str, Any] | None:
-    for cand in candidates(evidence):
-        if cand.get("name") == name:
-            return cand
-    return None
+def candidate(ev: RunEvidence, name: str | None) -> CandidateEvidence | None:
+    return next((c for c in ev.candidates if c.name == name), None)
 
 
-def baseline(evidence: dict[str, Any]) -> dict[str, Any] | None:
+def baseline(ev: RunEvidence) -> CandidateEvidence | None:
     """The candidate without a parent (the user's model); the first candidate if none is marked."""
-    cands = candidates(evidence)
-    for cand in cands:
-        if cand.get("parent") is None:
-            return cand
-    return cands[0] if cands else None
+    return next((c for c in ev.candidates if c.parent is None), ev.candidates[0] if ev.candidates else None)
 
 
-def task_kind(evidence: dict[str, Any]) -> str:
-    """ "embedding" or "classification", from the model's task, else from which measurements exist."""
-    task = section(evidence, "model").get("task")
-    if task in ("classification", "embedding"):
-        return str(task)
-    for cand in candidates(evidence):
-        ms = cand.get("measurements") or {}
-        if "quality.accuracy" in ms:
-            return "classification"
-        if "quality.cosine_mean" in ms:
-            return "embedding"
-    return "classification"
+def subject(ev: RunEvidence) -> CandidateEvidence | None:
+    """The candidate a single-model section describes: the champion, else the baseline."""
+    return candidate(ev, ev.champion) or baseline(ev)
 
 
-def hf_task_type(evidence: dict[str, Any]) -> str | None:
+def task_kind(ev: RunEvidence) -> str:
+    """ "embedding" or "classification": the model's task."""
+    return ev.model.task
+
+
+def hf_task_type(ev: RunEvidence) -> str | None:
     """The Hugging Face task id for this run, or None when the evidence does not say enough."""
-    if task_kind(evidence) == "embedding":
+    if task_kind(ev) == "embedding":
         return "feature-extraction"
-    modality = section(evidence, "dataset").get("modality")
     return {
         "image": "image-classification",
         "text": "text-classification",
         "tabular": "tabular-classification",
-    }.get(str(modality))
+    }.get(ev.dataset.modality)
 
 
-def measurement(cand: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    if cand is None:
-        return None
-    ms = cand.get("measurements") or {}
-    m = ms.get(name)
-    return m if isinstance(m, dict) else None
+def measurement(cand: CandidateEvidence | None, name: str) -> Measurement | None:
+    return None if cand is None else cand.measurements.get(name)
 
 
 def as_float(value: Any) -> float | None:
-    """A finite float, or None for anything else (None, NaN, strings, bools)."""
+    """A finite float, or None for anything else (None, NaN, strings, bools): for free-form details."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     v = float(value)
     return v if math.isfinite(v) else None
 
 
-def value(cand: dict[str, Any] | None, name: str) -> float | None:
-    """The measured value, or None when missing, unknown or not a finite number."""
-    m = measurement(cand, name)
-    if m is None or m.get("status", "ok") != "ok":
-        return None
-    return as_float(m.get("value"))
+def measured(m: Measurement | None) -> float | None:
+    """The measurement's value, or None when it is missing or unknown."""
+    return None if m is None or m.status != "ok" else m.value
 
 
-def interval(m: dict[str, Any] | None) -> tuple[float, float] | None:
-    if m is None:
+def value(cand: CandidateEvidence | None, name: str) -> float | None:
+    """The measured value, or None when missing or unknown."""
+    return measured(measurement(cand, name))
+
+
+def pair(raw: Any) -> tuple[float, float] | None:
+    """A ``[lo, hi]`` pair of finite numbers (from free-form details), or None."""
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
         return None
-    iv = m.get("interval")
-    if not isinstance(iv, list | tuple) or len(iv) != 2:
-        return None
-    lo, hi = as_float(iv[0]), as_float(iv[1])
+    lo, hi = as_float(raw[0]), as_float(raw[1])
     return None if lo is None or hi is None else (lo, hi)
 
 
-def unit_of(m: dict[str, Any] | None, name: str) -> str:
-    if m is not None and isinstance(m.get("unit"), str) and m["unit"]:
-        return str(m["unit"])
-    return MEASUREMENTS.get(name, ("", ""))[0]
+def interval(m: Measurement | None) -> tuple[float, float] | None:
+    """The measurement's 95% interval when both ends are finite, else None."""
+    return None if m is None else pair(m.interval)
+
+
+def unit_of(m: Measurement | None, name: str) -> str:
+    if m is not None and m.unit:
+        return m.unit
+    return measurement_table().get(name, ("", ""))[0]
 
 
 def meaning_of(name: str) -> str:
-    return MEASUREMENTS.get(name, ("", ""))[1]
+    return measurement_table().get(name, ("", ""))[1]
 
 
-def unknown_reason(m: dict[str, Any] | None) -> str | None:
+def unknown_reason(m: Measurement | None) -> str | None:
     """A reason recorded in an unknown measurement's details (``reason`` or ``error``), if any."""
     if m is None:
         return None
-    details = m.get("details")
-    if isinstance(details, dict):
-        for key in ("reason", "error"):
-            if isinstance(details.get(key), str) and details[key]:
-                return str(details[key])
+    for key in ("reason", "error"):
+        reason = m.details.get(key)
+        if isinstance(reason, str) and reason:
+            return reason
     return None
 
 
-def size_bytes(cand: dict[str, Any]) -> float | None:
-    """Artifact size: the measurement if present, else the candidate's recorded ``size_bytes``."""
-    measured = value(cand, "efficiency.size_bytes")
-    return measured if measured is not None else as_float(cand.get("size_bytes"))
+def size_bytes(cand: CandidateEvidence) -> float:
+    """Artifact size: the measurement if known, else the candidate's recorded ``size_bytes``."""
+    size = value(cand, "efficiency.size_bytes")
+    return float(cand.size_bytes) if size is None else size
 
 
-def gate_status(gate: dict[str, Any]) -> str:
-    passed = gate.get("passed")
-    return "PASS" if passed is True else "FAIL" if passed is False else "UNKNOWN"
+def gate_status(gate: GateResult) -> str:
+    return "PASS" if gate.passed is True else "FAIL" if gate.passed is False else "UNKNOWN"
 
 
-def hardware_rows(hw: dict[str, Any]) -> list[tuple[str, str]]:
+def hardware_rows(hw: Hardware) -> list[tuple[str, str]]:
     """Hardware, the target and the device the efficiency figures were taken on, ISA flags, the int8 note and
     the price assumption as (label, text) rows."""
-    isa = hw.get("isa")
-    isa_text = (
-        ", ".join(f"{k}: {'yes' if flag else 'no'}" for k, flag in sorted(isa.items()))
-        if isinstance(isa, dict) and isa
-        else NOT_RECORDED
-    )
-    price = as_float(hw.get("price_usd_per_hour"))
-    price_text = NOT_RECORDED if price is None else f"{price:g} USD per hour"
-    if price is not None:
-        price_text += f" (source: {hw.get('price_source') or NOT_RECORDED})"
-    rows = [
-        ("CPU", str(hw.get("cpu") or NOT_RECORDED)),
-        ("Cores", str(hw.get("cores") or NOT_RECORDED)),
+    isa = ", ".join(f"{k}: {'yes' if flag else 'no'}" for k, flag in sorted(hw.isa.items()))
+    rows = [("CPU", hw.cpu or NOT_RECORDED), ("Cores", str(hw.cores) if hw.cores else NOT_RECORDED)]
+    if hw.machine:
+        rows.append(("Machine", hw.machine))
+    rows += [
+        ("Target", hw.target),
+        ("Efficiency measured on", hw.efficiency_device or NOT_RECORDED),
+        ("ISA", isa or NOT_RECORDED),
+        ("int8 note", hw.int8_note or NOT_RECORDED),
     ]
-    if hw.get("machine"):
-        rows.append(("Machine", str(hw["machine"])))
-    if hw.get("target"):
-        rows.append(("Target", str(hw["target"])))
-    rows.append(("Efficiency measured on", str(hw.get("efficiency_device") or NOT_RECORDED)))
-    rows += [("ISA", isa_text), ("int8 note", str(hw.get("int8_note") or NOT_RECORDED))]
-    measured = hw.get("int8_measured")
-    if isinstance(measured, list) and measured:
-        rows.append(("int8 measured", "; ".join(str(x) for x in measured)))
-    rows.append(("Price assumption", price_text))
+    if hw.int8_measured:
+        rows.append(("int8 measured", "; ".join(hw.int8_measured)))
+    price = f"{hw.price_usd_per_hour:g} USD per hour (source: {hw.price_source or NOT_RECORDED})"
+    rows.append(("Price assumption", price))
     return rows
 
 
-def spec_rows(model: dict[str, Any]) -> list[tuple[str, str]]:
-    """The model's input and output tensors (from ``model.spec``), e.g. ``input_ids: int64 [?, 128]``."""
-    spec = model.get("spec")
-    if not isinstance(spec, dict):
-        return []
+def spec_rows(model: ModelInfo) -> list[tuple[str, str]]:
+    """The model's input and output tensors (from the free-form ``model.spec``), e.g. ``input_ids: int64
+    [?, 128]``."""
+    spec = model.spec or {}
     rows = []
     for key, label in (("inputs", "Inputs"), ("outputs", "Outputs")):
         tensors = spec.get(key)
@@ -329,55 +233,32 @@ def _tensor_text(t: Any) -> str:
     return f"{t.get('name', '?')}: {t.get('dtype', '?')} [{dims}]"
 
 
-def gate_row(g: dict[str, Any]) -> dict[str, str]:
+def gate_row(g: GateResult) -> dict[str, str]:
     """A gate as display strings. The gate's value and threshold are in the gate's own scale (e.g. MB for
-    a size budget, per ``modelyard.gate``), not the measurement's unit, so they are shown as bare numbers
-    (with the gate's ``unit`` only when the gate records one); the reason carries the unit in words."""
-    unit = g.get("unit") if isinstance(g.get("unit"), str) else ""
-
-    def num(key: str, missing: str) -> str:
-        x = as_float(g.get(key))
-        return missing if x is None else f"{x:.4g}" + (f" {unit}" if unit else "")
-
+    a size budget, per ``modelyard.gate``), not the measurement's unit, so they are shown as bare numbers;
+    the reason carries the unit in words."""
     return {
-        "gate": str(g.get("gate") or UNKNOWN),
-        "check": str(g.get("check") or "—"),
+        "gate": g.gate or UNKNOWN,
+        "check": g.check or "—",
         "status": gate_status(g),
-        "value": num("value", UNKNOWN),
-        "threshold": num("threshold", "not recorded"),
-        "reason": str(g.get("reason") or "no reason recorded"),
+        "value": UNKNOWN if g.value is None else f"{g.value:.4g}",
+        "threshold": f"{g.threshold:.4g}",
+        "reason": g.reason or "no reason recorded",
     }
 
 
-def verdict_label(cand: dict[str, Any]) -> str:
-    verdict = cand.get("verdict")
-    if not isinstance(verdict, dict) or "passed" not in verdict:
-        return "no verdict"
-    return "PASS" if verdict.get("passed") is True else "FAIL"
+def verdict_label(cand: CandidateEvidence) -> str:
+    return "PASS" if cand.verdict.passed else "FAIL"
 
 
-def gates(cand: dict[str, Any]) -> list[dict[str, Any]]:
-    verdict = cand.get("verdict")
-    if not isinstance(verdict, dict):
-        return []
-    return [g for g in verdict.get("gates") or [] if isinstance(g, dict)]
-
-
-def failed_gates(cand: dict[str, Any]) -> list[dict[str, Any]]:
+def failed_gates(cand: CandidateEvidence) -> list[GateResult]:
     """Gates that did not pass: failed ones and unknown ones (unknown fails closed)."""
-    return [g for g in gates(cand) if g.get("passed") is not True]
+    return [g for g in cand.verdict.gates if g.passed is not True]
 
 
-def pass_chain(cand: dict[str, Any]) -> list[dict[str, Any]]:
-    """The candidate's passes as ``{"pass": str, "config": dict}``; malformed entries are kept as text."""
-    out: list[dict[str, Any]] = []
-    for p in cand.get("passes") or []:
-        if isinstance(p, dict):
-            cfg = p.get("config")
-            out.append({"pass": str(p.get("pass", UNKNOWN)), "config": cfg if isinstance(cfg, dict) else {}})
-        else:
-            out.append({"pass": str(p), "config": {}})
-    return out
+def passes_rows(cand: CandidateEvidence) -> list[dict[str, str]]:
+    """The candidate's passes as ``{"pass", "config"}`` display strings."""
+    return [{"pass": p.pass_, "config": config_text(p.config)} for p in cand.passes]
 
 
 def config_text(config: dict[str, Any]) -> str:
@@ -442,12 +323,12 @@ def fmt_interval(iv: tuple[float, float] | None, unit: str) -> str:
     return f"{fmt_bare(iv[0], unit)} – {fmt_bare(iv[1], unit)}"
 
 
-def fmt_measurement(m: dict[str, Any] | None, name: str, *, with_unit: bool = True) -> str:
+def fmt_measurement(m: Measurement | None, name: str, *, with_unit: bool = True) -> str:
     """ "0.9531 [0.9400 – 0.9650]", "unknown (reason)" or "not measured"."""
     if m is None:
         return NOT_MEASURED
     unit = unit_of(m, name)
-    v = None if m.get("status", "ok") != "ok" else as_float(m.get("value"))
+    v = measured(m)
     if v is None:
         reason = unknown_reason(m)
         return f"{UNKNOWN} ({reason})" if reason else UNKNOWN
@@ -456,13 +337,11 @@ def fmt_measurement(m: dict[str, Any] | None, name: str, *, with_unit: bool = Tr
     return f"{text} [{fmt_interval(iv, unit)}]" if iv else text
 
 
-def cell_text(cand: dict[str, Any], name: str) -> str:
+def cell_text(cand: CandidateEvidence, name: str) -> str:
     """A table cell: the measurement without its unit (the column header names it); for the size, the
-    candidate's recorded ``size_bytes`` when there is no size measurement."""
+    candidate's recorded ``size_bytes`` when there is no known size measurement."""
     if name == "efficiency.size_bytes" and value(cand, name) is None:
-        size = size_bytes(cand)
-        if size is not None:
-            return fmt_bytes(size)
+        return fmt_bytes(size_bytes(cand))
     return fmt_measurement(measurement(cand, name), name, with_unit=False)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.evaluate.checkspec import CLASSIFIERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.security.formats import FAIL, ONNX, PASS, UNKNOWN, ScanResult
 from modelyard.security.scan import scan_file
@@ -24,6 +25,32 @@ STATUS = {PASS: "PASS", FAIL: "FAIL", UNKNOWN: "UNKNOWN"}
 MAX_LISTED = 50
 MAX_HASHED_FILES = 10_000
 _CHUNK = 1 << 20
+
+CHECKS = declare(
+    CheckSpec(
+        "security.file_scan",
+        "pass",
+        "1 when the artifact's file scan passes, 0 when it fails",
+        "higher",
+        gate=GateSpec("file_scan", None, 1.0, ">=", "the artifact's file scan (1 = PASS)"),
+    ),
+    CheckSpec(
+        "security.backdoor_flagged_classes",
+        "classes",
+        "classes whose training data the backdoor scans flag (activation clustering and spectral signatures)",
+        "lower",
+        CLASSIFIERS,
+        ("backdoor",),
+        gate=GateSpec(
+            "backdoor_scan",
+            None,
+            0.0,
+            "<=",
+            "classes the backdoor scans flag in the training data",
+            unit="classes",
+        ),
+    ),
+)
 
 
 def _sha256(path: Path) -> str:

@@ -26,9 +26,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.errors import ConfigError, ModelyardError
+
+if TYPE_CHECKING:
+    from modelyard.evaluate.schema import Measurement as SchemaMeasurement
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +83,12 @@ class BatchingConfig:
 # choose_batching
 
 
-def _curve_from(measurements: Mapping[str, Any]) -> tuple[dict[int, float] | None, str]:
+def _curve_from(measurements: Mapping[str, SchemaMeasurement]) -> tuple[dict[int, float] | None, str]:
     """The measured items-per-second per batch size, or None with the reason it is missing."""
     m = measurements.get("efficiency.throughput_best")
     if m is None:
         return None, "the candidate has no efficiency.throughput_best measurement"
-    details = m.get("details") if isinstance(m, Mapping) else getattr(m, "details", None)
-    raw = details.get("curve") if isinstance(details, Mapping) else None
+    raw = m.details.get("curve")
     if not isinstance(raw, Mapping) or not raw:
         return None, "efficiency.throughput_best has no throughput-per-batch-size curve"
     curve: dict[int, float] = {}
@@ -103,11 +105,14 @@ def _curve_from(measurements: Mapping[str, Any]) -> tuple[dict[int, float] | Non
 
 
 def choose_batching(
-    measurements: Mapping[str, Any] | None, *, latency_budget_ms: float | None, max_queue: int = 256
+    measurements: Mapping[str, SchemaMeasurement] | None,
+    *,
+    latency_budget_ms: float | None,
+    max_queue: int = 256,
 ) -> BatchingConfig:
     """Batching settings from the candidate's measured throughput per batch size.
 
-    ``measurements``: the candidate's Evidence measurements (dotted name -> Measurement dict); the curve is
+    ``measurements``: the candidate's Evidence measurements (dotted name -> typed Measurement); the curve is
     ``efficiency.throughput_best``'s ``details["curve"]`` (batch size -> items/s). A batch size qualifies when
     it gains at least 10% throughput over batch 1 and its own latency (``b / throughput_b``) stays within half
     the latency budget (100 ms when None); the qualifying size with the highest throughput wins. Otherwise, or
@@ -128,8 +133,6 @@ def choose_batching(
         )
     else:
         budget_ms = float(latency_budget_ms)
-    if isinstance(measurements, Mapping) and isinstance(measurements.get("measurements"), Mapping):
-        measurements = measurements["measurements"]  # a whole evidence row was passed
     if not measurements:
         return BatchingConfig(
             max_queue=max_queue, why="batching off: no efficiency measurements to judge whether it pays"

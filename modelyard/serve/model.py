@@ -40,6 +40,8 @@ import numpy as np
 
 from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, UnsafeModelError, first_line
+from modelyard.evaluate.schema import Measurement as SchemaMeasurement
+from modelyard.evaluate.schema import VersionEvidence
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner
 from modelyard.security import require_safe
@@ -66,15 +68,11 @@ def _dims(shape: Sequence[int | None]) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
 
 
-def latency_budget_ms(evidence: Mapping[str, Any]) -> float | None:
+def latency_budget_ms(evidence: VersionEvidence | None) -> float | None:
     """The policy's p99 latency budget recorded with a version (its ``latency_p99`` gate), if any."""
-    verdict = evidence.get("verdict") if isinstance(evidence, Mapping) else None
-    gates = verdict.get("gates") if isinstance(verdict, Mapping) else None
-    for g in gates or []:
-        if isinstance(g, Mapping) and g.get("gate") == "latency_p99":
-            t = g.get("threshold")
-            if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
-                return float(t)
+    for g in [] if evidence is None else evidence.verdict.gates:
+        if g.gate == "latency_p99" and math.isfinite(g.threshold) and g.threshold > 0:
+            return float(g.threshold)
     return None
 
 
@@ -87,7 +85,7 @@ class ServedModel:
     ref: str
     candidate: Candidate
     runner: Runner
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: VersionEvidence | None = None
     folder: Path | None = None
     temperature: float = 1.0
     ood_rule: dict[str, Any] | None = None
@@ -142,7 +140,7 @@ class ServedModel:
             ref=ref,
             candidate=cand,
             runner=runner,
-            evidence=dict(info.get("evidence") or {}),
+            evidence=info.get("evidence"),
             folder=folder,
             trust=dict(status.record) if status.record is not None else None,
         )
@@ -217,8 +215,23 @@ class ServedModel:
         return self.runner.spec.labels or self.candidate.spec.labels
 
     @property
-    def measurements(self) -> dict[str, Any]:
-        return dict(self.evidence.get("measurements") or {})
+    def classes(self) -> tuple[str, ...] | None:
+        """A classifier's class names in index order (the indices as strings when it has no labels); None for an
+        embedder or when the number of classes is unknown."""
+        if self.task != "classification":
+            return None
+        k = self.runner.spec.num_classes
+        if k is None:
+            shape = self.runner.spec.outputs[0].shape
+            k = shape[-1] if shape else None
+        labels = self.labels
+        if labels and (k is None or len(labels) == k):
+            return tuple(labels)
+        return None if k is None else tuple(str(i) for i in range(int(k)))
+
+    @property
+    def measurements(self) -> dict[str, SchemaMeasurement]:
+        return {} if self.evidence is None else dict(self.evidence.measurements)
 
     def inputs_metadata(self) -> list[dict[str, Any]]:
         if self.is_text:

@@ -1,5 +1,8 @@
 """Synthetic evidence (a classifier run, an embedder run, a run with unknown measurements) and readers of
-the rendered model card, for the report tests."""
+the rendered model card, for the report tests.
+
+Each builder returns a complete, valid ``modelyard.evidence/2`` dict (``validate_evidence`` accepts it), which a
+test may change before rendering; ``as_v1`` turns one into the shape of a version 1 file."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 import yaml
 
 from modelyard.evaluate.evidence import measure
+from modelyard.evaluate.schema import SCHEMA_VERSION, V1
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAILED_REASON = "accuracy drop upper bound 3.10 points exceeds the 1.00 point margin"
@@ -118,20 +122,26 @@ def classifier_evidence(*, source: str | None = None, license: str | None = None
                 "artifact_sha256": f"{i:x}" * 64,
                 "size_bytes": int(4_000_000 / (i + 1)),
                 "notes": ["Softmax kept in fp32"] if i == 3 else [],
+                "meta": {},
+                "serving": None,
                 "measurements": _classifier_measurements(i, baseline=i == 0),
                 "verdict": {"passed": ok, "gates": gates},
             }
         )
     return {
-        "schema": "modelyard.evidence/1",
+        "schema": SCHEMA_VERSION,
         "run_id": "run-20250101-abc",
         "created": "2025-01-01T12:00:00+00:00",
-        "model": {"name": "digits-cnn", "task": "classification", "source": "modelyard zoo"},
+        "model": {"name": "digits-cnn", "task": "classification", "source": "modelyard zoo", "spec": None},
         "dataset": {
             "name": "digits",
             "modality": "image",
             "n_train": 1437,
             "n_test": 360,
+            "n_cal": None,
+            "split": "20% of the items, stratified, seed 0",
+            "slice_columns": [],
+            "datasheet": None,
             "num_classes": 10,
             "classes": [str(k) for k in range(10)],
             "paraphrase_pairs": 0,
@@ -142,10 +152,13 @@ def classifier_evidence(*, source: str | None = None, license: str | None = None
         "hardware": {
             "cpu": "Test CPU 3000",
             "cores": 2,
+            "machine": "test machine",
             "isa": {"avx2": True, "avx512": False, "vnni": False, "amx": False},
             "int8_note": "no VNNI: int8 matmuls are emulated and may be slower than fp32",
             "price_usd_per_hour": 0.0416,
             "price_source": "on-demand 2-vCPU instance",
+            "target": "cpu",
+            "efficiency_device": "cpu",
         },
         "policy": {"objective": "cheapest", "gates": {"accuracy_drop_points": 1.0, "ece_max": 0.1}},
         "candidates": cands,
@@ -153,6 +166,9 @@ def classifier_evidence(*, source: str | None = None, license: str | None = None
         "champion": "int8-dynamic",
         "pareto": ["baseline", "int8-dynamic"],
         "champion_reason": "cheapest candidate that passed every gate (0.0067 USD per 1M predictions)",
+        "audit": {"data": {}, "model": {}},
+        "caveats": [],
+        "suite": {},
     }
 
 
@@ -178,6 +194,8 @@ def embedder_evidence() -> dict[str, Any]:
                 "artifact_sha256": "a" * 64,
                 "size_bytes": 1,
                 "notes": [],
+                "meta": {},
+                "serving": None,
                 "measurements": {m.name: m.to_dict() for m in ms},
                 "verdict": {
                     "passed": True,
@@ -186,13 +204,14 @@ def embedder_evidence() -> dict[str, Any]:
             }
         )
     return {
-        "schema": "modelyard.evidence/1",
+        "schema": SCHEMA_VERSION,
         "run_id": "run-emb",
         "created": "2025-01-02T00:00:00+00:00",
         "model": {
             "name": "all-MiniLM-L6-v2",
             "task": "embedding",
             "source": "sentence-transformers",
+            "spec": None,
             "license": "Apache-2.0",
         },
         "dataset": {
@@ -200,6 +219,10 @@ def embedder_evidence() -> dict[str, Any]:
             "modality": "text",
             "n_train": 0,
             "n_test": 2000,
+            "n_cal": None,
+            "split": "given as separate items",
+            "slice_columns": [],
+            "datasheet": None,
             "num_classes": None,
             "classes": None,
             "paraphrase_pairs": 1000,
@@ -210,10 +233,13 @@ def embedder_evidence() -> dict[str, Any]:
         "hardware": {
             "cpu": "Test CPU",
             "cores": 2,
+            "machine": "x86_64",
             "isa": {"avx2": True},
             "int8_note": "",
             "price_usd_per_hour": 0.04,
             "price_source": "x",
+            "target": "cpu",
+            "efficiency_device": "cpu",
         },
         "policy": {},
         "candidates": cands,
@@ -221,11 +247,15 @@ def embedder_evidence() -> dict[str, Any]:
         "champion": "minilm-int8",
         "pareto": ["minilm", "minilm-int8"],
         "champion_reason": "cheapest passing candidate",
+        "audit": {"data": {}, "model": {}},
+        "caveats": [],
+        "suite": {},
     }
 
 
 def unknown_evidence() -> dict[str, Any]:
-    """One candidate with unknown measurements, missing sections and a failed-closed gate."""
+    """One candidate with unknown measurements, unrecorded facts (empty strings, nulls, an empty policy) and
+    a failed-closed gate."""
     ms = [
         measure("quality.accuracy", None, reason="predictions failed: runner crashed"),
         measure("calibration.ece", float("nan")),
@@ -233,15 +263,49 @@ def unknown_evidence() -> dict[str, Any]:
         measure("efficiency.throughput_best", None, curve={"b": "x"}),
     ]
     return {
-        "schema": "modelyard.evidence/1",
+        "schema": SCHEMA_VERSION,
         "run_id": "run-unknown",
-        "model": {"name": "mystery", "task": "classification"},
-        "dataset": {"name": "tiny", "modality": "tabular", "n_test": 40},
+        "created": "2025-01-03T00:00:00+00:00",
+        "model": {"name": "mystery", "task": "classification", "source": "", "spec": None},
+        "dataset": {
+            "name": "tiny",
+            "modality": "tabular",
+            "n_train": 0,
+            "n_test": 40,
+            "n_cal": None,
+            "split": "not recorded",
+            "slice_columns": [],
+            "datasheet": None,
+            "num_classes": None,
+            "classes": None,
+            "paraphrase_pairs": 0,
+            "fingerprint_sha256": "",
+            "source": None,
+            "license": None,
+        },
+        "hardware": {
+            "cpu": "",
+            "cores": 0,
+            "machine": "",
+            "isa": {},
+            "int8_note": "",
+            "price_usd_per_hour": 0.0,
+            "price_source": "",
+            "target": "cpu",
+            "efficiency_device": "not recorded",
+        },
+        "policy": {},
         "candidates": [
             {
                 "name": "baseline",
                 "parent": None,
+                "format": "torch",
                 "passes": [],
+                "artifact_sha256": "0" * 64,
+                "size_bytes": 0,
+                "notes": [],
+                "meta": {},
+                "serving": None,
                 "measurements": {m.name: m.to_dict() for m in ms},
                 "verdict": {
                     "passed": False,
@@ -258,10 +322,30 @@ def unknown_evidence() -> dict[str, Any]:
                 },
             }
         ],
+        "skipped": [],
         "champion": None,
         "pareto": [],
         "champion_reason": "no candidate passed every gate",
+        "audit": {"data": {}, "model": {}},
+        "caveats": [],
+        "suite": {},
     }
+
+
+def as_v1(evidence: dict[str, Any]) -> dict[str, Any]:
+    """``evidence`` shaped like a version 1 file written before audits, serving rules, the model spec,
+    calibration splits and the efficiency device were recorded (``migrate_v1`` fills them in)."""
+    out = {k: val for k, val in evidence.items() if k not in ("audit", "caveats", "suite")}
+    out["schema"] = V1
+    out["model"] = {k: val for k, val in evidence["model"].items() if k != "spec"}
+    drop = ("n_cal", "split", "slice_columns", "datasheet")
+    out["dataset"] = {k: val for k, val in evidence["dataset"].items() if k not in drop}
+    drop = ("target", "efficiency_device", "machine")
+    out["hardware"] = {k: val for k, val in evidence["hardware"].items() if k not in drop}
+    out["candidates"] = [
+        {k: val for k, val in c.items() if k not in ("meta", "serving")} for c in evidence["candidates"]
+    ]
+    return out
 
 
 def front_matter(text: str) -> dict[str, Any]:
