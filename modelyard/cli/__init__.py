@@ -1,6 +1,6 @@
 """Thin Typer app: parse, call the library, render with rich. One module per command group: ``run`` (demo,
-optimize, evaluate, passes), ``models``, ``audit``, ``serve``; the options they share are in ``options``, the
-consoles and the rendering of a run in ``render``.
+optimize, evaluate, passes), ``models``, ``audit``, ``serve``, ``monitor``; the options they share are in
+``options``, the consoles and the rendering of a run in ``render``.
 
 Exit codes: 0 done (for a run: a champion was chosen); 1 a run where no candidate passed the policy (the
 table and every failed gate are printed, the run is registered, the champion alias is not moved); 2 bad
@@ -16,6 +16,7 @@ from typer.exceptions import TyperException
 from modelyard.cli import run, serve
 from modelyard.cli.audit import audit_app
 from modelyard.cli.models import models_app
+from modelyard.cli.monitor import monitor_app
 from modelyard.cli.render import err_console
 from modelyard.errors import GateFailed, ModelyardError
 
@@ -28,6 +29,7 @@ for command in (run.demo, run.optimize, run.evaluate, run.passes, run.checks):
     app.command()(command)
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
+app.add_typer(monitor_app, name="monitor")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,12 +59,39 @@ def serve(
     home: Annotated[
         Path | None, typer.Option(help="Home folder (default $MODELYARD_HOME or ./.modelyard).")
     ] = None,
+    no_monitor: Annotated[
+        bool,
+        typer.Option(
+            "--no-monitor",
+            help="Do not log predictions (also MODELYARD_MONITOR=0); feedback is then refused.",
+        ),
+    ] = False,
+    monitor_sample: Annotated[
+        float | None,
+        typer.Option(help="Share of requests written to the prediction log, 0..1 (default 1: all)."),
+    ] = None,
+    monitor_db: Annotated[
+        Path | None, typer.Option(help="Prediction log file (default monitor.db in the home folder).")
+    ] = None,
+    monitor_max_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Keep at most this many logged predictions, oldest deleted first (default 1,000,000; 0: no limit)."
+        ),
+    ] = None,
+    monitor_max_days: Annotated[
+        float | None,
+        typer.Option(help="Delete logged predictions older than this many days (default 30; 0: no limit)."),
+    ] = None,
 ) -> None:
     """Serve registry models over the Open Inference Protocol v2 (KServe v2, with binary tensors) and a simple
     JSON POST /predict. Set MODELYARD_API_KEY in the environment to require 'Authorization: Bearer <key>'; it is
     never a command-line option, so it stays out of the process list and the shell history. A pickle-based or
     factory-built version is served only with the trust record stored when it was registered, or with
-    --trust-pickle / --trust-factory for a version registered without one."""
+    --trust-pickle / --trust-factory for a version registered without one. Predictions are logged (summaries,
+    not raw inputs) to monitor.db in the home folder unless --no-monitor; every answer carries its request id
+    (x-request-id), and labels posted later to POST /v2/models/NAME/feedback or with 'modelyard monitor
+    feedback' name it."""
     import uvicorn
 
     from modelyard.cli.render import serve_console
@@ -86,10 +113,19 @@ def serve(
         reload_on_alias=reload_on_alias,
         trust_pickle=trust_pickle,
         trust_factory=trust_factory,
+        monitor=False if no_monitor else None,
+        monitor_sample=monitor_sample,
+        monitor_db=monitor_db,
+        monitor_max_rows=monitor_max_rows,
+        monitor_max_days=monitor_max_days,
     )
     app = create_app(settings)
     refs = resolve_refs(settings, app.state.serve.registry)  # fail fast, in one line, on a bad reference
     check_trust(settings, app.state.serve.registry, refs)  # ... and on a version nobody said to trust
+    if settings.monitor:  # ... and on a prediction log that cannot be written
+        from modelyard.monitor.db import connect
+
+        connect(settings.monitor_path).close()
     models = ", ".join(f"{name} v{version}" for _, name, version in refs)
     batching = "batching off" if not settings.batching else "batching from measurements"
     if settings.max_batch_size is not None:
@@ -101,6 +137,12 @@ def serve(
         extras.append("WARNING: reachable from the network with no API key; set MODELYARD_API_KEY")
     if settings.reload_on_alias:
         extras.append("following aliases")
+    if not settings.monitor:
+        extras.append("prediction log off")
+    elif settings.monitor_sample < 1.0:
+        extras.append(f"logging {settings.monitor_sample:.0%} of predictions to {settings.monitor_path}")
+    else:
+        extras.append(f"logging predictions to {settings.monitor_path}")
     extras += [
         flag for flag, on in (("--trust-pickle", trust_pickle), ("--trust-factory", trust_factory)) if on
     ]

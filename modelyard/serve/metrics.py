@@ -11,6 +11,11 @@ counters, histograms for latency, labels of bounded cardinality (model, version,
     modelyard_cache_hits_total{model,version}, modelyard_cache_misses_total{model,version}
     modelyard_inflight_requests                                          gauge
     modelyard_model_ready{model,version}                                 gauge, 1 when serving
+    modelyard_monitor_logged_records_total                               counter, prediction log rows written
+    modelyard_monitor_dropped_records_total{reason}                      counter, records not logged
+    modelyard_monitor_queued_records                                     gauge, records waiting to be written
+
+``reason`` is one of queue_full, error, duplicate_id, closed (see :mod:`modelyard.monitor.writer`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+
+from modelyard.monitor.writer import DROP_REASONS
 
 PREFIX = "modelyard"
 
@@ -102,6 +109,31 @@ class ServerMetrics:
             MODEL_LABELS,
             registry=r,
         )
+
+        self.monitor_logged_records_total = Counter(
+            f"{PREFIX}_monitor_logged_records",
+            "Requests written to the prediction log.",
+            registry=r,
+        )
+        self.monitor_dropped_records_total = Counter(
+            f"{PREFIX}_monitor_dropped_records",
+            "Requests that were to be logged and were not, by reason (queue_full, error, duplicate_id, closed).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.monitor_dropped_records_total.labels(reason)
+        self.monitor_queued_records = Gauge(
+            f"{PREFIX}_monitor_queued_records",
+            "Prediction log records waiting to be written.",
+            registry=r,
+        )
+
+    def monitor_dropped(self, reason: str, n: int = 1) -> None:
+        self.monitor_dropped_records_total.labels(reason).inc(n)
+
+    def monitor_written(self, n: int) -> None:
+        self.monitor_logged_records_total.inc(n)
 
     def batch_callbacks(
         self, model: str, version: str

@@ -1,5 +1,11 @@
-"""The server's pure ASGI middleware: the API key, the body-size limit, the in-flight gauge, request metrics
-and the last-resort 500.
+"""The server's pure ASGI middleware: the request id, the API key, the body-size limit, the in-flight gauge,
+request metrics, the prediction log and the last-resort 500.
+
+Every response carries an ``x-request-id`` header: the client's own ``x-request-id`` when it is a safe token
+(letters, digits and ``._:-``, at most 128 characters, see :func:`is_safe_request_id`), else a new uuid4 hex; an
+inference route may replace it with the request's OIP ``id`` (``request.state.request_id``). Once the answer
+is sent, a request a route marked for the prediction log (``request.state.monitor_capture``) is logged under
+that id with the whole request's latency; only 200 answers are logged.
 
 It checks the API key (every path but ``/v2/health/*`` when a key is set, compared in constant time) and the
 body size (413 as soon as ``Content-Length`` or the streamed bytes pass ``max_body_bytes``), refuses new
@@ -12,19 +18,41 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from modelyard.serve.state import ServerState
+from modelyard.serve.state import Capture, ServerState
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no API key needed
+REQUEST_ID_HEADER = b"x-request-id"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+def is_safe_request_id(value: object) -> bool:
+    """Whether ``value`` can be a request id as given: 1 to 128 letters, digits and ``._:-``, starting with a
+    letter or digit (safe in a header, a log line and a file)."""
+    return isinstance(value, str) and _SAFE_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _client_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers") or []:
+        if name.lower() == REQUEST_ID_HEADER:
+            given = value.decode("latin-1")
+            return given if is_safe_request_id(given) else new_request_id()
+    return new_request_id()
 
 
 async def _send_json(
@@ -64,10 +92,15 @@ class ServerMiddleware:
         metrics = self.state.metrics
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
+        request_state: dict[str, Any] = scope.setdefault("state", {})
+        request_state["request_id"] = _client_request_id(scope)
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = int(message["status"]), True
+                rid = str(request_state.get("request_id") or "").encode("latin-1")
+                headers = [(k, v) for k, v in message.get("headers") or [] if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid)]}
             await send(message)
 
         metrics.inflight_requests.inc()
@@ -81,11 +114,20 @@ class ServerMiddleware:
             metrics.inflight_requests.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            labels = (scope.get("state") or {}).get("model_labels") or ("", "")
+            labels = request_state.get("model_labels") or ("", "")
+            seconds = time.perf_counter() - started
             if status["sent"]:  # a client that left before any answer is not counted
-                metrics.observe_request(
-                    labels[0], labels[1], endpoint, int(status["code"]), time.perf_counter() - started
-                )
+                metrics.observe_request(labels[0], labels[1], endpoint, int(status["code"]), seconds)
+            capture = request_state.get("monitor_capture")
+            if capture is not None and status["sent"] and status["code"] == 200:
+                self._log(capture, str(request_state["request_id"]), seconds * 1000.0)
+
+    def _log(self, capture: Capture, request_id: str, latency_ms: float) -> None:
+        try:
+            self.state.log_prediction(capture, request_id, latency_ms)
+        except Exception:  # logging never fails a request; log_prediction counts its own errors
+            if self.state.monitor is not None:
+                self.state.monitor.count_dropped("error")
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

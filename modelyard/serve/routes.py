@@ -1,6 +1,12 @@
-"""The HTTP surface: Open Inference Protocol v2 endpoints (health, metadata, inference), ``/predict`` and
-``/metrics``, and :func:`install`, which adds them to an app with the middleware
-(:mod:`modelyard.serve.middleware`) and the error handlers (:mod:`modelyard.serve.error_handlers`).
+"""The HTTP surface: Open Inference Protocol v2 endpoints (health, metadata, inference), ``/predict``, label
+feedback (``POST /v2/models/{name}/feedback``) and ``/metrics``, and :func:`install`, which adds them to an app
+with the middleware (:mod:`modelyard.serve.middleware`) and the error handlers
+(:mod:`modelyard.serve.error_handlers`).
+
+Inference answers carry the request id in the ``x-request-id`` header and in the body's ``id``. A client's OIP
+``id`` is echoed as the OIP specification asks and, when it is a safe token, is the request id; otherwise the
+request id is the client's ``x-request-id`` header (when safe) or a new uuid4 hex, and the body's ``id`` is
+that id when the client sent none. Labels posted later name the request by this id.
 
 Handlers are thin: they find the model slot on ``request.app.state.serve`` (a
 :class:`~modelyard.serve.state.ServerState`), let it validate and run the request, and encode the answer.
@@ -11,6 +17,7 @@ handlers: 400 bad request (FastAPI's 422 included), 401, 404, 405, 413, 503 (wit
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -18,8 +25,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard._version import __version__
+from modelyard.errors import DataError
+from modelyard.monitor.feedback import parse_feedback_body
 from modelyard.serve.error_handlers import add_error_handlers
-from modelyard.serve.middleware import ServerMiddleware
+from modelyard.serve.middleware import ServerMiddleware, is_safe_request_id, new_request_id
 from modelyard.serve.protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -27,7 +36,7 @@ from modelyard.serve.protocol import (
     encode_infer_response,
     parse_infer_request,
 )
-from modelyard.serve.state import ServerState
+from modelyard.serve.state import Inference, ServerState
 
 router = APIRouter()
 
@@ -79,6 +88,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(default=None, description="model name; optional when one model is served")
     inputs: list[Any] = Field(min_length=1, description="texts, rows, or records {input name: row}")
+    id: str | None = Field(
+        default=None, description="request id (a safe token); default: x-request-id or new"
+    )
 
 
 class ClassPrediction(BaseModel):
@@ -96,7 +108,13 @@ class EmbeddingPrediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     version: str
+    id: str = Field(description="the request id (also in the x-request-id header); labels name it")
     predictions: list[ClassPrediction | EmbeddingPrediction]
+
+
+class FeedbackResponse(BaseModel):
+    stored: int = Field(description="labels stored")
+    requests: int = Field(description="distinct request ids labelled")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -184,6 +202,23 @@ def _label(request: Request, name: str, version: str) -> None:
     request.state.model_labels = (name, version)
 
 
+def _request_id(request: Request, given: str | None) -> str:
+    """This request's id: the client's id when it is a safe token, else the middleware's (header or new)."""
+    if given is not None and is_safe_request_id(given):
+        request.state.request_id = given
+    rid = getattr(request.state, "request_id", None)
+    if not isinstance(rid, str):
+        rid = request.state.request_id = new_request_id()
+    return rid
+
+
+def _capture(request: Request, result: Inference, endpoint: str) -> None:
+    """Mark the request for the prediction log (the middleware logs it once the answer is sent)."""
+    capture = _state(request).capture(result, endpoint)
+    if capture is not None:
+        request.state.monitor_capture = capture
+
+
 # ---------------------------------------------------------------------------------------------------
 # health and metadata
 
@@ -257,17 +292,19 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
                 raise ProtocolError(
                     f"unknown output {o.name!r}; this model's outputs are: {', '.join(known)}"
                 )
-    outputs, dep = await state.infer(slot, version, lambda model: model.prepare(parsed.inputs))
-    model = dep.model
+    rid = _request_id(request, parsed.id)
+    result = await state.infer(slot, version, lambda model: model.prepare(parsed.inputs))
+    model = result.deployment.model
     _label(request, model.name, str(model.version))
     payload, headers = encode_infer_response(
         model_name=model.name,
         model_version=str(model.version),
-        request_id=parsed.id,
-        outputs=outputs,
+        request_id=parsed.id if parsed.id is not None else rid,
+        outputs=result.outputs,
         requested=parsed.outputs,
         binary_output=parsed.binary_output,
     )
+    _capture(request, result, "infer")
     return Response(content=payload, headers=headers)
 
 
@@ -280,10 +317,88 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 async def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
     state = _state(request)
     slot = state.slot(body.model) if body.model is not None else state.default_slot()
-    outputs, dep = await state.infer(slot, None, lambda model: model.prepare_json(body.inputs))
-    model = dep.model
+    if body.id is not None and not is_safe_request_id(body.id):
+        raise ProtocolError(
+            f"'id' {body.id[:40]!r} is not a usable request id; use 1 to 128 letters, digits and ._:- "
+            "(or leave it out)"
+        )
+    rid = _request_id(request, body.id)
+    result = await state.infer(slot, None, lambda model: model.prepare_json(body.inputs))
+    model = result.deployment.model
     _label(request, model.name, str(model.version))
-    return {"model": model.name, "version": str(model.version), "predictions": model.postprocess(outputs)}
+    predictions = model.postprocess(result.outputs)
+    _capture(request, result, "predict")
+    return {"model": model.name, "version": str(model.version), "id": rid, "predictions": predictions}
+
+
+# ---------------------------------------------------------------------------------------------------
+# label feedback
+
+
+_FEEDBACK_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["id", "label"],
+                            "properties": {"id": {"type": "string"}, "label": {}},
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "required": ["feedback"],
+                            "properties": {
+                                "feedback": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["id", "label"],
+                                        "properties": {"id": {"type": "string"}, "label": {}},
+                                        "additionalProperties": False,
+                                    },
+                                }
+                            },
+                            "additionalProperties": False,
+                        },
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/v2/models/{name}/feedback",
+    response_model=FeedbackResponse,
+    responses={**_ERRORS, 409: {"model": ErrorBody, "description": "the prediction log is off"}},
+    openapi_extra=_FEEDBACK_OPENAPI,
+    tags=["monitor"],
+)
+async def feedback(request: Request, name: str) -> dict[str, Any]:
+    """Labels for logged requests, by request id: ``{"id", "label"}`` or ``{"feedback": [{"id", "label"},
+    ...]}``; all stored or none (404 naming the unknown ids, 400 for a bad body or a label that is not a class
+    of the model). A request labelled twice keeps both labels; readers use the latest."""
+    state = _state(request)
+    slot = state.slot(name)
+    _label(request, name, str(slot.current.model.version))
+    try:
+        doc = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError(
+            'the body is not valid JSON; send {"id": "<request id>", "label": ...} or {"feedback": [...]}'
+        ) from None
+    try:
+        items = parse_feedback_body(doc)
+    except DataError as exc:
+        raise ProtocolError(str(exc)) from None
+    stored = await state.store_feedback(name, items)
+    return {"stored": stored.labels, "requests": stored.requests}
 
 
 @router.get("/metrics", responses={401: _ERRORS[401]}, tags=["ops"], response_class=Response)

@@ -3,7 +3,15 @@ The tool-wide part (home folder, threads) is read by :class:`modelyard.config.Se
 
 Environment variables: ``MODELYARD_HOME`` (the registry's home folder), ``MODELYARD_API_KEY`` (turns
 bearer-token auth on; never given on the command line, where it would show in the process list and the shell
-history) and ``MODELYARD_THREADS`` (inference threads per model).
+history), ``MODELYARD_THREADS`` (inference threads per model), ``MODELYARD_MONITOR`` (``0``/``off``/``false``
+turns the prediction log off, ``1``/``on``/``true`` on), ``MODELYARD_MONITOR_SAMPLE`` (the share of requests
+logged, 0..1) and ``MODELYARD_MONITOR_DB`` (the prediction log's path).
+
+The prediction log (:mod:`modelyard.monitor`) is on by default: ``monitor.db`` beside ``registry.db`` in the
+home folder, every request logged (``monitor_sample = 1.0``), written by a background thread from a queue of at
+most ``monitor_max_queue`` records (a full queue drops records, never slows a request), committed at least
+every ``monitor_flush_s``, and kept within ``monitor_max_rows`` rows and ``monitor_max_days`` days (0: no
+limit).
 
 The prediction cache is off by default (``cache_items = 0``): hashing every request costs time on each call,
 and exact repeats are rare for most traffic; turn it on where the same inputs come back often.
@@ -56,6 +64,13 @@ class ServeSettings:
     alias_poll_s: float = 1.0
     warmup_calls: int = 3
     drain_timeout_s: float = 30.0
+    monitor: bool = True
+    monitor_db: Path | None = None
+    monitor_sample: float = 1.0
+    monitor_max_queue: int = 10_000
+    monitor_flush_s: float = 0.25
+    monitor_max_rows: int = 1_000_000
+    monitor_max_days: float = 30.0
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -70,6 +85,11 @@ class ServeSettings:
     @property
     def auth(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def monitor_path(self) -> Path:
+        """Where the prediction log is written: ``monitor_db``, else ``monitor.db`` in the home folder."""
+        return self.monitor_db if self.monitor_db is not None else self.home / "monitor.db"
 
     @property
     def core(self) -> Settings:
@@ -92,6 +112,7 @@ class ServeSettings:
                     "MODELYARD_API_KEY is set but empty; set it to a secret to turn auth on, or unset it"
                 )
             values["api_key"] = key
+        values.update(_monitor_env(env))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -100,11 +121,38 @@ class ServeSettings:
             )
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["home"] = Path(values["home"])
+        if values.get("monitor_db") is not None:
+            values["monitor_db"] = Path(values["monitor_db"])
         if isinstance(values.get("models"), str):
             values["models"] = (values["models"],)
         if "models" in values:
             values["models"] = tuple(values["models"])
         return cls(**values)
+
+
+_ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
+
+
+def _monitor_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    raw = env.get("MODELYARD_MONITOR", "").strip().lower()
+    if raw:
+        if raw not in _ON + _OFF:
+            raise ConfigError(
+                f"MODELYARD_MONITOR must be one of {', '.join(_ON + _OFF)}, got {env['MODELYARD_MONITOR']!r}"
+            )
+        values["monitor"] = raw in _ON
+    sample = env.get("MODELYARD_MONITOR_SAMPLE", "").strip()
+    if sample:
+        try:
+            values["monitor_sample"] = float(sample)
+        except ValueError:
+            raise ConfigError(
+                f"MODELYARD_MONITOR_SAMPLE must be a number in 0..1 (the share of requests logged), got {sample!r}"
+            ) from None
+    if env.get("MODELYARD_MONITOR_DB", "").strip():
+        values["monitor_db"] = Path(env["MODELYARD_MONITOR_DB"].strip())
+    return values
 
 
 def _is_int(v: Any) -> bool:
@@ -159,8 +207,30 @@ def _problems(s: ServeSettings) -> list[str]:
         p.append(f"threads must be an integer >= 1, got {s.threads!r}")
     if not _is_int(s.warmup_calls) or s.warmup_calls < 0:
         p.append(f"warmup_calls must be an integer >= 0, got {s.warmup_calls!r}")
+    p += _monitor_problems(s)
     if not s.batching and s.max_batch_size is not None and s.max_batch_size > 1:
         p.append(
             f"max_batch_size {s.max_batch_size} contradicts batching off; drop one of --no-batching and --max-batch-size"
         )
+    return p
+
+
+def _monitor_problems(s: ServeSettings) -> list[str]:
+    p: list[str] = []
+    if not isinstance(s.monitor, bool):
+        p.append(f"monitor must be true or false, got {s.monitor!r}")
+    if s.monitor_db is not None and not isinstance(s.monitor_db, Path):
+        p.append(
+            f"monitor_db must be a path (or None for monitor.db in the home folder), got {s.monitor_db!r}"
+        )
+    if not _is_number(s.monitor_sample) or not 0 <= s.monitor_sample <= 1:
+        p.append(f"monitor_sample must be a share of requests in 0..1, got {s.monitor_sample!r}")
+    if not _is_int(s.monitor_max_queue) or s.monitor_max_queue < 1:
+        p.append(f"monitor_max_queue must be an integer >= 1, got {s.monitor_max_queue!r}")
+    if not _is_number(s.monitor_flush_s) or not 0 < s.monitor_flush_s <= 1:
+        p.append(f"monitor_flush_s must be a number of seconds in (0, 1], got {s.monitor_flush_s!r}")
+    if not _is_int(s.monitor_max_rows) or s.monitor_max_rows < 0:
+        p.append(f"monitor_max_rows must be an integer >= 0 (0: no limit), got {s.monitor_max_rows!r}")
+    if not _is_number(s.monitor_max_days) or s.monitor_max_days < 0:
+        p.append(f"monitor_max_days must be a number of days >= 0 (0: no limit), got {s.monitor_max_days!r}")
     return p

@@ -7,8 +7,14 @@
 2. with ``reload_on_alias`` a watcher re-resolves each alias reference every ``alias_poll_s``; when the
    version changes it loads and warms the new version with its own batcher, swaps it in (one reference
    assignment), then drains the old batcher, so no request is dropped;
-3. shut-down refuses new requests (503 "shutting down"), drains every batcher (in-flight requests finish)
-   and removes the materialized files.
+3. shut-down refuses new requests (503 "shutting down"), drains every batcher (in-flight requests finish),
+   writes what the prediction log still holds and removes the materialized files.
+
+With monitoring on (the default), start-up opens the prediction log (:mod:`modelyard.monitor`) and starts its
+writer thread; each deployed version's task and classes are recorded in it. A route marks a sampled request
+with a :class:`Capture`; once the answer is sent the middleware calls :meth:`ServerState.log_prediction`,
+which summarizes it and queues it without waiting (nothing there can fail or slow a request: errors and a
+full queue are counted in ``modelyard_monitor_dropped_records_total``).
 
 The app (:func:`modelyard.serve.app.create_app`) and the HTTP surface (:mod:`modelyard.serve.routes`) both
 use this module; it imports neither.
@@ -19,15 +25,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from modelyard.errors import ConfigError, ModelyardError, first_line
+from modelyard.errors import ConfigError, DataError, ModelyardError, first_line
+from modelyard.monitor.feedback import FeedbackItem, FeedbackStored, UnknownRequests, store_feedback
+from modelyard.monitor.log import PredictionRecord
+from modelyard.monitor.summary import summarize_inputs, summarize_outputs
+from modelyard.monitor.writer import PredictionLogWriter
 from modelyard.registry import Registry
 from modelyard.security.trust import require_trust
 from modelyard.serve.batcher import BatchingConfig, DynamicBatcher, QueueFull, choose_batching
@@ -40,6 +52,8 @@ from modelyard.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+FEEDBACK_FLUSH_TIMEOUT_S = 5.0  # how long a label for a request not yet written waits for the writer
+
 
 @dataclass
 class Deployment:
@@ -48,6 +62,25 @@ class Deployment:
     model: ServedModel
     batcher: DynamicBatcher
     batching: BatchingConfig
+
+
+class Inference(NamedTuple):
+    """What :meth:`ServerState.infer` gives back: the outputs, the deployment that answered, the inputs."""
+
+    outputs: dict[str, Any]
+    deployment: Deployment
+    inputs: PreparedInput
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A sampled request, kept on the request until its answer is sent, then logged by the middleware."""
+
+    model: ServedModel
+    inputs: PreparedInput
+    outputs: dict[str, Any]
+    endpoint: str
+    at_unix_s: float
 
 
 @dataclass
@@ -138,6 +171,8 @@ class ServerState:
     load_error: str | None = None
     workdir: Path | None = None
     loaded: threading.Event = field(default_factory=threading.Event)  # set when loading ended, well or not
+    monitor: PredictionLogWriter | None = None
+    sampler: random.Random = field(default_factory=random.Random)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _retired: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -153,6 +188,7 @@ class ServerState:
         self.load_error = None
         self.loaded.clear()
         self.workdir = Path(tempfile.mkdtemp(prefix="modelyard-serve-"))
+        self.monitor = await asyncio.to_thread(self._open_monitor) if self.settings.monitor else None
         self._tasks.append(asyncio.get_running_loop().create_task(self._load_all(), name="modelyard-load"))
 
     async def shutdown(self) -> None:
@@ -169,8 +205,43 @@ class ServerState:
         for task in list(self._retired):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.monitor is not None:
+            await asyncio.to_thread(self.monitor.close)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _open_monitor(self) -> PredictionLogWriter | None:
+        """The prediction log's writer, started; None (and an error in the log) when the log cannot be opened:
+        the server then serves without logging rather than not at all."""
+        s = self.settings
+        writer = PredictionLogWriter(
+            s.monitor_path,
+            max_queue=s.monitor_max_queue,
+            flush_s=s.monitor_flush_s,
+            max_rows=s.monitor_max_rows or None,
+            max_days=s.monitor_max_days or None,
+            on_dropped=self.metrics.monitor_dropped,
+            on_written=self.metrics.monitor_written,
+        )
+        try:
+            writer.start()
+        except (ModelyardError, OSError) as exc:
+            log.error("the prediction log is off: %s", first_line(exc))
+            return None
+        self.metrics.monitor_queued_records.set_function(lambda: writer.queued)
+        return writer
+
+    async def _describe(self, model: ServedModel) -> None:
+        if self.monitor is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.monitor.describe, model.name, str(model.version), model.task, model.classes
+            )
+        except Exception as exc:
+            log.warning(
+                "cannot record %s:%s in the prediction log: %s", model.name, model.version, first_line(exc)
+            )
 
     async def _load_all(self) -> None:
         try:
@@ -220,6 +291,7 @@ class ServerState:
             model.close()
             raise
         self.metrics.model_ready.labels(model.name, version).set(1)
+        await self._describe(model)
         return Deployment(model, batcher, config)
 
     async def _retire(self, dep: Deployment, *, timeout_s: float) -> None:
@@ -309,8 +381,9 @@ class ServerState:
 
     async def infer(
         self, slot: ModelSlot, version: str | None, prepare: Callable[[ServedModel], PreparedInput]
-    ) -> tuple[dict[str, Any], Deployment]:
-        """Validate, look up the cache, run through the batcher; returns the outputs and the deployment used.
+    ) -> Inference:
+        """Validate, look up the cache, run through the batcher; returns the outputs, the deployment used and
+        the validated inputs.
 
         A request caught between an alias swap and the old batcher's drain is re-run on the new version."""
         for _ in range(3):
@@ -329,7 +402,7 @@ class ServerState:
                 hit = self.cache.get(key)
                 self.metrics.observe_cache(model.name, str(model.version), hit=hit is not None)
                 if hit is not None:
-                    return hit, dep
+                    return Inference(hit, dep, item)
             try:
                 outputs = await dep.batcher.submit(
                     item, rows=item.rows, timeout_s=self.settings.request_timeout_s
@@ -340,5 +413,72 @@ class ServerState:
                 raise
             if key is not None:
                 self.cache.put(key, outputs)
-            return outputs, dep
+            return Inference(outputs, dep, item)
         raise QueueFull("the model is being replaced; retry", retry_after_s=1.0)
+
+    # -- the prediction log --------------------------------------------------------------------------------
+
+    def capture(self, result: Inference, endpoint: str) -> Capture | None:
+        """A :class:`Capture` of an answered request when it is to be logged (monitoring on and sampled)."""
+        if self.monitor is None:
+            return None
+        share = self.settings.monitor_sample
+        if share < 1.0 and not self.sampler.random() < share:
+            return None
+        return Capture(result.deployment.model, result.inputs, result.outputs, endpoint, time.time())
+
+    def log_prediction(self, capture: Capture, request_id: str, latency_ms: float) -> None:
+        """Summarize a captured request and queue it for the writer; never raises, never waits."""
+        writer = self.monitor
+        if writer is None:
+            return
+        try:
+            item, model = capture.inputs, capture.model
+            out = summarize_outputs(capture.outputs)
+            record = PredictionRecord(
+                request_id=request_id,
+                at_unix_s=capture.at_unix_s,
+                model=model.name,
+                version=str(model.version),
+                endpoint=capture.endpoint,
+                rows=item.rows,
+                inputs_json=summarize_inputs(item.feeds, item.texts, rows=item.rows),
+                outputs_json=out.json,
+                confidence=out.confidence,
+                ood_score=out.ood_score,
+                ood_flag=out.ood_flag,
+                latency_ms=latency_ms,
+            )
+        except Exception:
+            log.debug("summarizing request %s for the prediction log failed", request_id, exc_info=True)
+            writer.count_dropped("error")
+            return
+        writer.submit(record)
+
+    async def store_feedback(self, name: str, items: list[FeedbackItem]) -> FeedbackStored:
+        """Store labels for requests of model ``name``, all or none: ProtocolError 404 naming the unknown ids,
+        400 for a label that does not fit, 409 when the prediction log is off. A label for a request the writer
+        has not written yet waits (at most FEEDBACK_FLUSH_TIMEOUT_S) for it."""
+        writer = self.monitor
+        if writer is None:
+            raise ProtocolError(
+                "the prediction log is off on this server (--no-monitor or MODELYARD_MONITOR=0), so labels "
+                "cannot be stored; restart it with monitoring on",
+                409,
+            )
+
+        def store() -> FeedbackStored:
+            return store_feedback(writer.path, items, model=name, source="api")
+
+        try:
+            try:
+                return await asyncio.to_thread(store)
+            except UnknownRequests:
+                if not writer.pending:
+                    raise
+            await asyncio.to_thread(writer.flush, FEEDBACK_FLUSH_TIMEOUT_S)
+            return await asyncio.to_thread(store)
+        except UnknownRequests as exc:
+            raise ProtocolError(str(exc), 404) from None
+        except DataError as exc:
+            raise ProtocolError(str(exc), 400) from None

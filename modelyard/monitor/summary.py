@@ -1,0 +1,175 @@
+"""Bounded JSON summaries of a request's inputs and outputs, as the prediction log stores them.
+
+Arrays in, a small JSON-able dict out; never the raw tensor of an image or the text itself. At most
+``MAX_ROWS`` rows of a request are summarized (``rows`` says how many it had), and an encoded summary is at most
+``MAX_SUMMARY_BYTES`` bytes: fewer rows are kept until it fits, then only statistics, then only the row count.
+
+Inputs (``{"rows": N, "inputs": {name: ...}}``), per input:
+
+- ``{"kind": "values", "dtype", "shape", "values": [[...], ...]}``: tabular inputs (at most
+  ``MAX_VALUES_PER_ROW`` values per row): the values of the first rows, floats to 7 significant digits;
+- ``{"kind": "stats", "dtype", "shape", "mean": [...], "std": [...], "min": [...], "max": [...]}``: larger
+  tensors (images, sequences): four numbers per row;
+- ``{"kind": "text", "chars": [...], "words": [...]}``: texts: their lengths in characters and words.
+
+Outputs of a classifier: ``{"rows", "predicted": [class per row], "confidence": [largest calibrated
+probability per row], "top": [[[class, probability], ...] per row] (the ``TOP_K`` largest), "ood_score": [...],
+"ood_flag": [...], "ood_flagged": rows flagged in the whole request}``; of an embedder: ``{"rows", "dim",
+"norm": [...], "mean": [...], "std": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_ROWS = 8
+MAX_VALUES_PER_ROW = 64
+MAX_SUMMARY_BYTES = 4096
+TOP_K = 5
+DIGITS = 7
+
+
+@dataclass(frozen=True)
+class OutputSummary:
+    """An encoded output summary and the per-request figures the log keeps in columns."""
+
+    json: str
+    confidence: float | None
+    ood_score: float | None
+    ood_flag: bool | None
+
+
+def _rounded(a: np.ndarray) -> list[Any]:
+    """``a`` as nested lists, floats rounded to ``DIGITS`` significant digits (short JSON)."""
+    if a.dtype.kind not in "f":
+        return a.tolist()  # type: ignore[no-any-return]
+    x = a.astype(np.float64)
+    ok = np.isfinite(x) & (x != 0)
+    with np.errstate(all="ignore"):
+        mag = np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))
+        scale = 10.0 ** (DIGITS - 1 - mag)
+        out = np.where(ok, np.round(x * scale) / scale, x)
+    return out.tolist()  # type: ignore[no-any-return]
+
+
+def _encode(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _per_row(arr: np.ndarray, k: int) -> np.ndarray:
+    head = arr[:k] if arr.ndim else arr.reshape(1)
+    return head.reshape(head.shape[0], -1)
+
+
+def _input_entry(arr: np.ndarray, k: int, *, stats: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"dtype": str(arr.dtype), "shape": list(arr.shape)}
+    flat = _per_row(arr, k)
+    if not stats and flat.shape[1] <= MAX_VALUES_PER_ROW and arr.dtype.kind in "biuf":
+        entry.update(kind="values", values=_rounded(flat))
+        return entry
+    if arr.dtype.kind not in "biuf" or flat.shape[1] == 0:
+        entry["kind"] = "none"
+        return entry
+    x = flat.astype(np.float64)
+    entry.update(
+        kind="stats",
+        mean=_rounded(x.mean(axis=1)),
+        std=_rounded(x.std(axis=1)),
+        min=_rounded(x.min(axis=1)),
+        max=_rounded(x.max(axis=1)),
+    )
+    return entry
+
+
+def summarize_inputs(
+    feeds: Mapping[str, np.ndarray] | None, texts: Sequence[str] | None, *, rows: int
+) -> str:
+    """The encoded input summary of one request (see the module docstring)."""
+
+    def build(k: int, stats: bool) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        if texts is not None:
+            head = list(texts[:k])
+            inputs["text"] = {
+                "kind": "text",
+                "chars": [len(t) for t in head],
+                "words": [len(t.split()) for t in head],
+            }
+        for name, arr in (feeds or {}).items():
+            inputs[name] = _input_entry(np.asarray(arr), k, stats=stats)
+        return {"rows": rows, "inputs": inputs}
+
+    return _bounded(build)
+
+
+def summarize_outputs(outputs: Mapping[str, np.ndarray]) -> OutputSummary:
+    """The encoded output summary of one request and its confidence / OOD columns."""
+    probs = outputs.get("probabilities")
+    scores = outputs.get("ood_score")
+    flags = outputs.get("ood_flag")
+    if probs is not None:
+        p = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
+        top = np.max(p, axis=1) if p.size else np.zeros(len(p))
+        confidence = float(top.mean()) if len(top) else None
+        k_top = min(TOP_K, p.shape[1])
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k_top]
+        ood_score = float(np.max(scores)) if scores is not None and len(scores) else None
+        ood_flag = bool(np.any(flags)) if flags is not None else None
+
+        def build(k: int, stats: bool) -> dict[str, Any]:
+            doc: dict[str, Any] = {
+                "rows": len(p),
+                "predicted": order[:k, 0].tolist() if k_top else [],
+                "confidence": _rounded(top[:k]),
+            }
+            if not stats:
+                doc["top"] = [
+                    [[int(c), v] for c, v in zip(row, _rounded(p[i, row]), strict=True)]
+                    for i, row in enumerate(order[:k])
+                ]
+            if scores is not None:
+                doc["ood_score"] = _rounded(np.asarray(scores)[:k])
+            if flags is not None:
+                doc["ood_flag"] = [bool(f) for f in np.asarray(flags)[:k]]
+                doc["ood_flagged"] = int(np.count_nonzero(flags))
+            return doc
+
+        return OutputSummary(_bounded(build), confidence, ood_score, ood_flag)
+    emb = outputs.get("embedding")
+    if emb is None:
+        return OutputSummary(_encode({"rows": None}), None, None, None)
+    e = np.asarray(emb, dtype=np.float64)
+    e = e.reshape(len(e), -1) if e.ndim else e.reshape(1, 1)
+
+    def build_embedding(k: int, stats: bool) -> dict[str, Any]:
+        head = e[:k]
+        return {
+            "rows": len(e),
+            "dim": int(e.shape[1]),
+            "norm": _rounded(np.linalg.norm(head, axis=1)),
+            "mean": _rounded(head.mean(axis=1)) if head.shape[1] else [],
+            "std": _rounded(head.std(axis=1)) if head.shape[1] else [],
+        }
+
+    return OutputSummary(_bounded(build_embedding), None, None, None)
+
+
+def _bounded(build: Callable[[int, bool], dict[str, Any]]) -> str:
+    """The largest summary ``build(rows, stats)`` that encodes within MAX_SUMMARY_BYTES: fewer rows first,
+    then statistics instead of values, then nothing but the row count."""
+    k = MAX_ROWS
+    doc: dict[str, Any] = {}
+    for stats in (False, True):
+        k = MAX_ROWS
+        while k >= 1:
+            doc = build(k, stats)
+            text = _encode(doc)
+            if len(text.encode("utf-8")) <= MAX_SUMMARY_BYTES:
+                return text
+            k //= 2
+    return _encode({"rows": doc.get("rows"), "truncated": True})
