@@ -199,6 +199,11 @@ def test_tritonclient_binary_and_json_match_the_offline_runner(registry: Registr
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
         meta = client.get_model_metadata(MODEL)
         assert meta["inputs"][0]["name"] == "features" and meta["versions"] == ["1"]
+        # Triton's listing calls: the repository index and the model configuration
+        assert client.get_model_repository_index() == [
+            {"name": MODEL, "version": "1", "state": "READY", "reason": ""}
+        ]
+        assert client.get_model_config(MODEL)["input"][0]["data_type"] == "TYPE_FP32"
         for binary in (True, False):
             inp = triton.InferInput("features", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard._version import __version__
 from modelyard.errors import DataError
 from modelyard.monitor.feedback import parse_feedback_body
+from modelyard.serve import triton
 from modelyard.serve.error_handlers import add_error_handlers
 from modelyard.serve.middleware import ServerMiddleware, is_safe_request_id, new_request_id
 from modelyard.serve.protocol import (
@@ -410,5 +411,6 @@ async def metrics(request: Request) -> Response:
 def install(app: FastAPI, state: ServerState) -> None:
     """Add the endpoints, the middleware and the error handlers to ``app``."""
     app.include_router(router)
+    app.include_router(triton.router)
     app.add_middleware(ServerMiddleware, state=state)
     add_error_handlers(app)
