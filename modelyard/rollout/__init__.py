@@ -1,0 +1,1 @@
+"""Rollouts: a challenger beside the champion, compared on live traffic with decisions valid at every look."""
