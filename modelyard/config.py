@@ -101,6 +101,31 @@ def _thresholds() -> tuple[dict[str, float | None], dict[str, str]]:
 
 
 @dataclass(frozen=True)
+class RolloutPolicy:
+    """How a rollout decides (``modelyard.rollout``): the challenger is rolled back as soon as it is worse than
+    a margin on any signal at confidence 1 - ``alpha`` (split evenly across the signals), promoted once it is
+    non-inferior on every signal after ``min_requests``, and the champion kept ("inconclusive") at
+    ``max_requests``. Every test is valid however often it is checked."""
+
+    alpha: float = 0.05  # overall chance of a wrong rollback of a challenger as good as the champion
+    max_accuracy_drop_points: float = 1.0  # paired accuracy on labelled requests both answered
+    max_flip_rate: float = 0.02  # shadow: share of requests whose predicted class differs from the champion's
+    max_error_rate_increase: float = 0.005  # failed requests over the champion's rate before the rollout
+    max_slow_rate: float = 0.05  # share of the challenger's answers slower than the champion's p99
+    min_requests: int = 500
+    max_requests: int = 20_000
+    on_champion_alarm: str = "rollback"  # rollback | alarm: what a champion whose live signals cross does
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"[rollout] alpha must be in (0, 1), got {self.alpha!r}")
+        if self.min_requests > self.max_requests:
+            raise ConfigError(
+                f"[rollout] min_requests ({self.min_requests}) is above max_requests ({self.max_requests})"
+            )
+
+
+@dataclass(frozen=True)
 class Policy:
     """The user's gates and how the champion is chosen. Gate thresholds are keys of the check registry
     (``"quality.max_flip_rate"``): ``thresholds`` holds the ones the policy sets, every other key takes the
@@ -110,6 +135,7 @@ class Policy:
     robustness: RobustnessPolicy = field(default_factory=RobustnessPolicy)
     objective: ObjectivePolicy = field(default_factory=ObjectivePolicy)
     hardware: HardwarePolicy = field(default_factory=HardwarePolicy)
+    rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
     waive: tuple[str, ...] = ()
     thresholds: tuple[tuple[str, float], ...] = ()  # (policy key, threshold) the policy sets
 
@@ -130,7 +156,7 @@ class Policy:
         for key in defaults:
             section, option = key.split(".", 1)
             d.setdefault(section, {})[option] = self.threshold(key)
-        for section in ("robustness", "objective", "hardware"):
+        for section in ("robustness", "objective", "hardware", "rollout"):
             d.setdefault(section, {}).update(asdict(getattr(self, section)))
         d.setdefault("budgets", {})
         d["waive"] = list(self.waive)
@@ -153,17 +179,19 @@ class Policy:
 
 
 _SETTINGS: dict[str, type] = {
+    "rollout": RolloutPolicy,
     "robustness": RobustnessPolicy,
     "objective": ObjectivePolicy,
     "hardware": HardwarePolicy,
 }
 _CHOICES = {
+    ("rollout", "on_champion_alarm"): ("rollback", "alarm"),
     ("objective", "minimize"): ("cost", "latency", "size"),
     ("hardware", "target"): ("cpu", "gpu"),
     ("robustness", "ood_score"): ("energy", "msp", "maxlogit"),
 }
-_INTEGERS = {"pgd_steps"}
-_FRACTIONS = {"tie_tolerance"}
+_INTEGERS = {"pgd_steps", "min_requests", "max_requests"}
+_FRACTIONS = {"tie_tolerance", "alpha", "max_flip_rate", "max_error_rate_increase", "max_slow_rate"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -30,6 +30,7 @@ observations), and "continue" otherwise.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -149,10 +150,10 @@ def excess_rate(indicator: bool, baseline_rate: float) -> float:
 
 def _log_tail_integral(a: float, b: float, p0: float, *, upper: bool) -> float:
     """log of the integral of p^(a-1) (1-p)^(b-1) over (p0, 1) (``upper``) or (0, p0)."""
-    from scipy.special import betainc, betaln
+    from scipy.special import betainc, betaincc, betaln
 
-    part = 1.0 - betainc(a, b, p0) if upper else betainc(a, b, p0)
-    return float(betaln(a, b) + math.log(max(part, 1e-300)))
+    part = float(betaincc(a, b, p0) if upper else betainc(a, b, p0))
+    return float(betaln(a, b)) + (math.log(part) if part > 0 else -math.inf)
 
 
 @dataclass
@@ -182,17 +183,13 @@ class RateTest:
 
     def _log_evidence(self, *, upper: bool) -> float:
         """log of the mixture likelihood ratio against the rate ``limit`` (prior on one side of it)."""
-        a, b, p0 = self.prior_a, self.prior_b, self.limit
-        num = _log_tail_integral(a + self.k, b + self.n - self.k, p0, upper=upper)
-        den = _log_tail_integral(a, b, p0, upper=upper)
-        null = self.k * math.log(p0) + (self.n - self.k) * math.log1p(-p0)
-        return num - den - null
+        return _log_evidence(self.k, self.n, self.limit, self.prior_a, self.prior_b, upper=upper)
 
     def decision(self, *, min_n: int = 0) -> Decision:
-        threshold = math.log(1.0 / self.alpha)
-        if self._log_evidence(upper=True) >= threshold:
+        k_worse, k_ok = _boundaries(self.n, self.limit, self.alpha, self.prior_a, self.prior_b)
+        if self.k >= k_worse:
             return "worse"
-        if self.n >= min_n and self._log_evidence(upper=False) >= threshold:
+        if self.n >= min_n and self.k <= k_ok:
             return "non-inferior"
         return "continue"
 
@@ -212,3 +209,46 @@ class RateTest:
             "log_evidence_non_inferior": self._log_evidence(upper=False),
             "method": "beta-binomial mixture SPRT, valid at every look",
         }
+
+
+def _log_evidence(k: int, n: int, p0: float, a: float, b: float, *, upper: bool) -> float:
+    num = _log_tail_integral(a + k, b + n - k, p0, upper=upper)
+    den = _log_tail_integral(a, b, p0, upper=upper)
+    null = k * math.log(p0) + (n - k) * math.log1p(-p0)
+    return num - den - null
+
+
+@functools.lru_cache(maxsize=262_144)
+def _boundaries(n: int, p0: float, alpha: float, a: float, b: float) -> tuple[int, int]:
+    """After ``n`` indicators: the fewest events that make the "worse" evidence reach 1 / alpha (n + 1 when
+    none do), and the most events that still make the "non-inferior" evidence reach it (-1 when none do).
+    The first evidence grows with the events, the second shrinks, so both are found by bisection; cached,
+    since every rollout with the same limit and alpha meets the same boundaries."""
+    threshold = math.log(1.0 / alpha)
+
+    def worse(k: int) -> bool:
+        return _log_evidence(k, n, p0, a, b, upper=True) >= threshold
+
+    def ok(k: int) -> bool:
+        return _log_evidence(k, n, p0, a, b, upper=False) >= threshold
+
+    # Neither evidence can reach 1 / alpha on the wrong side of n * p0 (every likelihood ratio there is at most
+    # 1, the binomial likelihood being unimodal at k / n), so each search keeps to its own side, where the
+    # tail integrals hold the bulk of the mass and do not underflow.
+    split = n * p0
+    lo, hi = max(0, math.ceil(split)), n + 1  # smallest k with worse(k); n + 1 when none
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if worse(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    k_worse = lo
+    lo, hi = -1, min(n, math.floor(split))  # largest k with ok(k); -1 when none
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return k_worse, lo
