@@ -420,7 +420,13 @@ def run_pipeline(
     work.mkdir(parents=True, exist_ok=True)
     staging = home / "runs" / f".{run_id}.partial"
     try:
-        audits = run_audits(baseline, dataset, progress=progress, backdoor_scan=options.backdoor_scan)
+        audits = run_audits(
+            baseline,
+            dataset,
+            progress=progress,
+            data_audit=options.data_audit,
+            backdoor_scan=options.backdoor_scan,
+        )
         candidates, skipped = build_candidates(
             baseline, dataset, recipes, work, policy=policy, threads=settings.threads, progress=progress
         )
@@ -463,6 +469,9 @@ def run_pipeline(
         versions: dict[str, int] = {}
         if register:
             progress("registering versions", 0.0)
+            from modelyard.monitor.reference import FILE_NAME as REFERENCE_FILE
+            from modelyard.monitor.reference import write_reference
+            from modelyard.monitor.reference_build import build_reference
             from modelyard.security.trust import version_trust
 
             rows = {c["name"]: c for c in evidence["candidates"]}
@@ -477,6 +486,14 @@ def run_pipeline(
                             files.setdefault(f"tokenizer/{p.name}", p)
                 row = rows[cand.name]
                 typed_row = typed_rows[cand.name]
+                # What served traffic is compared with (fit items only): see modelyard.monitor.reference.
+                progress(f"{cand.name}: monitor reference", 0.0)
+                reference = build_reference(
+                    cand, dataset, serving=serving.get(cand.name), measurements=typed_row.measurements
+                )
+                files[REFERENCE_FILE] = write_reference(
+                    reference, work / "monitor" / _slug(cand.name) / REFERENCE_FILE
+                )
                 manifest = _with_serving(cand.to_dict(), serving.get(cand.name))
                 # The trust decision that let the baseline in goes with every version that still needs the
                 # pickle or the factory to load; ONNX and Hugging Face versions carry none.

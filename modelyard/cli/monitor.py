@@ -1,4 +1,5 @@
-"""`modelyard monitor`: the prediction log of the served models (labels posted from a file)."""
+"""`modelyard monitor`: the prediction log of the served models: labels posted from a file (``feedback``) and
+each served version's drift and accuracy against its reference (``status``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Annotated
 import typer
 
 from modelyard.cli.options import HomeOpt, settings_for
-from modelyard.cli.render import console
+from modelyard.cli.render import console, render_status
 
-monitor_app = typer.Typer(no_args_is_help=True, help="The prediction log of served models and its labels.")
+monitor_app = typer.Typer(
+    no_args_is_help=True, help="The prediction log of served models: labels, drift and accuracy."
+)
 
 
 @monitor_app.command("feedback")
@@ -36,3 +39,37 @@ def monitor_feedback(
     items = read_feedback_file(file)
     stored = store_feedback(path, items, model=model, source=f"file:{file.name}")
     console.print(stored.summary(), highlight=False, soft_wrap=True)
+
+
+@monitor_app.command("status")
+def monitor_status(
+    name: Annotated[str | None, typer.Argument(help="Model name (default: every model in the log).")] = None,
+    home: HomeOpt = None,
+    window: Annotated[
+        int, typer.Option("--window", min=1, help="Requests per window: the last N logged requests.")
+    ] = 200,
+    alpha: Annotated[
+        float,
+        typer.Option("--alpha", help="False-alarm rate per window, shared among the checks that alarm."),
+    ] = 0.05,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Prediction log file (default monitor.db in the home folder).")
+    ] = None,
+) -> None:
+    """Drift, OOD rate and accuracy of each served version's last requests against its reference.
+
+    One table per version: the live checks of the window (value, interval, what it is compared with, the
+    false-alarm rate it was tested at) and the alarms naming what moved. Exits 0 whether or not an alarm
+    fired; an unknown model or a missing log exits 2 with one line."""
+    from modelyard.monitor.status import monitor_status as status_of
+
+    statuses = status_of(settings_for(home).home, name, window=window, alpha=alpha, db=db)
+    for status in statuses:
+        render_status(status)
+    alarmed = [s.label for s in statuses if s.alarm]
+    head = f"{len(statuses)} version(s) watched, last {window} requests each, false-alarm rate {alpha:g} per window"
+    console.print(
+        f"{head}: {len(alarmed)} with alarms ({', '.join(alarmed)})" if alarmed else f"{head}: no alarms",
+        highlight=False,
+        soft_wrap=True,
+    )

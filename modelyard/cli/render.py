@@ -1,16 +1,20 @@
-"""Rendering for the terminal: the CLI's consoles, and a run's candidates table, checks beyond accuracy,
-audits and outputs."""
+"""Rendering for the terminal: the CLI's consoles, a run's candidates table, checks beyond accuracy, audits
+and outputs, and a served version's monitor status."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from modelyard.evaluate.schema import Measurement, RunEvidence
+
+if TYPE_CHECKING:
+    from modelyard.monitor.signals import Signal
+    from modelyard.monitor.watch import MonitorStatus
 
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -188,3 +192,34 @@ def render_run(result: Any) -> None:
         console.print(
             f"registry: {result.model_name} {shown}" + (" (alias champion set)" if result.champion else "")
         )
+
+
+def _live_value(sig: Signal) -> str:
+    m = sig.measurement
+    if m.value is None:
+        return "unknown"
+    if m.unit == "fraction":
+        text = f"{100 * m.value:.1f}%"
+        if m.interval is not None:
+            text += f" [{100 * m.interval[0]:.1f}, {100 * m.interval[1]:.1f}]"
+        return text
+    if m.unit == "points":
+        return f"{m.value:+.1f} points"
+    return f"{m.value:.3g}" + (f" {m.unit}" if m.unit in ("sd",) else "")
+
+
+def render_status(status: MonitorStatus) -> None:
+    """One served version's window: a row per live check, then the alarms naming what moved, then notes."""
+    title = f"{status.label}: last {status.requests} requests ({status.rows} rows; window {status.window})"
+    table = Table(title=title, title_justify="left")
+    for column in ("check", "value", "compared with", "tested at", "alarm"):
+        table.add_column(column)
+    for sig in status.signals:
+        alarm = "shown only" if sig.alarm is None else ("[bold red]ALARM[/]" if sig.alarm else "ok")
+        level = "" if sig.level is None else f"{sig.level:.3g}"
+        table.add_row(sig.name, _live_value(sig), sig.compared_with, level, alarm)
+    console.print(table)
+    for a in status.alarms:
+        console.print(f"[bold red]alarm[/] {a.check}: {a.message}", highlight=False, soft_wrap=True)
+    for note in status.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)

@@ -234,7 +234,8 @@ def checks(
         typer.Option("--readme", help="rewrite the gate table of this README from the registry, then exit"),
     ] = None,
 ) -> None:
-    """List the checks every candidate is measured on: unit, direction, model kinds, needs and gate."""
+    """List the checks: those every candidate is measured on (unit, direction, model kinds, needs and gate), then
+    the live checks the monitor measures on served traffic."""
     from modelyard.evaluate.checks import all_checks, readme_with_gate_table
 
     if readme is not None:
@@ -248,7 +249,8 @@ def checks(
     for spec in all_checks():
         better = f"{spec.direction} is better" if spec.direction else "no better direction"
         needs = f"; needs {', '.join(spec.needs)}" if spec.needs else ""
-        line = f"{spec.name} ({spec.unit}, {better}; {', '.join(spec.tasks)}{needs})"
+        live = "; live: measured on served traffic (modelyard monitor status)" if spec.stage == "live" else ""
+        line = f"{spec.name} ({spec.unit}, {better}; {', '.join(spec.tasks)}{needs}{live})"
         if spec.gate is not None:
             g = spec.gate
             default = "unset" if g.default is None else f"{g.default:g}"

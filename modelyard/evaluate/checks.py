@@ -9,6 +9,11 @@ columns (``columns``), the measurements a complete run has (``expected``) and th
 Adding a check: declare it with ``declare(CheckSpec(..., compute=fn))`` (a plugin: ``fn`` takes a
 ``CheckContext`` and returns a Measurement, a number, or None for UNKNOWN) and it runs on every candidate of
 the tasks it names, gates when it declares a gate, appears in the report and in the gate list.
+
+Two stages share the registry (``CheckSpec.stage``): ``offline`` checks measure candidates before release and
+are all that the evidence, the gates, the policy, the report and the plugins see; ``live`` checks
+(:mod:`modelyard.monitor.checks`) measure served traffic. ``all_checks``, ``get_check`` and
+``measurement_table`` (names, units, meanings) cover both; everything else here is offline only.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from modelyard.evaluate.checkspec import (
     CheckContext,
     CheckSpec,
     GateSpec,
+    Stage,
     declare,
     declared,
     undeclare,
 )
 from modelyard.evaluate.evidence import Measurement, measure
+from modelyard.monitor import checks as live
 from modelyard.security import audit as security_audit
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "gate_specs",
     "gate_table_markdown",
     "get_check",
+    "live_checks",
     "measurement_table",
     "registered",
     "run_plugins",
@@ -63,11 +71,12 @@ BUILTIN: tuple[CheckSpec, ...] = (
     *efficiency.CHECKS[:3],  # size, latency p50, p99
     *memory.CHECKS,  # peak memory
     *efficiency.CHECKS[3:],
+    *live.CHECKS,  # measured on served traffic by the monitor
 )
 
 
 def all_checks() -> tuple[CheckSpec, ...]:
-    """The built-in checks, then every plugin declared since, in declaration order."""
+    """The built-in checks, then every plugin declared since, in declaration order; both stages."""
     builtin = {s.name for s in BUILTIN}
     return (*BUILTIN, *(s for s in declared() if s.name not in builtin))
 
@@ -76,8 +85,14 @@ def get_check(name: str) -> CheckSpec | None:
     return next((s for s in all_checks() if s.name == name), None)
 
 
-def checks_for(task: str) -> tuple[CheckSpec, ...]:
-    return tuple(s for s in all_checks() if task in s.tasks)
+def checks_for(task: str, *, stage: Stage = "offline") -> tuple[CheckSpec, ...]:
+    """The checks of ``stage`` that apply to ``task``, in registry order."""
+    return tuple(s for s in all_checks() if task in s.tasks and s.stage == stage)
+
+
+def live_checks() -> tuple[CheckSpec, ...]:
+    """The checks the monitor measures on served traffic."""
+    return tuple(s for s in all_checks() if s.stage == "live")
 
 
 @contextmanager
@@ -91,13 +106,13 @@ def registered(*specs: CheckSpec) -> Iterator[tuple[CheckSpec, ...]]:
 
 
 def measurement_table() -> dict[str, tuple[str, str]]:
-    """Measurement name -> (unit, one-line meaning), for every registered check."""
+    """Measurement name -> (unit, one-line meaning), for every registered check (offline and live)."""
     return {s.name: (s.unit, s.meaning) for s in all_checks()}
 
 
 def gate_specs() -> list[tuple[CheckSpec, GateSpec]]:
-    """Every gate with the check it reads, in registry order."""
-    return [(s, s.gate) for s in all_checks() if s.gate is not None]
+    """Every gate with the (offline) check it reads, in registry order."""
+    return [(s, s.gate) for s in all_checks() if s.gate is not None and s.stage == "offline"]
 
 
 def threshold_defaults() -> dict[str, float | None]:

@@ -25,6 +25,8 @@ TASKS: tuple[Task, ...] = ("classification", "embedding")
 CLASSIFIERS: tuple[Task, ...] = ("classification",)
 EMBEDDERS: tuple[Task, ...] = ("embedding",)
 Direction = Literal["higher", "lower"]
+Stage = Literal["offline", "live"]
+STAGES: tuple[Stage, ...] = ("offline", "live")
 Op = Literal["<=", "<", ">="]
 ThresholdKind = Literal["number", "fraction"]
 
@@ -93,7 +95,10 @@ class CheckSpec:
     which way is better (None: neither, e.g. a fitted temperature); ``tasks`` the model kinds it applies to;
     ``needs`` (keys of ``NEEDS``) what the run must have; ``column`` the candidates table's column label (None:
     not a column); ``gate`` how it gates, if it does; ``compute`` for a plugin check (the built-in checks are
-    computed by their module's evidence functions, which the suite calls)."""
+    computed by their module's evidence functions, which the suite calls). ``stage``: ``offline`` checks measure
+    candidates before release (the evidence, the gates, the report); ``live`` checks measure served traffic
+    (:mod:`modelyard.monitor.checks`): they share the names, units and Measurement shape, never gate a
+    candidate and are not part of a run's evidence."""
 
     name: str
     unit: str
@@ -104,6 +109,7 @@ class CheckSpec:
     column: str | None = None
     gate: GateSpec | None = None
     compute: Compute | None = field(default=None, compare=False)
+    stage: Stage = "offline"
 
     def __post_init__(self) -> None:
         parts = self.name.split(".")
@@ -117,6 +123,13 @@ class CheckSpec:
             raise ValueError(f"check {self.name}: unknown tasks {bad}; known: {', '.join(TASKS)}")
         if self.gate is not None and self.gate.key is not None and "." not in self.gate.key:
             raise ValueError(f"check {self.name}: gate key {self.gate.key!r} must be 'section.name'")
+        if self.stage not in STAGES:
+            raise ValueError(f"check {self.name}: unknown stage {self.stage!r}; known: {', '.join(STAGES)}")
+        if self.stage == "live" and (self.gate is not None or self.compute is not None or self.column):
+            raise ValueError(
+                f"check {self.name}: a live check is computed by the monitor on served traffic; it takes no gate, "
+                "compute or report column"
+            )
 
     def absent_when_missing(self) -> bool:
         """True when some need of this check makes it not applicable (absent) rather than UNKNOWN."""

@@ -34,6 +34,7 @@ class EvalOptions:
     measure_rss: bool = True
     n_resamples: int = 2000
     backdoor_scan: bool = True
+    data_audit: bool = True  # off: the data audit (duplicates, leakage, label issues) is skipped and said so
 
     @classmethod
     def quick(cls) -> EvalOptions:

@@ -25,7 +25,7 @@ from modelyard.errors import ConfigError, DataError
 from modelyard.monitor.drift import DEFAULT_RESAMPLES, MIN_REFERENCE_ROWS, DriftResult, Reference
 from modelyard.monitor.drift_inputs import as_matrix, check_alpha, check_int
 
-__all__ = ["EmbeddingReference", "MMDResult", "mmd_test"]
+__all__ = ["EmbeddingReference", "MMDResult", "mmd_test", "principal_components"]
 
 DEFAULT_PERMUTATIONS = 200
 DEFAULT_MAX_ROWS = 1000
@@ -131,7 +131,7 @@ class EmbeddingReference:
         rows = np.random.default_rng(check_int(seed, "seed", minimum=0)).permutation(n)
         fit, held = x[rows[:n_fit]], x[rows[n_fit:]]
         self._center = fit.mean(axis=0)
-        self._components, variances = _principal_components(fit - self._center, k)  # (k, dim), all variances
+        self._components, variances = principal_components(fit - self._center, k)  # (k, dim), all variances
         total = max(float(variances.sum()), 1e-300)
         self.explained_variance_ratio = tuple(float(v) / total for v in variances[:k])
         self.n_fit = n_fit
@@ -173,7 +173,7 @@ class EmbeddingReference:
         )
 
 
-def _principal_components(
+def principal_components(
     centred: NDArray[np.float64], k: int
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The top ``k`` principal directions (k, dim) of centred rows, and every component's variance, largest

@@ -43,7 +43,14 @@ from scipy.special import ndtri
 
 from modelyard.errors import ConfigError, DataError
 from modelyard.evaluate.stats import wilson_interval
-from modelyard.monitor.drift_inputs import as_flags, as_labels, as_matrix, as_probs, check_confidence
+from modelyard.monitor.drift_inputs import (
+    PROB_ATOL,
+    as_flags,
+    as_labels,
+    as_matrix,
+    as_probs,
+    check_confidence,
+)
 
 __all__ = [
     "AccuracyGap",
@@ -51,6 +58,7 @@ __all__ = [
     "RealisedAccuracy",
     "compare",
     "estimate_accuracy",
+    "estimate_from_confidences",
     "realised_accuracy",
     "softmax_with_temperature",
 ]
@@ -130,10 +138,63 @@ def estimate_accuracy(
     ``recalibration``: ``auto`` is ``isotonic`` with a labelled reference and ``none`` without; ``seed``
     fixes the reference's cross-fitting split.
     """
-    conf_level = check_confidence(confidence)
     window = _probabilities(probs, logits, temperature, "probs", "logits")
-    conf = window.max(axis=1)
     reference = _reference(reference_probs, reference_logits, reference_labels, temperature, window.shape[1])
+    options = (recalibration, offline_accuracy, offline_interval, confidence, seed)
+    return _estimate(window.max(axis=1), reference, *options)
+
+
+def estimate_from_confidences(
+    confidences: Any,
+    *,
+    reference_confidences: Any = None,
+    reference_correct: Any = None,
+    recalibration: Recalibration = "auto",
+    offline_accuracy: float | None = None,
+    offline_interval: tuple[float, float] | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> EstimateResult:
+    """:func:`estimate_accuracy` from each row's largest calibrated probability alone (what the prediction
+    log keeps), with a labelled reference given the same way: its confidences and whether each was correct."""
+    conf = _as_confidences(confidences, "confidences")
+    reference = None
+    if reference_confidences is not None or reference_correct is not None:
+        ref_conf = _as_confidences(reference_confidences, "reference_confidences")
+        correct = as_flags(reference_correct, "reference_correct")
+        if correct.size != ref_conf.size or ref_conf.size < MIN_REFERENCE_ROWS:
+            raise DataError(
+                f"the labelled reference needs one correctness flag per confidence and at least {MIN_REFERENCE_ROWS} "
+                f"rows, got {ref_conf.size} confidences and {correct.size} flags."
+            )
+        reference = (ref_conf, correct.astype(np.float64))
+    return _estimate(conf, reference, recalibration, offline_accuracy, offline_interval, confidence, seed)
+
+
+def _as_confidences(x: Any, name: str) -> NDArray[np.float64]:
+    arr = np.asarray(x, dtype=np.float64)
+    if (
+        arr.ndim != 1
+        or not arr.size
+        or not np.isfinite(arr).all()
+        or not 0 <= arr.min() <= arr.max() <= 1 + PROB_ATOL
+    ):
+        raise DataError(
+            f"{name} must be a non-empty 1-d array of probabilities in [0, 1], got shape {arr.shape}."
+        )
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _estimate(
+    conf: NDArray[np.float64],
+    reference: tuple[NDArray[np.float64], NDArray[np.float64]] | None,
+    recalibration: Recalibration,
+    offline_accuracy: float | None,
+    offline_interval: tuple[float, float] | None,
+    confidence: float,
+    seed: int,
+) -> EstimateResult:
+    conf_level = check_confidence(confidence)
     mode = _mode(recalibration, reference is not None)
     z = float(ndtri(0.5 + 0.5 * conf_level))
     bias: float | None = None

@@ -12,10 +12,17 @@ Inputs (``{"rows": N, "inputs": {name: ...}}``), per input:
   tensors (images, sequences): four numbers per row;
 - ``{"kind": "text", "chars": [...], "words": [...]}``: texts: their lengths in characters and words.
 
+When the served version's monitor reference holds a :class:`Projection` of its input (images, wide tabular
+inputs), the inputs summary also has ``"features": [[pc1, ..., pck, residual] per row]``: each row's
+coordinates on the reference's principal components and its reconstruction error, the features the input
+drift check compares with the reference (:mod:`modelyard.monitor.reference` computes the reference's rows with
+the same :meth:`Projection.logged`, and tabular rows with :func:`logged_rows`).
+
 Outputs of a classifier: ``{"rows", "predicted": [class per row], "confidence": [largest calibrated
 probability per row], "top": [[[class, probability], ...] per row] (the ``TOP_K`` largest), "ood_score": [...],
 "ood_flag": [...], "ood_flagged": rows flagged in the whole request}``; of an embedder: ``{"rows", "dim",
-"norm": [...], "mean": [...], "std": [...]}``.
+"norm": [...], "mean": [...], "std": [...]}``, plus ``"features"`` (principal components and reconstruction
+error of each row) when the reference holds a projection of the embedding.
 """
 
 from __future__ import annotations
@@ -26,12 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
+from modelyard.errors import DataError
 
 MAX_ROWS = 8
 MAX_VALUES_PER_ROW = 64
 MAX_SUMMARY_BYTES = 4096
 TOP_K = 5
 DIGITS = 7
+# A projected tensor is average-pooled (its last two axes, or its last axis) to at most this many values first.
+MAX_PROJECTED_VALUES = 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,98 @@ def _rounded(a: np.ndarray) -> list[Any]:
         scale = 10.0 ** (DIGITS - 1 - mag)
         out = np.where(ok, np.round(x * scale) / scale, x)
     return out.tolist()  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """``k`` principal directions of a tensor, fitted on reference rows: each row (average-pooled by ``pool``
+    along its last two axes, or its last axis, to at most ``MAX_PROJECTED_VALUES`` values, then flattened) is
+    described by its coordinates on the components and its reconstruction error (the root mean square of what
+    the components leave out, in the data's units). ``source``: the input name, or ``embedding``."""
+
+    source: str
+    pool: int
+    mean: NDArray[np.float64]  # (d,) of the pooled rows
+    components: NDArray[np.float64]  # (k, d), orthonormal rows
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*(f"pc{i + 1}" for i in range(self.components.shape[0])), "residual")
+
+    @staticmethod
+    def pool_for(row_shape: tuple[int, ...]) -> int:
+        """The smallest block size that pools a row of ``row_shape`` to at most MAX_PROJECTED_VALUES values."""
+        size = int(np.prod(row_shape)) if row_shape else 1
+        pooled = row_shape[-2:] if len(row_shape) >= 2 else row_shape[-1:]
+        rest = size // max(int(np.prod(pooled)), 1)
+        block = 1
+        while rest * int(np.prod([d // block for d in pooled])) > MAX_PROJECTED_VALUES and block < min(
+            pooled
+        ):
+            block += 1
+        return block
+
+    def reduce(self, arr: np.ndarray) -> NDArray[np.float64]:
+        """Rows of ``arr`` (rows, ...) pooled and flattened: (rows, d)."""
+        x = pooled(arr, self.pool)
+        if x.shape[1] != self.mean.size:
+            raise DataError(
+                f"{self.source}: a row has {x.shape[1]} values after pooling, the reference's projection "
+                f"{self.mean.size}; the input shape differs from the reference's"
+            )
+        return x
+
+    def features(self, arr: np.ndarray) -> NDArray[np.float64]:
+        """(rows, k + 1): each row's coordinates on the components, then its reconstruction error."""
+        z = self.reduce(arr) - self.mean
+        coords = z @ self.components.T
+        left = z - coords @ self.components
+        residual = np.sqrt(np.mean(left * left, axis=1))
+        return np.asarray(np.column_stack([coords, residual]), dtype=np.float64)
+
+    def logged(self, arr: np.ndarray) -> NDArray[np.float64]:
+        """:meth:`features` as the prediction log keeps them (``DIGITS`` significant digits)."""
+        return np.asarray(_rounded(self.features(arr)), dtype=np.float64)
+
+
+def pooled(arr: np.ndarray, pool: int) -> NDArray[np.float64]:
+    """Rows of ``arr`` (rows, ...) average-pooled in blocks of ``pool`` along their last two axes (their last
+    axis when a row is a vector), then flattened: (rows, d)."""
+    x = np.asarray(arr, dtype=np.float64)
+    x = x.reshape(1) if x.ndim == 0 else x
+    if pool > 1 and x.ndim >= 3:
+        h, w = (x.shape[-2] // pool) * pool, (x.shape[-1] // pool) * pool
+        x = x[..., :h, :w].reshape(*x.shape[:-2], h // pool, pool, w // pool, pool).mean(axis=(-3, -1))
+    elif pool > 1:
+        x = x.reshape(len(x), -1)
+        d = (x.shape[1] // pool) * pool
+        x = x[:, :d].reshape(len(x), d // pool, pool).mean(axis=-1)
+    return np.asarray(x.reshape(len(x), -1), dtype=np.float64)
+
+
+def logged_rows(arr: np.ndarray) -> NDArray[np.float64]:
+    """The rows of a tabular input as the log's ``values`` keep them: flattened, ``DIGITS`` significant digits."""
+    a = np.asarray(arr)
+    return np.asarray(_rounded(_per_row(a, len(a) if a.ndim else 1)), dtype=np.float64)
+
+
+def logged_predictions(probabilities: np.ndarray) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Each row's predicted class and confidence (largest probability) as the log keeps them."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+    if not p.size:
+        return np.zeros(len(p), dtype=np.int64), np.zeros(len(p))
+    predicted = np.argsort(-p, axis=1, kind="stable")[:, 0].astype(np.int64)
+    return predicted, np.asarray(_rounded(p.max(axis=1)), dtype=np.float64)
+
+
+def _projected(projection: Projection | None, arr: Any, k: int) -> list[Any] | None:
+    """The first ``k`` rows' projected features, or None (no projection, or an input it does not fit)."""
+    if projection is None or arr is None:
+        return None
+    try:
+        return _rounded(projection.features(np.asarray(arr)[:k]))
+    except (DataError, ValueError):
+        return None
 
 
 def _encode(doc: Mapping[str, Any]) -> str:
@@ -87,9 +191,14 @@ def _input_entry(arr: np.ndarray, k: int, *, stats: bool) -> dict[str, Any]:
 
 
 def summarize_inputs(
-    feeds: Mapping[str, np.ndarray] | None, texts: Sequence[str] | None, *, rows: int
+    feeds: Mapping[str, np.ndarray] | None,
+    texts: Sequence[str] | None,
+    *,
+    rows: int,
+    projection: Projection | None = None,
 ) -> str:
-    """The encoded input summary of one request (see the module docstring)."""
+    """The encoded input summary of one request (see the module docstring); with ``projection`` (from the
+    served version's monitor reference) also each summarized row's projected ``features``."""
 
     def build(k: int, stats: bool) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
@@ -102,13 +211,20 @@ def summarize_inputs(
             }
         for name, arr in (feeds or {}).items():
             inputs[name] = _input_entry(np.asarray(arr), k, stats=stats)
-        return {"rows": rows, "inputs": inputs}
+        doc: dict[str, Any] = {"rows": rows, "inputs": inputs}
+        features = _projected(projection, (feeds or {}).get(projection.source) if projection else None, k)
+        if features is not None:
+            doc["features"] = features
+        return doc
 
     return _bounded(build)
 
 
-def summarize_outputs(outputs: Mapping[str, np.ndarray]) -> OutputSummary:
-    """The encoded output summary of one request and its confidence / OOD columns."""
+def summarize_outputs(
+    outputs: Mapping[str, np.ndarray], *, projection: Projection | None = None
+) -> OutputSummary:
+    """The encoded output summary of one request and its confidence / OOD columns; an embedder's with
+    ``projection`` (from the version's monitor reference) also has each summarized row's ``features``."""
     probs = outputs.get("probabilities")
     scores = outputs.get("ood_score")
     flags = outputs.get("ood_flag")
@@ -117,7 +233,7 @@ def summarize_outputs(outputs: Mapping[str, np.ndarray]) -> OutputSummary:
         top = np.max(p, axis=1) if p.size else np.zeros(len(p))
         confidence = float(top.mean()) if len(top) else None
         k_top = min(TOP_K, p.shape[1])
-        order = np.argsort(-p, axis=1, kind="stable")[:, :k_top]
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k_top]  # column 0: as logged_predictions
         ood_score = float(np.max(scores)) if scores is not None and len(scores) else None
         ood_flag = bool(np.any(flags)) if flags is not None else None
 
@@ -148,13 +264,17 @@ def summarize_outputs(outputs: Mapping[str, np.ndarray]) -> OutputSummary:
 
     def build_embedding(k: int, stats: bool) -> dict[str, Any]:
         head = e[:k]
-        return {
+        doc: dict[str, Any] = {
             "rows": len(e),
             "dim": int(e.shape[1]),
             "norm": _rounded(np.linalg.norm(head, axis=1)),
             "mean": _rounded(head.mean(axis=1)) if head.shape[1] else [],
             "std": _rounded(head.std(axis=1)) if head.shape[1] else [],
         }
+        features = _projected(projection, e, k)
+        if features is not None:
+            doc["features"] = features
+        return doc
 
     return OutputSummary(_bounded(build_embedding), None, None, None)
 

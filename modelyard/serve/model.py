@@ -5,7 +5,9 @@ factory-built version needs one, or ``--trust-pickle`` / ``--trust-factory``; se
 :mod:`modelyard.security.trust`), materializes the version's files, rebuilds the Candidate from its manifest,
 scans a pickle-based file, loads the Runner once and reads the serving rules the pipeline stored with it
 (``manifest["meta"]["serving"]``: the calibration temperature, the OOD rule and the input contract; a version
-registered before these existed is served with T = 1, no OOD outputs and a contract derived from its spec).
+registered before these existed is served with T = 1, no OOD outputs and a contract derived from its spec),
+and the projections of its monitor reference (``monitor_reference.json``: the principal components the
+prediction log's input or embedding features are computed on; none for a version registered without one).
 
 Open Inference Protocol view of the model:
 
@@ -42,6 +44,8 @@ from modelyard.candidate import Candidate
 from modelyard.errors import ArtifactError, UnsafeModelError, first_line
 from modelyard.evaluate.schema import Measurement as SchemaMeasurement
 from modelyard.evaluate.schema import VersionEvidence
+from modelyard.monitor.reference_load import served_projections
+from modelyard.monitor.summary import Projection
 from modelyard.registry import Registry
 from modelyard.runtime.base import Runner
 from modelyard.security import require_safe
@@ -92,6 +96,8 @@ class ServedModel:
     contract: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     trust: dict[str, Any] | None = None
+    input_projection: Projection | None = None  # from the version's monitor reference: the log's features
+    output_projection: Projection | None = None
     _preprocessor: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------------------------------ loading
@@ -149,6 +155,9 @@ class ServedModel:
             model.notes.append(note)
             log.warning("%s: %s", label, note)
         model._read_serving_rules()
+        model.input_projection, model.output_projection, why = served_projections(folder)
+        if why:
+            model.notes.append(why)
         return model
 
     def _read_serving_rules(self) -> None:

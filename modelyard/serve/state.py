@@ -434,7 +434,7 @@ class ServerState:
             return
         try:
             item, model = capture.inputs, capture.model
-            out = summarize_outputs(capture.outputs)
+            out = summarize_outputs(capture.outputs, projection=model.output_projection)
             record = PredictionRecord(
                 request_id=request_id,
                 at_unix_s=capture.at_unix_s,
@@ -442,7 +442,9 @@ class ServerState:
                 version=str(model.version),
                 endpoint=capture.endpoint,
                 rows=item.rows,
-                inputs_json=summarize_inputs(item.feeds, item.texts, rows=item.rows),
+                inputs_json=summarize_inputs(
+                    item.feeds, item.texts, rows=item.rows, projection=model.input_projection
+                ),
                 outputs_json=out.json,
                 confidence=out.confidence,
                 ood_score=out.ood_score,
