@@ -1,5 +1,6 @@
 """`modelyard monitor`: the prediction log of the served models: labels posted from a file (``feedback``) and
-each served version's drift and accuracy against its reference (``status``)."""
+each served version's drift and accuracy against its reference (``status``), and a model's checks over time
+as one HTML page (``report``)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,42 @@ def monitor_status(
     head = f"{len(statuses)} version(s) watched, last {window} requests each, false-alarm rate {alpha:g} per window"
     console.print(
         f"{head}: {len(alarmed)} with alarms ({', '.join(alarmed)})" if alarmed else f"{head}: no alarms",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@monitor_app.command("report")
+def monitor_report(
+    name: Annotated[str, typer.Argument(help="Model name (its latest logged version is reported).")],
+    home: HomeOpt = None,
+    window: Annotated[int, typer.Option("--window", min=1, help="Requests per window.")] = 200,
+    alpha: Annotated[
+        float,
+        typer.Option("--alpha", help="False-alarm rate per window, shared among the checks that alarm."),
+    ] = 0.05,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="HTML file to write (default <home>/monitor/NAME-report.html)."),
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Prediction log file (default monitor.db in the home folder).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page of a served model's checks over consecutive windows.
+
+    Drift per signal against its threshold, the input features' effects, the confidence (per window, and the
+    last window's against the reference's), estimated and realised accuracy with their intervals, and the
+    alarms with what moved; inline SVG charts, no script, nothing fetched. Written atomically; an unknown
+    model or a missing log exits 2 with one line."""
+    from modelyard.monitor.report import build_report, default_report_path, write_report
+
+    root = settings_for(home).home
+    report = build_report(root, name, window=window, alpha=alpha, db=db)
+    path = write_report(report, out if out is not None else default_report_path(root, name))
+    console.print(
+        f"{report.label}: {len(report.windows)} windows of {window} requests, "
+        f"{report.alarmed_windows} with alarms; report written to {path}",
         highlight=False,
         soft_wrap=True,
     )

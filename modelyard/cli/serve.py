@@ -83,6 +83,16 @@ def serve(
         float | None,
         typer.Option(help="Delete logged predictions older than this many days (default 30; 0: no limit)."),
     ] = None,
+    monitor_every_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between evaluations of the monitor's checks for the Prometheus gauges (default 30; 0: off)."
+        ),
+    ] = None,
+    monitor_window: Annotated[
+        int | None,
+        typer.Option(help="Requests per window in those evaluations (default 200: the last 200 logged)."),
+    ] = None,
 ) -> None:
     """Serve registry models over the Open Inference Protocol v2 (KServe v2, with binary tensors) and a simple
     JSON POST /predict. Set MODELYARD_API_KEY in the environment to require 'Authorization: Bearer <key>'; it is
@@ -118,6 +128,8 @@ def serve(
         monitor_db=monitor_db,
         monitor_max_rows=monitor_max_rows,
         monitor_max_days=monitor_max_days,
+        monitor_every_s=monitor_every_s,
+        monitor_window=monitor_window,
     )
     app = create_app(settings)
     refs = resolve_refs(settings, app.state.serve.registry)  # fail fast, in one line, on a bad reference

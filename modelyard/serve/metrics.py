@@ -14,12 +14,19 @@ counters, histograms for latency, labels of bounded cardinality (model, version,
     modelyard_monitor_logged_records_total                               counter, prediction log rows written
     modelyard_monitor_dropped_records_total{reason}                      counter, records not logged
     modelyard_monitor_queued_records                                     gauge, records waiting to be written
+    modelyard_monitor_signal_value{model,version,check}                  gauge, latest window's live check
+    modelyard_monitor_signal_threshold{model,version,check}              gauge, what that check is compared with
+    modelyard_monitor_alarm{model,version,check}                         gauge, 1 when the check alarms, else 0
+    modelyard_monitor_evaluation_errors_total{model,version}             counter, failed monitor evaluations
 
-``reason`` is one of queue_full, error, duplicate_id, closed (see :mod:`modelyard.monitor.writer`).
+``reason`` is one of queue_full, error, duplicate_id, closed (see :mod:`modelyard.monitor.writer`). The
+``modelyard_monitor_signal_*`` and ``modelyard_monitor_alarm`` gauges are set by the server's periodic monitor
+evaluation (:mod:`modelyard.monitor.gauges`); ``check`` is a live check's name (``drift.inputs``, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -128,6 +135,51 @@ class ServerMetrics:
             "Prediction log records waiting to be written.",
             registry=r,
         )
+
+        check_labels = (*MODEL_LABELS, "check")
+        self.monitor_signal_value = Gauge(
+            f"{PREFIX}_monitor_signal_value",
+            "The latest monitor window's value of a live check (drift statistic, rate, accuracy).",
+            check_labels,
+            registry=r,
+        )
+        self.monitor_signal_threshold = Gauge(
+            f"{PREFIX}_monitor_signal_threshold",
+            "What the live check is compared with: the drift threshold, the offline rate or accuracy.",
+            check_labels,
+            registry=r,
+        )
+        self.monitor_alarm = Gauge(
+            f"{PREFIX}_monitor_alarm",
+            "1 when the live check alarms on the latest monitor window, else 0.",
+            check_labels,
+            registry=r,
+        )
+        self.monitor_evaluation_errors_total = Counter(
+            f"{PREFIX}_monitor_evaluation_errors",
+            "Periodic monitor evaluations of a served version that failed.",
+            MODEL_LABELS,
+            registry=r,
+        )
+
+    def set_monitor_signal(
+        self, model: str, version: str, check: str, value: float, threshold: float | None, alarm: bool
+    ) -> None:
+        self.monitor_signal_value.labels(model, version, check).set(value)
+        if threshold is not None:
+            self.monitor_signal_threshold.labels(model, version, check).set(threshold)
+        else:
+            with contextlib.suppress(KeyError):
+                self.monitor_signal_threshold.remove(model, version, check)
+        self.monitor_alarm.labels(model, version, check).set(1 if alarm else 0)
+
+    def remove_monitor_signal(self, model: str, version: str, check: str) -> None:
+        for gauge in (self.monitor_signal_value, self.monitor_signal_threshold, self.monitor_alarm):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version, check)
+
+    def monitor_evaluation_failed(self, model: str, version: str) -> None:
+        self.monitor_evaluation_errors_total.labels(model, version).inc()
 
     def monitor_dropped(self, reason: str, n: int = 1) -> None:
         self.monitor_dropped_records_total.labels(reason).inc(n)

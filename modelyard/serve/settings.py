@@ -11,7 +11,9 @@ The prediction log (:mod:`modelyard.monitor`) is on by default: ``monitor.db`` b
 home folder, every request logged (``monitor_sample = 1.0``), written by a background thread from a queue of at
 most ``monitor_max_queue`` records (a full queue drops records, never slows a request), committed at least
 every ``monitor_flush_s``, and kept within ``monitor_max_rows`` rows and ``monitor_max_days`` days (0: no
-limit).
+limit). Every ``monitor_every_s`` seconds (0: never) the server watches the last ``monitor_window`` logged
+requests of each served version against its reference and exposes the result as Prometheus gauges
+(:mod:`modelyard.monitor.gauges`).
 
 The prediction cache is off by default (``cache_items = 0``): hashing every request costs time on each call,
 and exact repeats are rare for most traffic; turn it on where the same inputs come back often.
@@ -71,6 +73,8 @@ class ServeSettings:
     monitor_flush_s: float = 0.25
     monitor_max_rows: int = 1_000_000
     monitor_max_days: float = 30.0
+    monitor_every_s: float = 30.0
+    monitor_window: int = 200
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -233,4 +237,10 @@ def _monitor_problems(s: ServeSettings) -> list[str]:
         p.append(f"monitor_max_rows must be an integer >= 0 (0: no limit), got {s.monitor_max_rows!r}")
     if not _is_number(s.monitor_max_days) or s.monitor_max_days < 0:
         p.append(f"monitor_max_days must be a number of days >= 0 (0: no limit), got {s.monitor_max_days!r}")
+    if not _is_number(s.monitor_every_s) or s.monitor_every_s < 0:
+        p.append(
+            f"monitor_every_s must be a number of seconds >= 0 (0: no periodic evaluation), got {s.monitor_every_s!r}"
+        )
+    if not _is_int(s.monitor_window) or s.monitor_window < 1:
+        p.append(f"monitor_window must be an integer >= 1 (requests per window), got {s.monitor_window!r}")
     return p

@@ -14,7 +14,10 @@ With monitoring on (the default), start-up opens the prediction log (:mod:`model
 writer thread; each deployed version's task and classes are recorded in it. A route marks a sampled request
 with a :class:`Capture`; once the answer is sent the middleware calls :meth:`ServerState.log_prediction`,
 which summarizes it and queues it without waiting (nothing there can fail or slow a request: errors and a
-full queue are counted in ``modelyard_monitor_dropped_records_total``).
+full queue are counted in ``modelyard_monitor_dropped_records_total``). Every ``monitor_every_s`` seconds
+(0: never) a background task runs the monitor's checks on each served version's last ``monitor_window``
+requests off the event loop and sets the ``modelyard_monitor_signal_*`` / ``modelyard_monitor_alarm`` gauges
+(:meth:`ServerState.refresh_monitor_gauges`; a failure is logged and counted, never felt by a request).
 
 The app (:func:`modelyard.serve.app.create_app`) and the HTTP surface (:mod:`modelyard.serve.routes`) both
 use this module; it imports neither.
@@ -37,8 +40,10 @@ from typing import Any, NamedTuple
 
 from modelyard.errors import ConfigError, DataError, ModelyardError, first_line
 from modelyard.monitor.feedback import FeedbackItem, FeedbackStored, UnknownRequests, store_feedback
+from modelyard.monitor.gauges import MonitorGauges
 from modelyard.monitor.log import PredictionRecord
 from modelyard.monitor.summary import summarize_inputs, summarize_outputs
+from modelyard.monitor.watch import MonitorStatus
 from modelyard.monitor.writer import PredictionLogWriter
 from modelyard.registry import Registry
 from modelyard.security.trust import require_trust
@@ -172,6 +177,7 @@ class ServerState:
     workdir: Path | None = None
     loaded: threading.Event = field(default_factory=threading.Event)  # set when loading ended, well or not
     monitor: PredictionLogWriter | None = None
+    gauges: MonitorGauges | None = None
     sampler: random.Random = field(default_factory=random.Random)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _retired: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -189,6 +195,13 @@ class ServerState:
         self.loaded.clear()
         self.workdir = Path(tempfile.mkdtemp(prefix="modelyard-serve-"))
         self.monitor = await asyncio.to_thread(self._open_monitor) if self.settings.monitor else None
+        self.gauges = (
+            None
+            if self.monitor is None
+            else MonitorGauges(
+                self.metrics, self.registry, self.monitor.path, window=self.settings.monitor_window
+            )
+        )
         self._tasks.append(asyncio.get_running_loop().create_task(self._load_all(), name="modelyard-load"))
 
     async def shutdown(self) -> None:
@@ -262,10 +275,36 @@ class ServerState:
             return
         self.ready = True
         self.loaded.set()
+        if self.gauges is not None and self.settings.monitor_every_s > 0:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._monitor_loop(), name="modelyard-monitor-gauges")
+            )
         if self.settings.reload_on_alias and any(s.follows_alias for s in self.slots.values()):
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self._watch(), name="modelyard-alias-watch")
             )
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_every_s)
+            if not self.shutting_down:
+                await self.refresh_monitor_gauges()
+
+    async def refresh_monitor_gauges(self) -> list[MonitorStatus]:
+        """Run the monitor's checks on each served version's last ``monitor_window`` logged requests (off the
+        event loop) and set the monitor gauges; returns the statuses. Never raises: a failure is logged and
+        counted in ``modelyard_monitor_evaluation_errors_total``."""
+        gauges = self.gauges
+        if gauges is None:
+            return []
+        served = [(slot.name, str(slot.current.model.version)) for slot in self.slots.values()]
+        try:
+            return await asyncio.to_thread(gauges.refresh, served)
+        except Exception as exc:  # refresh handles each version's failure; this guards the rest
+            log.warning("monitor evaluation failed: %s", first_line(exc), exc_info=True)
+            for name, version in served:
+                self.metrics.monitor_evaluation_failed(name, version)
+            return []
 
     async def _deploy(self, ref: str) -> Deployment:
         """Load, warm up and start one version (the slow parts off the event loop)."""
