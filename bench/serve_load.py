@@ -11,7 +11,9 @@ Servers (one at a time, each in its own process; the load generator runs in this
                 (bench/setup_litserve.sh).
 - ``ours``      ``modelyard serve NAME@champion`` (the registry champion, ONNX), OIP v2 JSON
                 ``/v2/models/NAME/infer``, asking for the one output the peers return (``probabilities`` or
-                ``embedding``).
+                ``embedding``). Its prediction log is on (the default), written to a fresh file per start.
+- ``ours-nolog``  the same with ``--no-monitor``: no prediction log. Not run unless named in ``--servers``;
+                ``--servers ours,ours-nolog`` measures what the log costs (bench/drift.py runs it that way).
 
 So (b) vs ours compares servers on one model file; (a) vs ours compares the server and the runtime together
 (PyTorch fp32 eager against the ONNX champion).
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import shutil
@@ -55,18 +58,20 @@ import httpx
 import numpy as np
 from common import OtherLoad, json_line, log, markdown_table, rounded
 from loadgen import ServerResult, closed_stats, pct, session, usable
-from serve_procs import Prepared, Running, free_port, make_servers, ours_available
+from serve_procs import Prepared, Running, Server, free_port, make_servers, ours_available
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 WORK = OUT / "serve_load"
 
 SERVERS = ("fastapi", "litserve", "ours")
+EXTRA_SERVERS = ("ours-nolog",)  # run only when named in --servers
 SERVER_TITLES = {
     "fastapi": "(a) FastAPI + PyTorch fp32 serving the PyTorch baseline (not the champion), sync endpoint, "
     "one call per request",
     "litserve": "(b) LitServe + ONNX Runtime serving the champion's ONNX file, LitServe batching",
-    "ours": "ours: modelyard serve of the champion (OIP v2 JSON)",
+    "ours": "ours: modelyard serve of the champion (OIP v2 JSON), prediction log on (the default)",
+    "ours-nolog": "ours with --no-monitor: the same server without the prediction log",
 }
 MODELS = {  # demo key -> (registry name, recipes, kind)
     "digits": ("digits-cnn", ["onnx"], "digits"),
@@ -100,11 +105,11 @@ def ensure_onnx_champion(reg: Any, name: str) -> str:
             f"error: run {info['run_id']} of {name} registered no ONNX version; rerun with --rebuild-home"
         )
 
-    def speed(v: dict[str, Any]) -> float:
-        m = v["evidence"]["measurements"].get("efficiency.throughput_best", {})
-        return float(m.get("value") or 0.0)
+    def speed(v: dict[str, Any]) -> float:  # the registry's evidence is typed (VersionEvidence) or None
+        m = None if v["evidence"] is None else v["evidence"].measurements.get("efficiency.throughput_best")
+        return float(m.value or 0.0) if m is not None else 0.0
 
-    passing = [v for v in onnx if v["evidence"].get("verdict", {}).get("passed")]
+    passing = [v for v in onnx if v["evidence"] is not None and v["evidence"].verdict.passed]
     best = max(passing or onnx, key=speed)
     reason = "bench/serve_load.py serves an ONNX champion"
     reg.promote(name, best["version"], reason=reason)
@@ -215,8 +220,24 @@ def chosen_batching(p: Prepared) -> dict[str, Any]:
     from modelyard.serve.model import latency_budget_ms
 
     budget = latency_budget_ms(p.evidence)  # as the server does: the policy's p99 budget, else its default
-    cfg = choose_batching(p.evidence["measurements"], latency_budget_ms=budget)
+    measurements = None if p.evidence is None else p.evidence.measurements  # typed VersionEvidence
+    cfg = choose_batching(measurements, latency_budget_ms=budget)
     return {"max_batch_size": cfg.max_batch_size, "max_wait_s": cfg.max_wait_s, "why": cfg.why}
+
+
+def with_log_variants(servers: dict[str, Server], key: str) -> dict[str, Server]:
+    """``ours`` logging to a fresh prediction log per start (under bench/out/serve_load/monitor/, so the bench
+    home's log does not grow from run to run), and ``ours-nolog``: the same server with ``--no-monitor``."""
+    ours = servers["ours"]
+    db = WORK / "monitor" / f"{key}.db"
+    for path in (db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))):
+        path.unlink(missing_ok=True)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        **servers,
+        "ours": dataclasses.replace(ours, argv=[*ours.argv, "--monitor-db", str(db)]),
+        "ours-nolog": dataclasses.replace(ours, name="ours-nolog", argv=[*ours.argv, "--no-monitor"]),
+    }
 
 
 def run_model(p: Prepared, args: argparse.Namespace, home: Path) -> ModelResult:
@@ -226,7 +247,7 @@ def run_model(p: Prepared, args: argparse.Namespace, home: Path) -> ModelResult:
         for name in args.servers:
             res = results[name]
             port = free_port()
-            server = make_servers(p, port, args, home)[name]
+            server = with_log_variants(make_servers(p, port, args, home), p.key)[name]
             res.why_not = res.why_not or server.why_not
             if res.why_not:
                 continue
@@ -360,25 +381,29 @@ def model_section(m: ModelResult, args: argparse.Namespace) -> str:
                     f"{statistics.median(w.client_cores for w in used):.2f}",
                 ]
             )
-    lines += [
-        "",
-        "Open loop (Poisson arrivals; latency from each request's scheduled time; failed = error or not "
-        f"answered within {args.drain_s:g} s after the last arrival):",
-        "",
-        markdown_table(
-            [
-                "server",
-                "offered req/s",
-                "arrived req/s",
-                "achieved req/s",
-                "p50 ms",
-                "p99 ms",
-                "failed/sent",
-                "client cores",
-            ],
-            rows,
-        ),
-    ]
+    lines += (
+        [
+            "",
+            "Open loop (Poisson arrivals; latency from each request's scheduled time; failed = error or not "
+            f"answered within {args.drain_s:g} s after the last arrival):",
+            "",
+            markdown_table(
+                [
+                    "server",
+                    "offered req/s",
+                    "arrived req/s",
+                    "achieved req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "failed/sent",
+                    "client cores",
+                ],
+                rows,
+            ),
+        ]
+        if args.rates
+        else []
+    )  # --rates '' skips the open loop
     ours = c32(m, "ours")
     off = m.offline
     b = m.batching
@@ -391,6 +416,14 @@ def model_section(m: ModelResult, args: argparse.Namespace) -> str:
             f" († contended: {', '.join(bad)}; other processes took CPU in every window of theirs)"
             if (bad := [s for s in m.servers if c32(m, s, "contended")])
             else ""
+        ),
+        *(
+            [
+                f"- Prediction log: ours (log on) / ours-nolog (--no-monitor) at C=32 = "
+                f"{_fmt(_ratio(ours, c32(m, 'ours-nolog')), 3)}x throughput."
+            ]
+            if "ours-nolog" in m.servers
+            else []
         ),
         f"- Our batching from the evidence: max_batch_size {b.get('max_batch_size')}, "
         f"max_wait_s {b.get('max_wait_s', '-')} ({b.get('why')}); mean batch formed at C=32: "
@@ -418,6 +451,7 @@ def payload(models: list[ModelResult], args: argparse.Namespace, elapsed_s: floa
         "contended_c32",
         "overhead_ratio",
         "ours_mean_batch_c32",
+        "log_on_off_ratio_c32",
     ):
         out[key] = {}
     for m in models:
@@ -429,6 +463,7 @@ def payload(models: list[ModelResult], args: argparse.Namespace, elapsed_s: floa
         out["contended_c32"][k] = [s for s in m.servers if c32(m, s, "contended")]
         out["overhead_ratio"][k] = rounded(_ratio(ours, m.offline["rps"]), 3)
         out["ours_mean_batch_c32"][k] = rounded(m.offline["mean_batch_c32"], 2)
+        out["log_on_off_ratio_c32"][k] = rounded(_ratio(ours, c32(m, "ours-nolog")), 3)
     out["open_p99_ms"] = {
         m.p.key: {
             f"{rate:g}": {
@@ -462,10 +497,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="modelyard serve vs FastAPI + PyTorch vs LitServe, under load")
     p.add_argument("--quick", action="store_true", help="one round, short windows (~2 min)")
     p.add_argument("--models", default="digits,minilm", help="comma-separated: digits, minilm")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: fastapi, litserve, ours")
+    p.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated: fastapi, litserve, ours, ours-nolog (ours with --no-monitor)",
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     p.add_argument("--concurrency", default="1,8,32,64", help="closed-loop levels")
-    p.add_argument("--rates", default="25,50,100,200", help="open-loop arrival rates, req/s")
+    p.add_argument(
+        "--rates", default="25,50,100,200", help="open-loop arrival rates, req/s ('' skips the open loop)"
+    )
     p.add_argument("--window-s", type=float, help="closed-loop measured window (default 2; --quick 1)")
     p.add_argument("--open-window-s", type=float, help="open-loop arrivals measured (default 2.5; --quick 1)")
     p.add_argument(
@@ -506,10 +547,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = sorted({int(c) for c in _floats(args.concurrency)})
     args.rates = sorted(set(_floats(args.rates)))
-    bad = [m for m in args.models if m not in MODELS] + [s for s in args.servers if s not in SERVERS]
+    known = SERVERS + EXTRA_SERVERS
+    bad = [m for m in args.models if m not in MODELS] + [s for s in args.servers if s not in known]
     if bad:
-        p.error(f"unknown model or server {bad}; models: {', '.join(MODELS)}; servers: {', '.join(SERVERS)}")
-    if args.rounds < 1 or min(args.concurrency, default=0) < 1 or min(args.rates, default=0) <= 0:
+        p.error(f"unknown model or server {bad}; models: {', '.join(MODELS)}; servers: {', '.join(known)}")
+    if args.rounds < 1 or min(args.concurrency, default=0) < 1 or min(args.rates, default=1) <= 0:
         p.error("--rounds, --concurrency and --rates must be positive")
     return args
 
@@ -522,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rebuild_home:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(WORK / "models", ignore_errors=True)
-    args.ours_why_not = ours_available() if "ours" in args.servers else ""
+    args.ours_why_not = ours_available() if {"ours", "ours-nolog"} & set(args.servers) else ""
     per_round = len(args.concurrency) * (args.warmup_s + args.window_s) + len(args.rates) * (
         args.warmup_s + args.open_window_s + 1.0
     )
