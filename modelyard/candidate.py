@@ -12,7 +12,7 @@ from modelyard.errors import ArtifactError
 from modelyard.runtime.base import Runner, RunnerSpec
 from modelyard.runtime.preprocess import ArrayPreprocessor, Preprocessor, TokenizerPreprocessor
 
-Format = Literal["onnx", "torch", "hf"]
+Format = Literal["onnx", "torch", "hf", "openvino"]
 
 
 @dataclass
@@ -20,7 +20,8 @@ class Candidate:
     """One model variant.
 
     ``format``: "onnx" (an .onnx file), "torch" (a PyTorch module: safetensors state dict + factory,
-    TorchScript, or torch.export; see ``meta["torch_kind"]``) or "hf" (a Hugging Face folder).
+    TorchScript, or torch.export; see ``meta["torch_kind"]``), "hf" (a Hugging Face folder) or "openvino"
+    (an OpenVINO IR ``.xml`` file with its ``.bin`` beside it; compiled with ``meta["openvino"]``'s settings).
     ``passes`` is the full chain of pass configs applied since the baseline, as JSON dicts
     ``{"pass": name, "config": {...}}``. ``notes`` are facts worth reporting (e.g. which nodes were kept in fp32).
     """
@@ -40,14 +41,20 @@ class Candidate:
         return self.parent is None
 
     def load(self, *, threads: int | None = None, spin: bool = True, device: str = "cpu") -> Runner:
-        """Load this candidate as a Runner (ONNX Runtime for ONNX files, PyTorch otherwise). ``spin=False``:
-        ONNX Runtime threads sleep between calls (what a server wants). ``device``: "cpu" (default), "gpu"
-        (the policy's ``[hardware] target``) or "cuda:N"; a GPU the runtime cannot reach is a ConfigError.
-        The Runner's ``device`` says where it runs."""
+        """Load this candidate as a Runner (ONNX Runtime for ONNX files, OpenVINO for OpenVINO IR, PyTorch
+        otherwise). ``spin=False``: ONNX Runtime threads sleep between calls (what a server wants).
+        ``device``: "cpu" (default), "gpu" (the policy's ``[hardware] target``) or "cuda:N"; a GPU the
+        runtime cannot reach is a ConfigError (OpenVINO candidates run on the CPU only). The Runner's
+        ``device`` says where it runs."""
         if self.format == "onnx":
             from modelyard.runtime.onnx import OrtRunner
 
             return OrtRunner(self.path, spec=self.spec, threads=threads, spin=spin, device=device)
+        if self.format == "openvino":
+            from modelyard.runtime.openvino import OvRunner, OvSettings
+
+            settings = OvSettings.from_meta(self.meta)
+            return OvRunner(self.path, spec=self.spec, threads=threads, device=device, settings=settings)
         if self.format == "hf":
             from modelyard.runtime.hf import HFRunner
 
@@ -82,10 +89,14 @@ class Candidate:
         return ArrayPreprocessor(first.name, first.dtype)
 
     def files(self) -> list[Path]:
-        """Every file that makes up the artifact (a folder's files, or a file plus ONNX external data)."""
+        """Every file that makes up the artifact (a folder's files, a file plus ONNX external data, or an
+        OpenVINO .xml plus its .bin)."""
         if self.path.is_dir():
             return sorted(p for p in self.path.rglob("*") if p.is_file())
         out = [self.path]
+        if self.format == "openvino":
+            weights = self.path.with_suffix(".bin")
+            return [*out, weights] if weights.exists() else out
         data = self.path.with_name(self.path.name + ".data")
         if data.exists():
             out.append(data)

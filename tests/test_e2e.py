@@ -173,7 +173,7 @@ def _same_evidence_as_before_the_refactor(ev: dict[str, Any]) -> None:
     statuses."""
     old = json.loads((Path(__file__).parent / "data" / "evidence_digits_quick_v2_5ffa90a.json").read_text())
     new = summarize(ev)
-    if new["isa"] != old["isa"]:
+    if {flag: new["isa"].get(flag) for flag in old["isa"]} != old["isa"]:  # flags added since: not compared
         for part in (old, new):
             for cand in part["candidates"].values():
                 cand["measurements"] = {k: v[2:] for k, v in cand["measurements"].items()}

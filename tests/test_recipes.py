@@ -12,7 +12,18 @@ from modelyard.errors import ConfigError
 from modelyard.optimize.recipes import available_passes, build_config, parse_recipe
 from modelyard.optimize.registry import config_to_dict
 
-EXPECTED = {"onnx", "int8-dynamic", "int8-static", "int8-auto", "prune", "distill", "fp16"}
+EXPECTED = {
+    "onnx",
+    "int8-dynamic",
+    "int8-static",
+    "int8-auto",
+    "prune",
+    "distill",
+    "fp16",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+}
 
 
 def test_every_expected_pass_is_registered() -> None:

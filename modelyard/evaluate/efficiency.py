@@ -329,9 +329,9 @@ def _validate(
 
 
 def _effective_threads(candidate: Candidate, threads: int | None) -> int:
-    """Threads the loaded runner computes with: ONNX Runtime uses ``threads`` or all cores; PyTorch runners
-    use the process-wide torch setting (which ``threads`` sets when given)."""
-    if candidate.format != "onnx" and "torch" in sys.modules:
+    """Threads the loaded runner computes with: ONNX Runtime and OpenVINO use ``threads`` or all cores;
+    PyTorch runners use the process-wide torch setting (which ``threads`` sets when given)."""
+    if candidate.format in ("torch", "hf") and "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
     return threads or default_threads()
 

@@ -39,7 +39,7 @@ def penultimate_features(candidate: Candidate, x: Any, *, batch_size: int = 256)
         ) from None
     if n == 0:
         raise DataError("cannot compute representations of an empty input set; pass at least one item.")
-    if candidate.spec.task == "embedding" or candidate.format == "onnx":
+    if candidate.spec.task == "embedding" or candidate.format in ("onnx", "openvino"):
         return _runner_output(candidate, x, int(batch_size))
     return _hooked(candidate, x, int(batch_size))
 

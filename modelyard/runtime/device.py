@@ -27,7 +27,8 @@ def default_threads() -> int:
 
 @lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
-    """CPU model and the instruction sets that decide whether int8 pays off (AVX2, AVX-512, VNNI, AMX)."""
+    """CPU model and the instruction sets that decide whether int8 pays off (AVX2, AVX-512, VNNI, AMX) and
+    whether bf16 inference runs natively (``bf16``: AVX512_BF16 or AMX-BF16)."""
     flags: set[str] = set()
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -44,6 +45,7 @@ def cpu_info() -> dict[str, Any]:
         "avx512": "avx512f" in flags,
         "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
         "amx": "amx_int8" in flags or "amx_tile" in flags,
+        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
         "neon_dotprod": "asimddp" in flags,
     }
     if isa["amx"] or isa["vnni"] or isa["neon_dotprod"]:
@@ -115,11 +117,15 @@ class GpuRuntime:
         return f"{self.torch_note}; {self.ort_note}"
 
     def reaches(self, fmt: str) -> bool:
-        """Whether the runtime of a candidate format can use the GPU (ONNX Runtime for "onnx", torch
-        otherwise)."""
+        """Whether the runtime of a candidate format can use the GPU (ONNX Runtime for "onnx", torch for
+        "torch" and "hf"; the OpenVINO runner runs on the CPU only)."""
+        if fmt == "openvino":
+            return False
         return self.ort_cuda if fmt == "onnx" else self.torch_cuda
 
     def note_for(self, fmt: str) -> str:
+        if fmt == "openvino":
+            return "the OpenVINO runner runs on the CPU only"
         return self.ort_note if fmt == "onnx" else self.torch_note
 
 

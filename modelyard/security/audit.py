@@ -16,7 +16,7 @@ from typing import Any
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.evaluate.checkspec import CLASSIFIERS, CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
-from modelyard.security.formats import FAIL, ONNX, PASS, UNKNOWN, ScanResult
+from modelyard.security.formats import FAIL, ONNX, OPENVINO_IR, PASS, UNKNOWN, ScanResult
 from modelyard.security.scan import scan_file
 
 __all__ = ["audit_model", "backdoor_measurement", "candidate_scan_measurement"]
@@ -151,8 +151,8 @@ def candidate_scan_measurement(candidate: Any) -> Measurement:
     """``security.file_scan`` for a candidate: 1.0 PASS, 0.0 FAIL, None (UNKNOWN) with the reason.
 
     A folder artifact is scanned as a folder; a file artifact has its main file scanned and every
-    other file of ``candidate.files()`` too, except an ONNX model's external-data file, which the
-    ONNX scan already checks (its location and byte spans). Details: ``verdict``, ``format``,
+    other file of ``candidate.files()`` too, except an ONNX model's external-data file and an OpenVINO IR's
+    .bin, which the ONNX and IR scans already check (their byte spans). Details: ``verdict``, ``format``,
     ``findings`` and ``notes`` (the first 50, prefixed with the file name), ``pickle_based`` and
     ``files`` with each file's sha256.
     """
@@ -164,8 +164,13 @@ def candidate_scan_measurement(candidate: Any) -> Measurement:
             main = scan_file(candidate.path)
             scanned = [(candidate.path, main)]
             external = candidate.path.name + ".data"
+            weights = candidate.path.with_suffix(".bin").name
             for f in files:
-                if f == candidate.path or (main.format == ONNX and f.name == external):
+                if (
+                    f == candidate.path
+                    or (main.format == ONNX and f.name == external)
+                    or (main.format == OPENVINO_IR and f.name == weights)
+                ):
                     continue
                 scanned.append((f, scan_file(f)))
         base = candidate.path if candidate.path.is_dir() else candidate.path.parent

@@ -28,6 +28,7 @@ TORCH_EXPORT = "torch-export"
 PICKLE = "pickle"
 HF_FOLDER = "hf-folder"
 HDF5 = "hdf5"
+OPENVINO_IR = "openvino-ir"
 UNKNOWN_FORMAT = "unknown"
 
 #: Formats that run pickle (code) when loaded, whatever their content.
@@ -39,6 +40,7 @@ _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HIGHEST_PICKLE_PROTOCOL = 5
 _MAX_FINDINGS = 200
+_XML_HEAD_BYTES = 4096
 
 # ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited).
 _MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
@@ -159,7 +161,8 @@ def detect_format(path: Path) -> str:
     """Name the format of a model file or folder from its bytes, never from its extension.
 
     Returns one of ``"onnx"``, ``"safetensors"``, ``"torch-zip"``, ``"torchscript"``,
-    ``"torch-export"``, ``"zip"``, ``"pickle"``, ``"hdf5"``, ``"hf-folder"`` or ``"unknown"``.
+    ``"torch-export"``, ``"zip"``, ``"pickle"``, ``"hdf5"``, ``"openvino-ir"`` (an OpenVINO IR .xml),
+    ``"hf-folder"`` or ``"unknown"``.
     """
     path = Path(path)
     if path.is_dir():
@@ -191,6 +194,8 @@ def detect_stream(f: BinaryIO, size: int) -> str:
         return SAFETENSORS
     if len(head) >= 2 and head[0] == 0x80 and head[1] <= _HIGHEST_PICKLE_PROTOCOL:
         return PICKLE
+    if _looks_like_openvino_ir(f):
+        return OPENVINO_IR
     if _looks_like_onnx(f, size):
         return ONNX
     if _parses_as_pickle(f):
@@ -244,6 +249,18 @@ def _looks_like_safetensors(f: BinaryIO, size: int) -> bool:
         return False
     header = f.read(n)
     return header[:1] == b"{" and header.rstrip(b" ")[-1:] == b"}"
+
+
+def _looks_like_openvino_ir(f: BinaryIO) -> bool:
+    """An OpenVINO IR .xml: an optional XML declaration, then the ``<net`` root element."""
+    f.seek(0)
+    head = f.read(_XML_HEAD_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"<?xml"):
+        end = head.find(b"?>")
+        if end < 0:
+            return False
+        head = head[end + 2 :].lstrip()
+    return head.startswith((b"<net ", b"<net>"))
 
 
 def _read_varint(f: BinaryIO) -> int | None:

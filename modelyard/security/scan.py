@@ -25,6 +25,7 @@ from modelyard.security.formats import (
     HDF5,
     HF_FOLDER,
     ONNX,
+    OPENVINO_IR,
     PICKLE,
     SAFETENSORS,
     TORCH_EXPORT,
@@ -39,6 +40,7 @@ from modelyard.security.formats import (
     detect_stream,
     read_safetensors_header_length,
 )
+from modelyard.security.openvino_ir import scan_openvino_ir
 from modelyard.security.pickle_scan import scan_pickle_stream
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ def _scan_as(path: Path, fmt: str) -> ScanResult:
             _scan_safetensors(path, c)
         elif fmt == ONNX:
             _scan_onnx(path, c)
+        elif fmt == OPENVINO_IR:
+            scan_openvino_ir(path, c)
         elif fmt == HDF5:
             c.cannot_tell(
                 "HDF5 (Keras) files are not scanned and modelyard does not load them; export to ONNX"
@@ -149,7 +153,9 @@ def _scan_as(path: Path, fmt: str) -> ScanResult:
         elif path.is_dir():
             c.cannot_tell("folder has no config.json, so it is not a Hugging Face model folder")
         else:
-            c.cannot_tell("format not recognised (not ONNX, safetensors, a PyTorch archive or a pickle)")
+            c.cannot_tell(
+                "format not recognised (not ONNX, OpenVINO IR, safetensors, a PyTorch archive or a pickle)"
+            )
     except OSError as exc:
         c.cannot_tell(f"could not read it: {exc}")
     if c.pickle_based and fmt != HF_FOLDER:
