@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -68,6 +68,11 @@ class RunnerSpec:
             labels=tuple(labels) if labels else None,
             extra=dict(d.get("extra") or {}),
         )
+
+    def with_tensors_of(self, own: RunnerSpec) -> RunnerSpec:
+        """This declared spec (task, classes, labels, value range) with the tensor names and dtypes ``own``
+        read from the loaded model."""
+        return replace(self, inputs=own.inputs, outputs=own.outputs)
 
 
 @runtime_checkable

@@ -130,18 +130,8 @@ class OrtRunner:
                 f"(providers: {', '.join(self.providers)}); {GPU_FIX}"
             )
         own = spec_from_session(self.session, spec.task if spec else task, spec.num_classes if spec else None)
-        if spec is not None:
-            # Keep the declared task, labels and value range; take names and dtypes from the graph.
-            spec = RunnerSpec(
-                inputs=own.inputs,
-                outputs=own.outputs,
-                task=spec.task,
-                num_classes=spec.num_classes,
-                value_range=spec.value_range,
-                labels=spec.labels,
-                extra=spec.extra,
-            )
-        self.spec = spec or own
+        # keep the declared task, labels and value range; take names and dtypes from the graph
+        self.spec = own if spec is None else spec.with_tensors_of(own)
         self._output_names = [o.name for o in self.spec.outputs]
         self._input_names = {i.name for i in self.spec.inputs}
 

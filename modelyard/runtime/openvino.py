@@ -176,18 +176,8 @@ class OvRunner:
             task=spec.task if spec else task,  # type: ignore[arg-type]
             num_classes=spec.num_classes if spec else None,
         )
-        if spec is not None:
-            # Keep the declared task, labels and value range; take names and dtypes from the model.
-            own = RunnerSpec(
-                inputs=own.inputs,
-                outputs=own.outputs,
-                task=spec.task,
-                num_classes=spec.num_classes,
-                value_range=spec.value_range,
-                labels=spec.labels,
-                extra=spec.extra,
-            )
-        self.spec = own
+        # keep the declared task, labels and value range; take names and dtypes from the model
+        self.spec = own if spec is None else spec.with_tensors_of(own)
         self._input_names = {t.name for t in self.spec.inputs}
         self._output_names = [t.name for t in self.spec.outputs]
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
