@@ -19,6 +19,7 @@ import pytest
 from modelyard.errors import ConfigError
 from modelyard.monitor.db import connect, prune
 from modelyard.monitor.log import PredictionLog, PredictionRecord, input_rows, row_confidences
+from modelyard.monitor.pending import PendingPrediction
 from modelyard.monitor.summary import MAX_ROWS, MAX_SUMMARY_BYTES, summarize_inputs, summarize_outputs
 from modelyard.monitor.writer import PredictionLogWriter
 from modelyard.registry import Registry
@@ -148,6 +149,34 @@ def test_writer_commits_batches_and_the_reader_returns_typed_rows(tmp_path: Path
     assert row_confidences(window) == pytest.approx([0.8] * 4) and input_rows(window, "y").shape == (0, 0)
     assert PredictionLog(tmp_path / "missing.db").window("m") == []
     assert not (tmp_path / "missing.db").exists()
+
+
+def pending(rid: str, x: np.ndarray) -> PendingPrediction:
+    probs = np.array([[0.2, 0.8]], dtype=np.float32)
+    return PendingPrediction(
+        rid, 1000.0, "m", "1", "infer", len(x), {"x": x}, None, {"probabilities": probs}, 2.0
+    )
+
+
+def test_pending_predictions_are_summarized_by_the_writer_and_bounded_in_bytes(tmp_path: Path) -> None:
+    small = np.array([[1.0, 2.0]], dtype=np.float32)
+    big = np.zeros((4, 4096), dtype=np.float32)  # 64 KiB held while queued
+    writer = PredictionLogWriter(tmp_path / "monitor.db", flush_s=0.05, max_queue_bytes=100_000)
+    assert writer.submit(pending("a", big))  # 64 KiB: fits
+    assert not writer.submit(pending("b", big))  # 128 KiB would not: dropped, counted, never waited for
+    assert writer.dropped["queue_full"] == 1
+    writer.start()
+    assert writer.flush(DEADLINE_S)
+    assert writer.submit(pending("c", big)) and writer.submit(pending("d", small))  # the bytes were released
+    writer.close()
+    rows = PredictionLog(tmp_path / "monitor.db").window("m")
+    assert [p.request_id for p in rows] == ["a", "c", "d"]
+    built = pending("d", small).build()  # the same summaries the request path used to build
+    assert built.inputs_json == summarize_inputs({"x": small}, None, rows=1)
+    assert built.outputs_json == summarize_outputs({"probabilities": np.array([[0.2, 0.8]], np.float32)}).json
+    assert rows[2].inputs["inputs"]["x"]["values"] == [[1.0, 2.0]] and rows[2].confidence == pytest.approx(
+        0.8
+    )
 
 
 def test_retention_deletes_the_oldest_predictions_and_never_feedback(tmp_path: Path) -> None:
@@ -297,15 +326,17 @@ async def test_a_full_queue_drops_records_and_never_fails_a_request(
 async def test_a_failure_to_log_is_counted_and_the_request_still_answers(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modelyard.serve.state as state_module
+    import modelyard.monitor.pending as pending_module
 
-    def broken(outputs: Any) -> Any:
+    def broken(outputs: Any, **_: Any) -> Any:
         raise RuntimeError("summary failed")
 
-    monkeypatch.setattr(state_module, "summarize_outputs", broken)
-    async with app_client(settings_for(registry, monitor_db=tmp_path / "log.db"), registry) as (_, c):
+    # the writer's thread summarizes a queued request; its failure is counted there, after the answer was sent
+    monkeypatch.setattr(pending_module, "summarize_outputs", broken)
+    async with app_client(settings_for(registry, monitor_db=tmp_path / "log.db"), registry) as (app, c):
         r = await c.post(f"/v2/models/{MODEL}/infer", json=infer_body(np.zeros((1, 6), np.float32)))
         assert r.status_code == 200
+        assert await asyncio.to_thread(app.state.serve.monitor.flush, DEADLINE_S)
         text = (await c.get("/metrics")).text
     assert metric(text, 'modelyard_monitor_dropped_records_total{reason="error"}') == 1.0
 

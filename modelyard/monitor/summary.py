@@ -10,12 +10,13 @@ Inputs (``{"rows": N, "inputs": {name: ...}}``), per input:
   ``MAX_VALUES_PER_ROW`` values per row): the values of the first rows, floats to 7 significant digits;
 - ``{"kind": "stats", "dtype", "shape", "mean": [...], "std": [...], "min": [...], "max": [...]}``: larger
   tensors (images, sequences): four numbers per row;
-- ``{"kind": "text", "chars": [...], "words": [...]}``: texts: their lengths in characters and words.
+- ``{"kind": "text", "chars": [...], "words": [...]}``: texts: their lengths in characters and words;
+- ``{"kind": "projected", "dtype", "shape"}``: the input the served version's projection reads (below).
 
 When the served version's monitor reference holds a :class:`Projection` of its input (images, wide tabular
 inputs), the inputs summary also has ``"features": [[pc1, ..., pck, residual] per row]``: each row's
 coordinates on the reference's principal components and its reconstruction error, the features the input
-drift check compares with the reference (:mod:`modelyard.monitor.reference` computes the reference's rows with
+drift check compares with the reference (that input's own values are then not kept) (:mod:`modelyard.monitor.reference` computes the reference's rows with
 the same :meth:`Projection.logged`, and tabular rows with :func:`logged_rows`).
 
 Outputs of a classifier: ``{"rows", "predicted": [class per row], "confidence": [largest calibrated
@@ -28,6 +29,7 @@ error of each row) when the reference holds a projection of the embedding.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +59,12 @@ class OutputSummary:
 
 
 def _rounded(a: np.ndarray) -> list[Any]:
-    """``a`` as nested lists, floats rounded to ``DIGITS`` significant digits (short JSON)."""
+    """``a`` as nested lists, floats rounded to ``DIGITS`` significant digits (short JSON). Small arrays (a
+    request's few numbers) take a plain-Python path with the same formula: numpy's per-call cost dominates there."""
     if a.dtype.kind not in "f":
         return a.tolist()  # type: ignore[no-any-return]
+    if a.size <= _SMALL:
+        return _round_nested(a.astype(np.float64).tolist())  # type: ignore[no-any-return]
     x = a.astype(np.float64)
     ok = np.isfinite(x) & (x != 0)
     with np.errstate(all="ignore"):
@@ -67,6 +72,19 @@ def _rounded(a: np.ndarray) -> list[Any]:
         scale = 10.0 ** (DIGITS - 1 - mag)
         out = np.where(ok, np.round(x * scale) / scale, x)
     return out.tolist()  # type: ignore[no-any-return]
+
+
+# Arrays of at most this many values are rounded in plain Python.
+_SMALL = 64
+
+
+def _round_nested(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_round_nested(v) for v in x]
+    if x == 0 or not math.isfinite(x):
+        return x
+    scale = 10.0 ** (DIGITS - 1 - math.floor(math.log10(abs(x))))
+    return round(x * scale) / scale
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,9 +214,11 @@ def summarize_inputs(
     *,
     rows: int,
     projection: Projection | None = None,
+    features: NDArray[np.float64] | None = None,
 ) -> str:
     """The encoded input summary of one request (see the module docstring); with ``projection`` (from the
-    served version's monitor reference) also each summarized row's projected ``features``."""
+    served version's monitor reference) also each summarized row's projected ``features``. ``features``: those
+    of the first ``MAX_ROWS`` rows when the caller computed them already (the writer does, a batch at once)."""
 
     def build(k: int, stats: bool) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
@@ -209,12 +229,21 @@ def summarize_inputs(
                 "chars": [len(t) for t in head],
                 "words": [len(t.split()) for t in head],
             }
-        for name, arr in (feeds or {}).items():
-            inputs[name] = _input_entry(np.asarray(arr), k, stats=stats)
-        doc: dict[str, Any] = {"rows": rows, "inputs": inputs}
-        features = _projected(projection, (feeds or {}).get(projection.source) if projection else None, k)
         if features is not None:
-            doc["features"] = features
+            projected: list[Any] | None = _rounded(features[:k])
+        else:
+            source = (feeds or {}).get(projection.source) if projection else None
+            projected = _projected(projection, source, k)
+        for name, arr in (feeds or {}).items():
+            a = np.asarray(arr)
+            if projected is not None and projection is not None and name == projection.source:
+                # its projected features are what the drift check reads: its values would only cost time
+                inputs[name] = {"dtype": str(a.dtype), "shape": list(a.shape), "kind": "projected"}
+            else:
+                inputs[name] = _input_entry(a, k, stats=stats)
+        doc: dict[str, Any] = {"rows": rows, "inputs": inputs}
+        if projected is not None:
+            doc["features"] = projected
         return doc
 
     return _bounded(build)
@@ -229,13 +258,14 @@ def summarize_outputs(
     scores = outputs.get("ood_score")
     flags = outputs.get("ood_flag")
     if probs is not None:
+        # ndarray methods, not np.max / np.mean: on a request's few rows the wrappers cost more than the sums
         p = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
-        top = np.max(p, axis=1) if p.size else np.zeros(len(p))
-        confidence = float(top.mean()) if len(top) else None
+        top = p.max(axis=1) if p.size else np.zeros(len(p))
+        confidence = float(top.sum()) / len(top) if len(top) else None
         k_top = min(TOP_K, p.shape[1])
         order = np.argsort(-p, axis=1, kind="stable")[:, :k_top]  # column 0: as logged_predictions
-        ood_score = float(np.max(scores)) if scores is not None and len(scores) else None
-        ood_flag = bool(np.any(flags)) if flags is not None else None
+        ood_score = float(np.asarray(scores).max()) if scores is not None and len(scores) else None
+        ood_flag = bool(np.asarray(flags).any()) if flags is not None else None
 
         def build(k: int, stats: bool) -> dict[str, Any]:
             doc: dict[str, Any] = {

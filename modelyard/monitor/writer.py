@@ -1,7 +1,10 @@
 """The prediction log's writer: a background thread fed by a bounded queue.
 
 The request path only calls :meth:`PredictionLogWriter.submit`, a non-blocking ``put_nowait``: when the queue
-is full the record is dropped and counted, never waited for. The thread takes records in batches and commits
+is full (``max_queue`` items, or ``max_queue_bytes`` of arrays held by queued
+:class:`~modelyard.monitor.pending.PendingPrediction` s) the record is dropped and counted, never waited for.
+A pending prediction is summarized in the writer's thread (:meth:`PendingPrediction.build`), so the request
+path pays for a reference and a queue put only. The thread takes records in batches and commits
 each batch in one transaction, at the latest ``flush_s`` after the batch's first record was taken (or as soon
 as ``max_batch`` records are in), so a killed process loses at most the records of the last ``flush_s`` plus
 one commit. Every ``retention_every_s`` it deletes the predictions past the retention limits
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from modelyard.monitor.db import INSERT_PREDICTION, connect, describe_version, prune
 from modelyard.monitor.log import PredictionRecord
+from modelyard.monitor.pending import PendingPrediction, build_records
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class PredictionLogWriter:
         path: Path | str,
         *,
         max_queue: int = 10_000,
+        max_queue_bytes: int = 64 * 2**20,
         flush_s: float = 0.25,
         max_batch: int = 1000,
         max_rows: int | None = None,
@@ -62,6 +67,8 @@ class PredictionLogWriter:
         self.max_days = max_days
         self.retention_every_s = float(retention_every_s)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self.max_queue_bytes = int(max_queue_bytes)
+        self._queued_bytes = 0
         self._on_dropped = on_dropped
         self._on_written = on_written
         self._cond = threading.Condition()
@@ -85,19 +92,22 @@ class PredictionLogWriter:
         )
         self._thread.start()
 
-    def submit(self, record: PredictionRecord) -> bool:
+    def submit(self, record: PredictionRecord | PendingPrediction) -> bool:
         """Queue ``record`` without waiting; False (and counted) when it was dropped."""
         if self._closed:
             self.count_dropped("closed")
             return False
+        size = record.nbytes if isinstance(record, PendingPrediction) else 0
         with self._cond:
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                full = True
-            else:
-                full = False
-                self._submitted += 1
+            full = bool(size) and self._queued_bytes + size > self.max_queue_bytes
+            if not full:
+                try:
+                    self._queue.put_nowait(record)
+                except queue.Full:
+                    full = True
+                else:
+                    self._submitted += 1
+                    self._queued_bytes += size
         if full:
             self.count_dropped("queue_full")
         return not full
@@ -161,11 +171,12 @@ class PredictionLogWriter:
                 if time.monotonic() >= next_prune:
                     self._prune(conn)
                     next_prune = time.monotonic() + self.retention_every_s
-                batch = self._collect(wait_s=max(0.0, min(next_prune - time.monotonic(), 1.0)))
+                taken = self._collect(wait_s=max(0.0, min(next_prune - time.monotonic(), 1.0)))
+                batch = self._built(taken)
                 if batch:
                     self._write(conn, batch)
                 with self._cond:
-                    self._processed += len(batch)
+                    self._processed += len(taken)
                     self._cond.notify_all()
                 if self._stopping.is_set() and self._queue.empty():
                     break
@@ -175,10 +186,18 @@ class PredictionLogWriter:
                 self._finished = True
                 self._cond.notify_all()
 
-    def _collect(self, *, wait_s: float) -> list[PredictionRecord]:
+    def _built(self, taken: list[PredictionRecord | PendingPrediction]) -> list[PredictionRecord]:
+        """The records of a batch: pending predictions summarized here; one that fails is dropped (``error``)."""
+        ready = [item for item in taken if isinstance(item, PredictionRecord)]
+        records, failed = build_records([item for item in taken if isinstance(item, PendingPrediction)])
+        if failed:
+            self.count_dropped("error", failed)
+        return ready + records
+
+    def _collect(self, *, wait_s: float) -> list[PredictionRecord | PendingPrediction]:
         """The next batch: waits up to ``wait_s`` for a first record, then gathers more until ``flush_s``
         after it, ``max_batch`` records, a flush request, or (when stopping) an empty queue."""
-        batch: list[PredictionRecord] = []
+        batch: list[PredictionRecord | PendingPrediction] = []
         deadline: float | None = None
         while len(batch) < self.max_batch:
             stopping = self._stopping.is_set()
@@ -198,7 +217,11 @@ class PredictionLogWriter:
                 break
             if item is _STOP:
                 continue
-            if isinstance(item, PredictionRecord):
+            if isinstance(item, PendingPrediction):
+                with self._cond:
+                    self._queued_bytes -= item.nbytes
+                batch.append(item)
+            elif isinstance(item, PredictionRecord):
                 batch.append(item)
             if deadline is None:
                 deadline = time.monotonic() + self.flush_s
