@@ -371,7 +371,7 @@ def estimate_stage(args: argparse.Namespace, peers: dict[str, Any]) -> dict[str,
     model = LogisticRegression().fit(x_train, y_train)
     x_ref, y_ref = draw(rng, 4_000, zero)  # the labelled reference: calibration for ours and CBPE alike
     ref_probs = model.predict_proba(x_ref)
-    sizes, probs, realised = [], [], []
+    sizes, probs, inputs, realised = [], [], [], []
     for s in EST_SHIFTS:
         for _ in range(args.estimate_windows):
             u = np.zeros(EST_FEATURES)  # a random direction among the features the labels depend on
@@ -380,17 +380,29 @@ def estimate_stage(args: argparse.Namespace, peers: dict[str, Any]) -> dict[str,
             p = model.predict_proba(x)
             sizes.append(s)
             probs.append(p)
+            inputs.append(x)
             realised.append(realised_accuracy(p.argmax(axis=1) == y))
-    rows = []
-    t0 = time.perf_counter()
-    for p in probs:  # the labels are not passed: they arrive later
-        est = estimate_accuracy(probs=p, reference_probs=ref_probs, reference_labels=y_ref)
-        rows.append(
-            {"ours": est.estimated_accuracy, "lo": est.interval[0], "hi": est.interval[1], "est": est}
-        )
-    ours_s = (time.perf_counter() - t0) / len(probs)
+    rows: list[dict[str, Any]] = [{} for _ in probs]
+    seconds = {}
+    # the labels are never passed: they arrive later. "ours" weights the reference by the inputs' density
+    # ratio (what the monitor does when the reference holds input features); "conf": confidences only
+    for key, with_inputs in (("ours", True), ("conf", False)):
+        t0 = time.perf_counter()
+        for row, p, x, real in zip(rows, probs, inputs, realised, strict=True):
+            extra = {"inputs": x, "reference_inputs": x_ref} if with_inputs else {}
+            est = estimate_accuracy(probs=p, reference_probs=ref_probs, reference_labels=y_ref, **extra)
+            row.update(
+                {
+                    key: est.estimated_accuracy,
+                    f"{key}_lo": est.interval[0],
+                    f"{key}_hi": est.interval[1],
+                    f"{key}_covered": compare(est, real).covered,
+                }
+            )
+        seconds[key] = (time.perf_counter() - t0) / len(probs)
+    ours_s = seconds["ours"]
     for row, s, real in zip(rows, sizes, realised, strict=True):
-        row.update(shift=s, realised=real.accuracy, covered=compare(row.pop("est"), real).covered)
+        row.update(shift=s, realised=real.accuracy)
     job = {
         "reference_proba": str(SCRATCH / "estimate-reference-proba.npy"),
         "reference_labels": str(SCRATCH / "estimate-reference-labels.npy"),
@@ -413,6 +425,7 @@ def estimate_stage(args: argparse.Namespace, peers: dict[str, Any]) -> dict[str,
     return {
         "rows": rows,
         "ours_s": ours_s,
+        "conf_s": seconds["conf"],
         "model_accuracy_unshifted": float(np.mean([r["realised"] for r in rows if r["shift"] == 0.0])),
     }
 
@@ -629,17 +642,22 @@ def table_estimate(est: dict[str, Any]) -> tuple[str, dict[str, float | None]]:
     summary: dict[str, float | None] = {}
     for s in (*EST_SHIFTS, None):
         rows = [r for r in rows_all if s is None or r["shift"] == s]
-        cover = sum(r["covered"] for r in rows)
-        mae = float(np.mean([abs(r["ours"] - r["realised"]) for r in rows]))
-        width = float(np.mean([r["hi"] - r["lo"] for r in rows]))
-        cells = [
+        cells: list[Any] = [
             "all" if s is None else f"{s:g} sd",
             len(rows),
             f"{np.mean([r['realised'] for r in rows]):.3f}",
-            f"{cover / len(rows):.2f} {wilson_text(cover, len(rows))}",
-            f"{100 * mae:.2f}",
-            f"{100 * width:.1f}",
         ]
+        figures = {}
+        for key in ("ours", "conf"):
+            cover = sum(r[f"{key}_covered"] for r in rows)
+            mae = float(np.mean([abs(r[key] - r["realised"]) for r in rows]))
+            width = float(np.mean([r[f"{key}_hi"] - r[f"{key}_lo"] for r in rows]))
+            cells += [
+                f"{cover / len(rows):.2f} {wilson_text(cover, len(rows))}",
+                f"{100 * mae:.2f}",
+                f"{100 * width:.1f}",
+            ]
+            figures[key] = (cover / len(rows), mae)
         if has_cbpe:
             cb_mae = float(np.mean([abs(r["cbpe"] - r["realised"]) for r in rows]))
             cb_cover = np.mean([r["cbpe_lo"] <= r["realised"] <= r["cbpe_hi"] for r in rows])
@@ -649,14 +667,23 @@ def table_estimate(est: dict[str, Any]) -> tuple[str, dict[str, float | None]]:
             cells += ["not run", "not run"]
         out_rows.append(cells)
         if s is None:
-            summary = {"coverage": cover / len(rows), "mae": mae, "cbpe_mae": cb_mae}
+            summary = {
+                "coverage": figures["ours"][0],
+                "mae": figures["ours"][1],
+                "conf_coverage": figures["conf"][0],
+                "conf_mae": figures["conf"][1],
+                "cbpe_mae": cb_mae,
+            }
     head = [
         "covariate shift",
         "windows",
         "realised accuracy (mean)",
-        "ours: 95 % interval coverage (Wilson)",
-        "ours: MAE, points",
-        "ours: interval width, points",
+        "ours (inputs weighted): 95 % interval coverage (Wilson)",
+        "ours (inputs weighted): MAE, points",
+        "ours (inputs weighted): interval width, points",
+        "ours, confidences only [CBPE's inputs]: coverage",
+        "ours, confidences only: MAE, points",
+        "ours, confidences only: width, points",
         "CBPE (chunk_size = window): MAE, points",
         "CBPE: coverage of its +-3 sampling-error band",
     ]
@@ -909,10 +936,13 @@ def report(
         f"Logistic regression on {EST_FEATURES} standard-normal features; true log-odds 2 x0 - 1.5 x1 + x2 x3 + "
         "0.75 (x4^2 - 1); trained on 4,000 rows; labelled reference 4,000 further rows (isotonic recalibration for "
         f"ours, CBPE's fit); windows' means shifted by the given distance along a random direction among the "
-        f"{EST_USED} features the labels depend on, labels drawn from the true model (P(y | x) fixed). Both "
-        "estimates assume the reference's calibration carries over; the larger shifts test where it stops. "
+        f"{EST_USED} features the labels depend on, labels drawn from the true model (P(y | x) fixed). CBPE and "
+        "'ours, confidences only' see the probabilities alone and assume the reference's calibration carries over; "
+        "'ours (inputs weighted)' also sees the window's and the reference's input features (never a window's "
+        "labels) and weights the reference's calibration error by their density ratio: a different setting from "
+        "CBPE's, the one the monitor uses when the reference holds input features. "
         f"Accuracy on unshifted windows {est['model_accuracy_unshifted']:.3f}. Ours: "
-        f"{est['ours_s'] * 1000:.1f} ms per estimate.",
+        f"{est['ours_s'] * 1000:.1f} ms per estimate with inputs, {est['conf_s'] * 1000:.1f} ms without.",
         "",
         est_table,
         "",
@@ -932,6 +962,8 @@ def report(
         "estimate_coverage": rounded(est_sum["coverage"], 3),
         "estimate_mae": rounded(est_sum["mae"], 4),
         "nannyml_cbpe_mae": rounded(est_sum["cbpe_mae"], 4),
+        "estimate_coverage_confidences_only": rounded(est_sum["conf_coverage"], 3),
+        "estimate_mae_confidences_only": rounded(est_sum["conf_mae"], 4),
         "logging_throughput_ratio": rounded(ratio, 3),
         "contended": cost["contended"] + (["serve"] if serve.get("contended") else []),
         "quick": bool(args.quick),

@@ -150,6 +150,8 @@ def test_the_version_is_registered_with_a_reference_from_fit_items_only(
     assert ref.inputs.rows.shape == (n_fit - n_fit // 3, 9)
     assert ref.predictions is not None and ref.predictions.labels is not None
     assert sorted(ref.predictions.labels.tolist()) == sorted(ds.y_cal.tolist())  # the calibration split
+    # the calibration items' input features, as logged, for the estimate's density-ratio weights
+    assert ref.predictions.features is not None and ref.predictions.features.shape == (len(ds.y_cal), 9)
     assert ref.ood is not None and ref.ood.n_offline == len(ds.x_test)  # the evidence's rate, with its n
     assert ref.accuracy is not None and ref.accuracy.n == len(ds.x_test) and ref.accuracy.interval
     path = registry.artifacts.path_for(stored[FILE_NAME]["sha256"])
@@ -168,6 +170,7 @@ def test_clean_windows_alarm_at_most_at_the_configured_rate(simulation: Simulati
         assert checks["drift.outputs"].alarm is None
         assert checks["drift.inputs"].measurement.unit == "sd"
         assert checks["accuracy.realised"].measurement.details["rows"] == WINDOW
+        assert "density ratio" in checks["accuracy.estimated"].measurement.details["method"]
     alarms = sum(s.alarm for s in clean)
     assert alarms <= MAX_CLEAN_ALARMS, [s.summary() for s in clean if s.alarm]
     realised = np.mean([s.signal("accuracy.realised").measurement.value for s in clean])  # type: ignore[union-attr]

@@ -76,6 +76,9 @@ class PredictionReference:
     confidence: NDArray[np.float64]
     labels: NDArray[np.int64] | None
     fitted_on: str
+    # the same items' input features, as the input reference logs them (values or projected features), so the
+    # accuracy estimate can weight their calibration error by the window's density ratio; None when not kept
+    features: NDArray[np.float64] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,6 +178,7 @@ def reference_to_dict(ref: MonitorReference) -> dict[str, Any]:
             "confidence": _floats(p.confidence),
             "labels": None if p.labels is None else [int(v) for v in p.labels],
             "fitted_on": p.fitted_on,
+            "features": None if p.features is None else [_floats(r) for r in p.features],
         }
     if ref.embeddings is not None:
         e = ref.embeddings

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
+from modelyard.errors import DataError
 from modelyard.monitor.drift import MIN_REFERENCE_ROWS
 from modelyard.monitor.drift_embed import principal_components
 from modelyard.monitor.reference import (
@@ -206,6 +207,19 @@ def _ood(
     return OODReference(str(rule["score"]), threshold, scores, flagged, max(int(scores.size), 1), source)
 
 
+def _features_as_logged(
+    inputs: InputReference | None, pre: Preprocessor, items: Any
+) -> NDArray[np.float64] | None:
+    """``items``' input features as the server logs them for ``inputs`` (values or projected features)."""
+    if inputs is None:
+        return None
+    try:
+        arr = pre(items)[inputs.input]
+        return logged_rows(arr) if inputs.projection is None else inputs.projection.logged(arr)
+    except (KeyError, ValueError, DataError):
+        return None
+
+
 def _classes(runner: Runner, candidate: Candidate, k: int) -> tuple[str, ...]:
     labels = runner.spec.labels or candidate.spec.labels
     return tuple(labels) if labels and len(labels) == k else tuple(str(i) for i in range(k))
@@ -252,7 +266,13 @@ def build_reference(
             k = int(logits.shape[1])
             fitted_on = f"{len(idx)} calibration items ({how}), temperature {temperature:.4g}"
             predictions = PredictionReference(
-                _classes(runner, candidate, k), temperature, predicted, confidence, labels, fitted_on
+                _classes(runner, candidate, k),
+                temperature,
+                predicted,
+                confidence,
+                labels,
+                fitted_on,
+                _features_as_logged(inputs, pre, _take(x, idx)),
             )
             if rule is not None:
                 scores = np.asarray(outputs["ood_score"], dtype=np.float64)

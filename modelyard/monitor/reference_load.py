@@ -146,8 +146,14 @@ def _predictions(r: _Reader, doc: Any) -> PredictionReference | None:
     if outside or (confidence.size and (confidence.min() < 0 or confidence.max() > 1)):
         r.bad(f"predicted classes and labels must lie in [0, {k}) and confidences in [0, 1]")
         return None
+    features = None
+    if isinstance(doc, Mapping) and doc.get("features") is not None:  # older references have none
+        features = r.matrix(doc, "features")
+        if features is not None and features.shape[0] != confidence.size:
+            r.bad("predictions' features need one row per calibration item")
+            return None
     return PredictionReference(
-        tuple(str(c) for c in classes), temperature, predicted, confidence, labels, fitted
+        tuple(str(c) for c in classes), temperature, predicted, confidence, labels, fitted, features
     )
 
 

@@ -246,23 +246,40 @@ def _offline_sd(ref: MonitorReference) -> float:
     return math.sqrt(a.accuracy * (1.0 - a.accuracy) / a.n) if a.n else 0.0
 
 
-def _estimate(conf: NDArray[np.float64], ref: MonitorReference, det: Detectors) -> EstimateResult:
+def _estimate(
+    conf: NDArray[np.float64],
+    ref: MonitorReference,
+    det: Detectors,
+    inputs: NDArray[np.float64] | None = None,
+) -> EstimateResult:
+    """The window's estimated accuracy; with the window's input features (one row per confidence) and the
+    reference's for its calibration items, the calibration error is weighted by their density ratio."""
     p = ref.predictions
     a = ref.accuracy
     with_reference = p is not None and det.reference_correct is not None
+    weighted = (
+        with_reference
+        and p is not None
+        and p.features is not None
+        and inputs is not None
+        and inputs.shape[0] == conf.size
+        and inputs.shape[1:] == p.features.shape[1:]
+    )
     return estimate_from_confidences(
         conf,
         reference_confidences=p.confidence if with_reference and p is not None else None,
         reference_correct=det.reference_correct if with_reference else None,
         offline_accuracy=None if a is None else a.accuracy,
         offline_interval=None if a is None else a.interval,
+        inputs=inputs if weighted else None,
+        reference_inputs=p.features if weighted and p is not None else None,
     )
 
 
 def estimate_signal(rows: WindowRows, ref: MonitorReference, det: Detectors, level: float | None) -> Signal:
     """Accuracy estimated from the window's calibrated confidences; alarms when it is significantly below the
     offline accuracy (one-sided z-test with the estimate's and the offline figure's standard errors)."""
-    e = _estimate(rows.confidence, ref, det)
+    e = _estimate(rows.confidence, ref, det, rows.inputs)
     lo, hi = e.interval
     details: dict[str, Any] = {"rows": e.n, "method": e.method, "calibration_bias": e.calibration_bias}
     alarm: bool | None = None
