@@ -159,7 +159,7 @@ def test_input_weighting_corrects_the_estimate_under_covariate_shift() -> None:
 def test_input_weighting_changes_little_without_shift() -> None:
     rng = np.random.default_rng(12)
     x_ref, y_ref = _misspecified(rng, 2000, np.zeros(4))
-    x, y = _misspecified(rng, 500, np.zeros(4))
+    x, _ = _misspecified(rng, 500, np.zeros(4))
     p_ref = np.stack([1 - 1 / (1 + np.exp(-x_ref[:, 0])), 1 / (1 + np.exp(-x_ref[:, 0]))], axis=1)
     p = np.stack([1 - 1 / (1 + np.exp(-x[:, 0])), 1 / (1 + np.exp(-x[:, 0]))], axis=1)
     common = {"probs": p, "reference_probs": p_ref, "reference_labels": y_ref}
