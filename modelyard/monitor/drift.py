@@ -120,6 +120,7 @@ class Reference:
         category_labels: Mapping[str, Sequence[str]] | None = None,
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
+        conditional: bool = False,
     ) -> None:
         x = as_matrix(data, "reference")
         n, d = x.shape
@@ -146,6 +147,22 @@ class Reference:
             np.bincount(self._codes[:, i], minlength=len(c)) / n for i, c in enumerate(self._categories)
         ]
         self._null: dict[int, tuple[NullPlan, NDArray[np.float64]]] = {}
+        # conditional coordinates: numeric features a linear fit on the others predicts in part, as residuals
+        self._given: Conditional | None = None
+        if conditional and len(self.numeric) >= 2:
+            num = x[:, list(self.numeric)]
+            self._given = Conditional.fit(num, self._mean[list(self.numeric)], self._sd[list(self.numeric)])
+        if self._given is not None:
+            z = self._given.coordinates(x[:, list(self.numeric)])
+            self._given_mean, self._given_sd = z.mean(axis=0), z.std(axis=0)
+            self._given_sorted = np.sort(z, axis=0).T.copy()
+
+    @property
+    def conditioned(self) -> tuple[str, ...]:
+        """The features that also have a conditional coordinate (their residual given the other features)."""
+        if self._given is None:
+            return ()
+        return tuple(self.feature_names[self.numeric[i]] for i in self._given.columns)
 
     @property
     def n_rows(self) -> int:
@@ -157,7 +174,7 @@ class Reference:
 
     def effect_sizes(self, window: Any) -> NDArray[np.float64]:
         """Per-feature effect sizes of ``window`` against the reference, in the reference's column order."""
-        return self._effects(self._window(window))
+        return self._effects(self._window(window))[: self.n_features]
 
     def null_distribution(self, n: int) -> NDArray[np.float64]:
         """The B null values (sorted) of the max-over-features statistic for windows of ``n`` rows; drawn on
@@ -182,8 +199,11 @@ class Reference:
         if self.categorical:
             kinds = f"{kinds} / " if kinds else ""
             kinds += "Jensen-Shannon distance (base 2) for categorical"
+        given = (
+            f" and {len(self.conditioned)} features' residuals given the others" if self.conditioned else ""
+        )
         method = (
-            f"max over {self.n_features} features of {kinds}; threshold: the {1 - a:.0%} quantile of "
+            f"max over {self.n_features} features{given} of {kinds}; threshold: the {1 - a:.0%} quantile of "
             f"{null.size} null draws, {plan.describe()}"
         )
         return DriftResult(
@@ -216,13 +236,12 @@ class Reference:
             x = self._x if rows is None else self._x[rows]
             codes = self._codes if rows is None else self._codes[rows]
             numeric = list(self.numeric)
-            pool = Pool.build(
-                x[:, numeric],
-                self._mean[numeric],
-                self._sd[numeric],
-                codes,
-                tuple(len(c) for c in self._categories),
-            )
+            values, mean, sd = x[:, numeric], self._mean[numeric], self._sd[numeric]
+            if self._given is not None:  # the conditional coordinates join the family the max is taken over
+                values = np.hstack([values, self._given.coordinates(values)])
+                mean = np.concatenate([mean, self._given_mean])
+                sd = np.concatenate([sd, self._given_sd])
+            pool = Pool.build(values, mean, sd, codes, tuple(len(c) for c in self._categories))
             raw = null_effects(pool, plan.n_sub, self.n_resamples, rng)
             self._null[size] = (plan, np.sort(raw.max(axis=1)) * plan.scale)
         plan, null = self._null[size]
@@ -233,7 +252,12 @@ class Reference:
         return dataclasses.replace(plan, n_window=n, scale=plan.scale * step, note=exact.note), null * step
 
     def _effects(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        out = np.empty(self.n_features, dtype=np.float64)
+        """Each feature's effect size in column order, then each conditional coordinate's."""
+        k = 0 if self._given is None else len(self._given.columns)
+        out = np.empty(self.n_features + k, dtype=np.float64)
+        if self._given is not None:
+            z = self._given.coordinates(x[:, list(self.numeric)])
+            out[self.n_features :] = _standardised_w1(self._given_sorted, z.T) / self._given_sd
         if self.numeric:
             out[list(self.numeric)] = (
                 _standardised_w1(self._sorted, x[:, list(self.numeric)].T) / self._sd[list(self.numeric)]
@@ -269,6 +293,28 @@ class Reference:
                     f"sd x{ratio:.2f}"
                 )
             out.append(FeatureShift(name, kind, float(effects[j]), shift, ratio, detail))
+        if self._given is not None:
+            z = self._given.coordinates(x[:, list(self.numeric)])
+            for i, col in enumerate(self._given.columns):
+                j = self.numeric[col]
+                moved = float((z[:, i].mean() - self._given_mean[i]) / self._given_sd[i])
+                ratio = float(z[:, i].std() / self._given_sd[i])
+                detail = (
+                    f"relative to what the other features predict (R^2 {self._given.r2[i]:.2f} on the reference): "
+                    f"{moved:+.2f} sd of the residual, residual sd x{ratio:.2f}; raw mean "
+                    f"{self._mean[j]:.4g} -> {mean_w[j]:.4g}"
+                )
+                effect = float(effects[self.n_features + i])
+                out.append(
+                    FeatureShift(
+                        f"{self.feature_names[j]} | others",
+                        "numeric",
+                        effect,
+                        float(mean_w[j] - self._mean[j]),
+                        ratio,
+                        detail,
+                    )
+                )
         return out
 
     def _category_detail(self, i: int, values: NDArray[np.float64]) -> str:
@@ -284,6 +330,53 @@ class Reference:
         if names is not None and value.is_integer() and 0 <= int(value) < len(names):
             return f"{names[int(value)]!s}"
         return f"value {value:g}"
+
+
+# A feature gets a conditional coordinate when the others explain at least this share of its variance (a
+# shift against its correlates is then far easier to see there) and at most the upper share (above it the
+# residual is little more than noise: a feature the others determine).
+MIN_CONDITIONAL_R2 = 0.1
+MAX_CONDITIONAL_R2 = 0.99
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """Each chosen numeric feature's residual given the other numeric features (a linear fit on the
+    reference, through the shrunk correlation matrix's precision): ``(P z)_j / sqrt(P_jj)`` for standardised
+    rows z. A mean shift in one of two features correlated at 0.8 moves its residual by 1.67x as many sd as
+    the feature itself, so the max over features and residuals sees it at a smaller shift."""
+
+    columns: tuple[int, ...]  # indices into the numeric columns
+    r2: NDArray[np.float64]  # each chosen column's R^2 on the others
+    mean: NDArray[np.float64]
+    sd: NDArray[np.float64]
+    matrix: NDArray[np.float64]  # (d_num, k): standardised rows -> residual coordinates
+
+    @classmethod
+    def fit(
+        cls, numeric: NDArray[np.float64], mean: NDArray[np.float64], sd: NDArray[np.float64]
+    ) -> Conditional | None:
+        from sklearn.covariance import ledoit_wolf
+
+        usable = sd > 0
+        if usable.sum() < 2:
+            return None
+        z = (numeric[:, usable] - mean[usable]) / sd[usable]
+        shrunk, _ = ledoit_wolf(z, assume_centered=True)
+        precision = np.linalg.inv(shrunk)
+        r2 = 1.0 - 1.0 / (np.diag(precision) * np.diag(shrunk))
+        keep = np.flatnonzero((r2 >= MIN_CONDITIONAL_R2) & (r2 <= MAX_CONDITIONAL_R2))
+        if not keep.size:
+            return None
+        index = np.flatnonzero(usable)
+        matrix = np.zeros((numeric.shape[1], keep.size))
+        matrix[index] = precision[:, keep] / np.sqrt(np.diag(precision)[keep])
+        safe_sd = np.where(sd > 0, sd, 1.0)
+        return cls(tuple(int(index[k]) for k in keep), r2[keep], mean, safe_sd, matrix)
+
+    def coordinates(self, numeric: NDArray[np.float64]) -> NDArray[np.float64]:
+        """(rows, k) residual coordinates of rows of the numeric columns."""
+        return np.asarray(((numeric - self.mean) / self.sd) @ self.matrix, dtype=np.float64)
 
 
 def _quantile(null: NDArray[np.float64], alpha: float) -> float:

@@ -105,7 +105,14 @@ class Detectors:
 def _reference(rows: NDArray[np.float64], names: Sequence[str], *, detect: bool) -> Reference | None:
     if rows.shape[0] < MIN_ROWS:
         return None
-    return Reference(rows, names, categorical=None if detect else (), n_resamples=DEFAULT_RESAMPLES, seed=0)
+    return Reference(
+        rows,
+        names,
+        categorical=None if detect else (),
+        n_resamples=DEFAULT_RESAMPLES,
+        seed=0,
+        conditional=True,
+    )
 
 
 def _standardise(
