@@ -143,6 +143,12 @@ def main() -> int:
         help="requests between modelyard's decisions (its tests are valid at any schedule of looks; 1 = every "
         "request, slower to simulate)",
     )
+    ap.add_argument(
+        "--served",
+        action="store_true",
+        help="also the real served run (bench/rollout_served.py): a ruined canary and an identical shadow "
+        "challenger through `modelyard serve` on 127.0.0.1, counting failed client requests",
+    )
     args = ap.parse_args()
     reps, reps_identical = (40, 200) if args.quick else (args.reps, args.reps_identical)
     policy = RolloutPolicy()
@@ -194,6 +200,27 @@ def main() -> int:
         f"{args.check_every} requests; the peer sees only errors and latency (its design), on intervals of "
         f"{args.interval} requests (its default analysis, a different setting from ours).\n\n{table}\n"
     )
+    served: dict[str, Any] | None = None
+    if args.served:
+        from rollout_served import served_run
+
+        log("the served run (bench/rollout_served.py) ...")
+        served = served_run()
+        lines = [
+            f"| {step} | {served[step]['state']} | {served[step]['rollout_requests']} | "
+            f"{served[step]['client_requests']} | {served[step]['seconds']} |"
+            for step in ("canary_ruined", "shadow_identical")
+        ]
+        text += (
+            f"\n## One real served run\n\n`modelyard serve` of the digits champion on 127.0.0.1, "
+            f"{served['clients']} closed-loop clients posting each answer's label by id, default `[rollout]` margins; "
+            f"a canary ({served['percent']:g}% of requests) of a ruined challenger (output rows rotated), then an "
+            "identical challenger in shadow.\n\n| rollout | decision | requests compared | client requests meanwhile | "
+            "seconds |\n| --- | --- | ---: | ---: | ---: |\n"
+            + "\n".join(lines)
+            + f"\n\nClient requests sent: "
+            f"{served['sent']}; failed (not 200): {served['failed_client_requests']}.\n"
+        )
     print(text)
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
@@ -205,7 +232,8 @@ def main() -> int:
         "requests_to_catch_acc3": to_catch("worse by 3 points"),
         "peer_false_rollback_rate": rate("identical", "peer", "rollback"),
         "peer_catches_acc3": rate("worse by 3 points", "peer", "rollback"),
-        "failed_client_requests": None,  # needs the real served run (not part of this simulation)
+        # the real served run (--served): client requests that failed through both rollouts and the swap
+        "failed_client_requests": None if served is None else served["failed_client_requests"],
     }
     log(f"wrote {out / 'rollout.md'}")
     print(json_line(payload))

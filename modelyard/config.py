@@ -26,6 +26,7 @@ class Settings:
     home: Path = Path(".modelyard")
     threads: int | None = None
     price_usd_per_hour: float | None = None
+    mlflow_tracking_uri: str | None = None  # MODELYARD_REGISTRY=mlflow+<uri>: mirror the registry to MLflow
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -37,10 +38,26 @@ class Settings:
             values["price_usd_per_hour"] = _positive_float(
                 "MODELYARD_PRICE_USD_PER_HOUR", env["MODELYARD_PRICE_USD_PER_HOUR"]
             )
+        if env.get("MODELYARD_REGISTRY"):
+            values["mlflow_tracking_uri"] = _registry_backend(env["MODELYARD_REGISTRY"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
             values["home"] = Path(values["home"])
         return cls(**values)
+
+
+def _registry_backend(raw: str) -> str | None:
+    """MODELYARD_REGISTRY: "sqlite" (the default, the registry alone) or "mlflow+<tracking uri>"."""
+    value = raw.strip()
+    if value in ("sqlite", "local"):
+        return None
+    scheme, _, uri = value.partition("+")
+    if scheme != "mlflow" or not uri.strip():
+        raise ConfigError(
+            f"MODELYARD_REGISTRY must be 'sqlite' or 'mlflow+<tracking uri>' (e.g. mlflow+http://127.0.0.1:5000), "
+            f"got {raw!r}"
+        )
+    return uri.strip()
 
 
 def _positive_int(name: str, raw: Any) -> int:

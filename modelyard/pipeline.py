@@ -32,6 +32,7 @@ from modelyard.optimize.recipes import get_pass, parse_recipe
 from modelyard.optimize.registry import PassContext, config_to_dict
 from modelyard.runtime.device import check_target, cpu_info, gpu_runtime
 from modelyard.runtime.preprocess import predict
+from modelyard.scale.executor import Executor
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunResult:
     champion: str | None
     versions: dict[str, int] = field(default_factory=dict)
     model_name: str = ""
+    alias_moved: bool = False  # the registry's champion alias now points at this run's champion
 
     @functools.cached_property
     def typed_evidence(self) -> RunEvidence:
@@ -386,14 +388,19 @@ def run_pipeline(
     ood_data: dict[str, Any] | None = None,
     ood_source: str | None = None,
     progress: Progress = no_progress,
+    move_champion: bool = True,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Audit the data and model, build candidates, measure them all, gate, choose the champion, write
     outputs, register versions. ``ood_data`` maps a set name to out-of-distribution inputs (default: the
-    built-in set for a demo dataset)."""
+    built-in set for a demo dataset). ``move_champion=False`` registers the run without moving the champion
+    alias (``modelyard ship`` then starts a rollout instead). ``executor``: where builds and deterministic checks
+    run (default: here; see ``modelyard.scale``)."""
     from modelyard.evaluate.audits import run_audits
     from modelyard.evaluate.suite import validate_ood_data
     from modelyard.gate import gates_for
-    from modelyard.registry import Registry, VersionEntry
+    from modelyard.registry import VersionEntry
+    from modelyard.registry.mlflow_backend import open_registry
     from modelyard.report import write_evidence, write_model_card, write_report
 
     options = options or EvalOptions()
@@ -427,7 +434,8 @@ def run_pipeline(
             data_audit=options.data_audit,
             backdoor_scan=options.backdoor_scan,
         )
-        candidates, skipped = build_candidates(
+        build = build_candidates if executor is None else executor.build_candidates
+        candidates, skipped = build(
             baseline, dataset, recipes, work, policy=policy, threads=settings.threads, progress=progress
         )
         measurements, suite, serving = evaluate_candidates(
@@ -442,7 +450,10 @@ def run_pipeline(
             options=options,
             threads=settings.threads,
             progress=progress,
+            map_checks=None if executor is None else executor.map_checks,
         )
+        if executor is not None and executor.describe() is not None:
+            suite["executor"] = executor.describe()
         evidence = assemble_evidence(
             run_id=run_id,
             model_name=model_name,
@@ -515,12 +526,13 @@ def run_pipeline(
                         artifact_sha256=row["artifact_sha256"],
                     )
                 )
-            versions = Registry(home).register_run(
+            versions = open_registry(settings).register_run(
                 model_name,
                 entries,
                 run_id=run_id,
                 champion=evidence["champion"],
                 reason=f"run {run_id}: {evidence['champion_reason']}",
+                move_champion=move_champion,
             )
         final = home / "runs" / run_id
         os.replace(staging, final)
@@ -528,4 +540,5 @@ def run_pipeline(
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(home / "tmp")
-    return RunResult(run_id, final, evidence, evidence["champion"], versions, model_name)
+    moved = bool(versions) and evidence["champion"] is not None and move_champion
+    return RunResult(run_id, final, evidence, evidence["champion"], versions, model_name, alias_moved=moved)

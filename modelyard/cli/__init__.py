@@ -1,5 +1,5 @@
 """Thin Typer app: parse, call the library, render with rich. One module per command group: ``run`` (demo,
-optimize, evaluate, passes), ``models``, ``audit``, ``serve``, ``monitor``; the options they share are in
+optimize, evaluate, passes), ``ship``, ``models``, ``audit``, ``serve``, ``monitor``, ``rollout``; the options they share are in
 ``options``, the consoles and the rendering of a run in ``render``.
 
 Exit codes: 0 done (for a run: a champion was chosen); 1 a run where no candidate passed the policy (the
@@ -15,21 +15,27 @@ from typer.exceptions import TyperException
 
 from modelyard.cli import run, serve
 from modelyard.cli.audit import audit_app
+from modelyard.cli.export import export
 from modelyard.cli.models import models_app
 from modelyard.cli.monitor import monitor_app
 from modelyard.cli.render import err_console
+from modelyard.cli.rollout import rollout_app
+from modelyard.cli.ship import ship
 from modelyard.errors import GateFailed, ModelyardError
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ship a trained model cheaply and safely.")
 # Registration order is the order of `modelyard --help`: commands first, then the groups.
+app.command("ship")(ship)
 app.command("serve")(serve.serve)
 for command in (run.demo, run.optimize, run.evaluate, run.passes, run.checks):
     app.command()(command)
+app.command("export")(export)
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(rollout_app, name="rollout")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,9 @@ models_app = typer.Typer(no_args_is_help=True, help="Versions, aliases and the a
 
 
 def _registry(home: Path | None) -> Registry:
-    from modelyard.registry import Registry
+    from modelyard.registry.mlflow_backend import open_registry
 
-    return Registry(settings_for(home).home)
+    return open_registry(settings_for(home))
 
 
 @models_app.command("list")

@@ -31,6 +31,14 @@ HomeOpt = Annotated[
 QuickOpt = Annotated[
     bool, typer.Option("--quick", help="Fewer timing repeats (faster, noisier efficiency figures).")
 ]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Build candidates and run their checks as Ray tasks: 'auto' starts a local Ray for the run, "
+        "otherwise a cluster address (needs modelyard[ray]; timing checks stay on this machine).",
+    ),
+]
 ModelOpt = Annotated[
     Path,
     typer.Option(

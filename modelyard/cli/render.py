@@ -190,7 +190,7 @@ def render_run(result: Any) -> None:
     if result.versions:
         shown = ", ".join(f"{n}=v{v}" for n, v in result.versions.items())
         console.print(
-            f"registry: {result.model_name} {shown}" + (" (alias champion set)" if result.champion else "")
+            f"registry: {result.model_name} {shown}" + (" (alias champion set)" if result.alias_moved else "")
         )
 
 

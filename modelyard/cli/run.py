@@ -7,6 +7,8 @@ input (one line, never a traceback; see ``modelyard.cli.main``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,6 +28,7 @@ from modelyard.cli.options import (
     OodOpt,
     PolicyOpt,
     QuickOpt,
+    RayOpt,
     RecipesOpt,
     SliceOpt,
     SourceOpt,
@@ -44,29 +47,11 @@ if TYPE_CHECKING:
     from modelyard.pipeline import RunResult
 
 
-def _run(
-    baseline: Candidate,
-    dataset: Dataset,
-    *,
-    model_name: str,
-    source: str,
-    recipes: list[str],
-    policy: str | None,
-    home: Path | None,
-    quick: bool,
-    register: bool,
-    ood_data: Path | None = None,
-) -> RunResult:
-    """Run the pipeline with a progress bar on stderr."""
-    from modelyard.config import load_policy
-    from modelyard.data.loaders import load_ood_set
-    from modelyard.evaluate.run import EvalOptions
+@contextlib.contextmanager
+def progress_bar(recipes: list[str]) -> Iterator[Callable[[str, float], None]]:
+    """A transient progress bar on stderr sized for the pipeline over ``recipes``; yields its callback."""
     from modelyard.optimize.recipes import parse_recipe
-    from modelyard.pipeline import run_pipeline
 
-    pol = load_policy(policy)
-    run_settings = settings_for(home)
-    ood = load_ood_set(ood_data) if ood_data is not None else None
     total = 1 + sum(len(parse_recipe(r)) for r in recipes) + len(recipes)
     with Progress(
         SpinnerColumn(),
@@ -81,6 +66,39 @@ def _run(
         def progress(msg: str, advance: float = 0.0) -> None:
             bar.update(task, description=msg[:90], advance=advance)
 
+        yield progress
+
+
+def _run(
+    baseline: Candidate,
+    dataset: Dataset,
+    *,
+    model_name: str,
+    source: str,
+    recipes: list[str],
+    policy: str | None,
+    home: Path | None,
+    quick: bool,
+    register: bool,
+    ood_data: Path | None = None,
+    ray: str | None = None,
+) -> RunResult:
+    """Run the pipeline with a progress bar on stderr (its builds and checks on Ray with ``ray``)."""
+    from modelyard.config import load_policy
+    from modelyard.data.loaders import load_ood_set
+    from modelyard.evaluate.run import EvalOptions
+    from modelyard.pipeline import run_pipeline
+
+    pol = load_policy(policy)
+    run_settings = settings_for(home)
+    ood = load_ood_set(ood_data) if ood_data is not None else None
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if ray is not None:
+            from modelyard.scale.ray_runner import ray_executor
+
+            executor = stack.enter_context(ray_executor(ray, threads=run_settings.threads))
+        progress = stack.enter_context(progress_bar(recipes))
         return run_pipeline(
             baseline,
             dataset,
@@ -94,6 +112,7 @@ def _run(
             ood_data=ood,
             ood_source=str(ood_data) if ood_data is not None else None,
             progress=progress,
+            executor=executor,
         )
 
 
@@ -111,6 +130,7 @@ def demo(
     home: HomeOpt = None,
     quick: QuickOpt = False,
     ood_data: OodOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """Run the whole job on a built-in demo model."""
     from modelyard.zoo.demos import load_demo
@@ -128,6 +148,7 @@ def demo(
         quick=quick,
         register=True,
         ood_data=ood_data,
+        ray=ray,
     )
     _finish(result)
 
@@ -149,6 +170,7 @@ def optimize(
     ood_data: OodOpt = None,
     home: HomeOpt = None,
     quick: QuickOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Make cheaper variants of your model, measure them, gate them, register them, choose the champion."""
     from modelyard.optimize.recipes import default_recipes
@@ -176,6 +198,7 @@ def optimize(
         quick=quick,
         register=True,
         ood_data=ood_data,
+        ray=ray,
     )
     _finish(result)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -102,10 +101,8 @@ def serve(
     not raw inputs) to monitor.db in the home folder unless --no-monitor; every answer carries its request id
     (x-request-id), and labels posted later to POST /v2/models/NAME/feedback or with 'modelyard monitor
     feedback' name it."""
-    import uvicorn
-
     from modelyard.cli.render import serve_console
-    from modelyard.serve.app import check_trust, create_app, resolve_refs
+    from modelyard.serve.process import open_app, run_app
     from modelyard.serve.settings import MIB, ServeSettings
 
     settings = ServeSettings.from_env(
@@ -131,13 +128,8 @@ def serve(
         monitor_every_s=monitor_every_s,
         monitor_window=monitor_window,
     )
-    app = create_app(settings)
-    refs = resolve_refs(settings, app.state.serve.registry)  # fail fast, in one line, on a bad reference
-    check_trust(settings, app.state.serve.registry, refs)  # ... and on a version nobody said to trust
-    if settings.monitor:  # ... and on a prediction log that cannot be written
-        from modelyard.monitor.db import connect
-
-        connect(settings.monitor_path).close()
+    # fail fast, in one line, on a bad reference, a version nobody said to trust or an unwritable prediction log
+    app, refs = open_app(settings)
     models = ", ".join(f"{name} v{version}" for _, name, version in refs)
     batching = "batching off" if not settings.batching else "batching from measurements"
     if settings.max_batch_size is not None:
@@ -162,16 +154,4 @@ def serve(
         f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
         highlight=False,
     )
-    # uvicorn re-raises the SIGTERM it handled once the graceful drain is over; a no-op handler makes a drained
-    # shutdown exit 0 instead of dying by that signal.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_app(app, settings)

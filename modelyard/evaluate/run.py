@@ -10,8 +10,11 @@ new measurements that replace the sequential ones, whose figures stay in the det
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from modelyard.candidate import Candidate
 from modelyard.config import Policy
@@ -20,7 +23,7 @@ from modelyard.errors import DataError
 from modelyard.evaluate._inputs import tile
 from modelyard.evaluate.checks import CheckContext, measurement_table, run_plugins
 from modelyard.evaluate.evidence import Measurement, measure
-from modelyard.evaluate.suite import Progress, no_progress
+from modelyard.evaluate.suite import Progress, SuiteInputs, no_progress
 from modelyard.runtime.device import GPU_FIX, cpu_info, gpu_runtime, resolve_device
 
 
@@ -55,15 +58,15 @@ def evaluate_candidates(
     ood_data: dict[str, Any] | None = None,
     ood_source: str | None = None,
     progress: Progress = no_progress,
+    map_checks: MapChecks | None = None,
 ) -> tuple[dict[str, dict[str, Measurement]], dict[str, Any], dict[str, dict[str, Any]]]:
     """Every check on every candidate (baseline included), paired with the baseline; each candidate's
     predictions on each input set computed once. Returns the measurements, how the suite ran, and each
-    candidate's serving rules (fitted temperature, OOD score and threshold, input contract)."""
+    candidate's serving rules (fitted temperature, OOD score and threshold, input contract).
+    ``map_checks`` runs ``check_candidate`` over the candidates (default: here, one after another)."""
     from modelyard.evaluate import suite as S
     from modelyard.evaluate.compare import apply_holm
     from modelyard.evaluate.efficiency import measure_efficiency
-    from modelyard.evaluate.quality import classification_evidence, embedding_evidence
-    from modelyard.security.audit import backdoor_measurement, candidate_scan_measurement
     from modelyard.security.contract import input_contract
 
     task = baseline.spec.task
@@ -84,71 +87,30 @@ def evaluate_candidates(
     unmet = S.unmet_needs(
         dataset, inputs, audited=clean_idx is not None, backdoor_scanned=backdoor is not None
     )
+    shared = CheckInputs(
+        baseline=baseline,
+        dataset=dataset,
+        policy=policy,
+        inputs=inputs,
+        base=base,
+        unmet=unmet,
+        clean_idx=clean_idx,
+        backdoor=backdoor,
+        num_classes=int(baseline.spec.num_classes or dataset.num_classes or base["test"].shape[1]),
+        n_resamples=options.n_resamples,
+        threads=threads,
+    )
+    # The deterministic checks of every candidate (in a Ray task each with --ray: see modelyard.scale), then
+    # the timing checks here, on the machine that serves the candidate.
+    checked = (map_checks or _map_locally)(shared, everyone, progress)
     results: dict[str, dict[str, Measurement]] = {}
     rules: dict[
         str, dict[str, Any]
     ] = {}  # per candidate: what the server applies (temperature, OOD, contract)
     sample = dataset.x_test[:64]
-    k = int(baseline.spec.num_classes or dataset.num_classes or base["test"].shape[1])
-    for cand in everyone:
-        progress(f"{cand.name}: predictions", 0.0)
-        with S._timed(seconds, "predictions"):
-            preds = base if cand is baseline else S.Predictions(cand, threads=threads).all(inputs, dataset)
-        progress(f"{cand.name}: quality, calibration, slices, robustness, OOD", 0.0)
-        serving: dict[str, Any] = {"temperature": None, "ood": None}
-        if task == "classification":
-            assert dataset.y_test is not None
-            with S._timed(seconds, "quality"):
-                ms = classification_evidence(
-                    dataset.y_test,
-                    base["test"],
-                    preds["test"],
-                    num_classes=k,
-                    n_resamples=options.n_resamples,
-                )
-            try:
-                extra, serving = S.classification_checks(
-                    dataset.y_test,
-                    base,
-                    preds,
-                    inputs,
-                    num_classes=k,
-                    labels=dataset.classes,
-                    policy=policy,
-                    slices=dataset.slices,
-                    clean_idx=clean_idx,
-                    n_resamples=options.n_resamples,
-                    seconds=seconds,
-                )
-                ms.update(extra)
-            except Exception as exc:  # a check bug is UNKNOWN with its reason, never a crashed run
-                ms.update(S.check_failed(task, unmet, exc))
-        else:
-            with S._timed(seconds, "quality"):
-                ms = embedding_evidence(base["test"], preds["test"], dataset.pairs)
-            try:
-                ms.update(S.embedding_checks(base, preds, inputs, seconds=seconds))
-            except Exception as exc:
-                ms.update(S.check_failed(task, unmet, exc))
-        context = CheckContext(
-            task=task,
-            candidate=cand.name,
-            is_baseline=cand is baseline,
-            y=dataset.y_test,
-            base=base,
-            cand=preds,
-            dataset=dataset,
-            policy=policy,
-        )
-        with S._timed(seconds, "plugins"):
-            ms.update(run_plugins(context, ms, unmet))
-        with S._timed(seconds, "security"):
-            ms["security.file_scan"] = candidate_scan_measurement(cand)
-            if task == "classification" and backdoor is not None:
-                ok = backdoor.get("status") == "ok"
-                ms["security.backdoor_flagged_classes"] = backdoor_measurement(
-                    backdoor if ok else None, reason=None if ok else backdoor.get("reason")
-                )
+    for cand, (ms, serving, check_seconds) in zip(everyone, checked, strict=True):
+        for key, value in check_seconds.items():
+            seconds[key] = round(seconds.get(key, 0.0) + value, 3)
         rules[cand.name] = {**serving, "input_contract": input_contract(cand.spec)}
         progress(f"{cand.name}: speed and memory", 0.0)
         unreachable = _unreachable(cand, device)
@@ -191,6 +153,105 @@ def evaluate_candidates(
         "adversarial": inputs.adversarial or inputs.unknown.get("adversarial"),
     }
     return results, suite, rules
+
+
+@dataclass
+class CheckInputs:
+    """What every candidate's deterministic checks share: built once per run (sent once to Ray workers)."""
+
+    baseline: Candidate
+    dataset: Dataset
+    policy: Policy
+    inputs: SuiteInputs
+    base: dict[str, np.ndarray]
+    unmet: dict[str, str]
+    clean_idx: Any
+    backdoor: dict[str, Any] | None
+    num_classes: int
+    n_resamples: int
+    threads: int | None
+
+
+# (measurements, serving rules, seconds per suite part) of one candidate's deterministic checks
+CheckResult = tuple[dict[str, Measurement], dict[str, Any], dict[str, float]]
+MapChecks = Callable[[CheckInputs, list[Candidate], Progress], list[CheckResult]]
+
+
+def _map_locally(shared: CheckInputs, cands: list[Candidate], progress: Progress) -> list[CheckResult]:
+    return [check_candidate(shared, cand, progress) for cand in cands]
+
+
+def check_candidate(shared: CheckInputs, cand: Candidate, progress: Progress = no_progress) -> CheckResult:
+    """Every check of ``cand`` that gives the same figures wherever it runs (quality, calibration, slices,
+    robustness, OOD, plugins, security); the timing checks are left to ``evaluate_candidates``."""
+    from modelyard.evaluate import suite as S
+    from modelyard.evaluate.quality import classification_evidence, embedding_evidence
+    from modelyard.security.audit import backdoor_measurement, candidate_scan_measurement
+
+    dataset, inputs, base, unmet = shared.dataset, shared.inputs, shared.base, shared.unmet
+    task = shared.baseline.spec.task
+    is_baseline = cand.name == shared.baseline.name and cand.parent is None
+    seconds: dict[str, float] = {}
+    progress(f"{cand.name}: predictions", 0.0)
+    with S._timed(seconds, "predictions"):
+        preds = base if is_baseline else S.Predictions(cand, threads=shared.threads).all(inputs, dataset)
+    progress(f"{cand.name}: quality, calibration, slices, robustness, OOD", 0.0)
+    serving: dict[str, Any] = {"temperature": None, "ood": None}
+    if task == "classification":
+        assert dataset.y_test is not None
+        with S._timed(seconds, "quality"):
+            ms = classification_evidence(
+                dataset.y_test,
+                base["test"],
+                preds["test"],
+                num_classes=shared.num_classes,
+                n_resamples=shared.n_resamples,
+            )
+        try:
+            extra, serving = S.classification_checks(
+                dataset.y_test,
+                base,
+                preds,
+                inputs,
+                num_classes=shared.num_classes,
+                labels=dataset.classes,
+                policy=shared.policy,
+                slices=dataset.slices,
+                clean_idx=shared.clean_idx,
+                n_resamples=shared.n_resamples,
+                seconds=seconds,
+            )
+            ms.update(extra)
+        except Exception as exc:  # a check bug is UNKNOWN with its reason, never a crashed run
+            ms.update(S.check_failed(task, unmet, exc))
+    else:
+        with S._timed(seconds, "quality"):
+            ms = embedding_evidence(base["test"], preds["test"], dataset.pairs)
+        try:
+            ms.update(S.embedding_checks(base, preds, inputs, seconds=seconds))
+        except Exception as exc:
+            ms.update(S.check_failed(task, unmet, exc))
+    context = CheckContext(
+        task=task,
+        candidate=cand.name,
+        is_baseline=is_baseline,
+        y=dataset.y_test,
+        base=base,
+        cand=preds,
+        dataset=dataset,
+        policy=shared.policy,
+    )
+    with S._timed(seconds, "plugins"):
+        ms.update(run_plugins(context, ms, unmet))
+    with S._timed(seconds, "security"):
+        ms["security.file_scan"] = candidate_scan_measurement(cand)
+        backdoor = shared.backdoor
+        if task == "classification" and backdoor is not None:
+            ok = backdoor.get("status") == "ok"
+            ms["security.backdoor_flagged_classes"] = backdoor_measurement(
+                backdoor if ok else None, reason=None if ok else backdoor.get("reason")
+            )
+    return ms, serving, seconds
 
 
 def _unreachable(cand: Candidate, device: str) -> str | None:

@@ -2,7 +2,12 @@
 
 Connections use ``isolation_level=None`` and explicit ``BEGIN IMMEDIATE`` ... ``COMMIT``, so a
 transaction is exactly what the code between them does. History tables are append-only: triggers
-refuse UPDATE and DELETE on them; only ``aliases`` rows change, and never disappear.
+refuse UPDATE and DELETE on them; only ``aliases`` rows change, and never disappear; ``rollouts`` rows (one per
+rollout, see :mod:`modelyard.rollout.control`) change as a rollout progresses and ends, and are never deleted.
+
+Schema versions: 1 (versions, aliases, the alias log), 2 (adds ``rollouts`` and the alias log's ``rollout-*``
+actions: a rollout started or ended without moving the champion). A version-1 registry is migrated on its first
+write open, in one transaction (the alias log is rebuilt with its rows and ids as they were).
 """
 
 from __future__ import annotations
@@ -14,12 +19,33 @@ from pathlib import Path
 
 from modelyard.errors import RegistryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 _APPEND_ONLY = ("models", "runs", "blobs", "versions", "version_files", "alias_log")
 
-SCHEMA = """
+# Alias-log actions: alias moves, then rollout events that leave the alias where it is (from_version: the
+# champion at the start, the challenger at the end; to_version: the challenger at the start, the champion kept).
+ALIAS_ACTIONS = ("register", "promote", "rollback")
+ROLLOUT_ACTIONS = ("rollout-start", "rollout-rollback", "rollout-inconclusive", "rollout-stopped")
+_ACTIONS_SQL = ", ".join(f"'{a}'" for a in (*ALIAS_ACTIONS, *ROLLOUT_ACTIONS))
+
+_ALIAS_LOG = f"""
+CREATE TABLE IF NOT EXISTS {{name}} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    model_id INTEGER NOT NULL REFERENCES models(id),
+    alias TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ({_ACTIONS_SQL})),
+    from_version INTEGER,
+    to_version INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    run_id TEXT
+);"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -72,29 +98,46 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (model_id, alias),
     FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version)
 );
-CREATE TABLE IF NOT EXISTS alias_log (
+"""
+    + _ALIAS_LOG.format(name="alias_log")
+    + """
+CREATE TABLE IF NOT EXISTS rollouts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
     model_id INTEGER NOT NULL REFERENCES models(id),
-    alias TEXT NOT NULL,
-    action TEXT NOT NULL CHECK (action IN ('register', 'promote', 'rollback')),
-    from_version INTEGER,
-    to_version INTEGER NOT NULL,
-    reason TEXT NOT NULL,
+    champion INTEGER NOT NULL,
+    challenger INTEGER NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ('shadow', 'canary')),
+    percent REAL,
+    sticky_header TEXT,
+    policy TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'promoted', 'rolled_back', 'inconclusive', 'stopped')),
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    statistics TEXT NOT NULL DEFAULT '[]',
+    champion_p99_ms REAL,
+    champion_error_rate REAL,
     actor TEXT NOT NULL,
-    run_id TEXT
+    FOREIGN KEY (model_id, champion) REFERENCES versions(model_id, version),
+    FOREIGN KEY (model_id, challenger) REFERENCES versions(model_id, version)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_running ON rollouts(model_id) WHERE state = 'running';
+CREATE TRIGGER IF NOT EXISTS rollouts_no_delete BEFORE DELETE ON rollouts
+    BEGIN SELECT RAISE(ABORT, 'the registry is append-only'); END;
 CREATE INDEX IF NOT EXISTS alias_log_model ON alias_log(model_id, alias, id);
 CREATE TRIGGER IF NOT EXISTS aliases_no_delete BEFORE DELETE ON aliases
     BEGIN SELECT RAISE(ABORT, 'the registry is append-only'); END;
-""" + "".join(
-    f"""
+"""
+    + "".join(
+        f"""
 CREATE TRIGGER IF NOT EXISTS {t}_no_update BEFORE UPDATE ON {t}
     BEGIN SELECT RAISE(ABORT, 'the registry is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS {t}_no_delete BEFORE DELETE ON {t}
     BEGIN SELECT RAISE(ABORT, 'the registry is append-only'); END;
 """
-    for t in _APPEND_ONLY
+        for t in _APPEND_ONLY
+    )
 )
 
 
@@ -161,10 +204,21 @@ def _ensure_schema(conn: sqlite3.Connection, db_path: Path) -> None:
             f"{db_path} has schema {found}, newer than this modelyard's {SCHEMA_VERSION}; upgrade modelyard"
         )
     with transaction(conn):
+        if found == 1:
+            _migrate_alias_log(conn)
         # executescript would commit; run the statements one by one inside our transaction.
         for stmt in _split_sql(SCHEMA):
             conn.execute(stmt)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_alias_log(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: rebuild the alias log with the rollout actions allowed (SQLite cannot alter a CHECK),
+    keeping every row and id; its index and triggers are recreated by the schema script that follows."""
+    conn.execute(_ALIAS_LOG.format(name="alias_log_v2"))
+    conn.execute("INSERT INTO alias_log_v2 SELECT * FROM alias_log")
+    conn.execute("DROP TABLE alias_log")  # drops its index and triggers too
+    conn.execute("ALTER TABLE alias_log_v2 RENAME TO alias_log")
 
 
 @contextmanager

@@ -17,7 +17,10 @@ let it in, with which flag, when, and the scan; see :mod:`modelyard.security.tru
 a malformed one, and ``get_version`` returns it as ``trust``.
 
 Rollback walks the alias's history as a stack: a promotion pushes a version, a rollback pops one,
-so two rollbacks after promotions 1 -> 2 -> 3 land on 1, not back on 3.
+so two rollbacks after promotions 1 -> 2 -> 3 land on 1, not back on 3. Rollout events in the log
+(``rollout-*`` actions: a rollout started, rolled back, stopped or inconclusive, the alias left in place) are
+not on that stack; a rollout's promotion is an ordinary ``promote``. Rollouts themselves are in
+:mod:`modelyard.registry.rollouts`.
 
 ``register_run`` takes an optional ``checkpoint`` callable, called with the name of each point where a crash
 must leave all or nothing (``CHECKPOINTS``: ``mid_artifact``, ``after_artifacts``, ``mid_transaction``,
@@ -150,6 +153,24 @@ class Registry:
             (now, model_id, alias, action, from_version, to_version, reason, current_user(), run_id),
         )
 
+    @staticmethod
+    def _log_event(
+        conn: sqlite3.Connection,
+        model_id: int,
+        alias: str,
+        *,
+        action: str,
+        from_version: int | None,
+        to_version: int,
+        reason: str,
+    ) -> None:
+        """An audit-log row that does not move the alias (a rollout started or ended with the champion kept)."""
+        conn.execute(
+            "INSERT INTO alias_log (at, model_id, alias, action, from_version, to_version, reason, actor, run_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (_now(), model_id, alias, action, from_version, to_version, reason, current_user()),
+        )
+
     # ----------------------------------------------------------------------------------- writes
 
     def register_run(
@@ -161,12 +182,14 @@ class Registry:
         champion: str | None,
         reason: str,
         checkpoint: Callable[[str], None] | None = None,
+        move_champion: bool = True,
     ) -> dict[str, int]:
         """Store the candidates of one run as new versions of ``model``; returns {candidate name: version}.
 
         Files go to the content-addressed store first; then one transaction inserts the versions
         (numbered on from the model's latest), their lineage, and, when ``champion`` names an entry,
-        moves the "champion" alias to it with ``reason`` in the audit log.
+        moves the "champion" alias to it with ``reason`` in the audit log. ``move_champion=False`` records the
+        run's champion but leaves the alias where it is (a rollout moves it later).
         """
         _check_name("model", model)
         _check_name("run id", run_id)
@@ -246,7 +269,7 @@ class Registry:
                             "VALUES (?, ?, ?, ?, ?)",
                             (model_id, numbers[entry.name], rel, digest, size),
                         )
-                if champion is not None:
+                if champion is not None and move_champion:
                     current = conn.execute(
                         "SELECT version FROM aliases WHERE model_id = ? AND alias = 'champion'", (model_id,)
                     ).fetchone()
@@ -301,6 +324,10 @@ class Registry:
                 reason=reason,
             )
 
+    def aliases_moved(self, model: str) -> None:
+        """Called after ``model``'s aliases moved other than through :meth:`promote` / :meth:`rollback` (a
+        rollout's decision); a mirrored registry (:mod:`modelyard.registry.mlflow_backend`) follows here."""
+
     def rollback(self, model: str, *, alias: str = "champion", reason: str) -> int:
         """Move ``alias`` back to the version it pointed at before its latest (not rolled back) move.
 
@@ -317,6 +344,8 @@ class Registry:
                 "SELECT action, to_version FROM alias_log WHERE model_id = ? AND alias = ? ORDER BY id",
                 (model_id, alias),
             ):
+                if action.startswith("rollout-"):  # a rollout event that left the alias where it was
+                    continue
                 if action == "rollback":
                     if stack:
                         stack.pop()
@@ -452,7 +481,8 @@ class Registry:
             return ref, int(latest)
 
     def audit_log(self, model: str | None = None) -> list[dict[str, Any]]:
-        """Every alias move, oldest first: when (UTC ISO), model, alias, action, from/to version, reason, actor, run_id."""
+        """Every alias move and rollout event, oldest first: when (UTC ISO), model, alias, action, from/to version,
+        reason, actor, run_id."""
         with self._connect(write=False) as conn, read_snapshot(conn):
             sql = (
                 "SELECT l.at, m.name, l.alias, l.action, l.from_version, l.to_version, l.reason, l.actor, l.run_id "

@@ -105,6 +105,17 @@ class Controller:
         ):
             accuracy.add(paired_accuracy(obs.challenger_correct, obs.champion_correct))
 
+    def label(self, *, challenger_correct: bool, champion_correct: bool) -> None:
+        """A label arrived for a request both answered: one paired accuracy observation (not a new request)."""
+        accuracy = self._signals["accuracy"]
+        if isinstance(accuracy, Comparison):
+            accuracy.add(paired_accuracy(challenger_correct, champion_correct))
+
+    @property
+    def signals(self) -> dict[str, RateTest | Comparison]:
+        """Each signal's running test, by name (read them; ``observe`` and ``label`` feed them)."""
+        return dict(self._signals)
+
     def statistics(self) -> list[dict[str, Any]]:
         return [sig.summary() for sig in self._signals.values()]
 

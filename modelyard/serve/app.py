@@ -14,7 +14,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from modelyard._version import __version__
+from modelyard.config import Settings
 from modelyard.registry import Registry
+from modelyard.registry.mlflow_backend import open_registry
+from modelyard.serve import dashboard
 from modelyard.serve.routes import install
 from modelyard.serve.settings import ServeSettings
 from modelyard.serve.state import ServerState, check_trust, resolve_refs
@@ -24,7 +27,9 @@ __all__ = ["check_trust", "create_app", "resolve_refs"]  # the CLI checks the re
 
 def create_app(settings: ServeSettings, *, registry: Registry | None = None) -> FastAPI:
     """A new server app for ``settings`` (models load in the background once the app starts)."""
-    state = ServerState(settings=settings, registry=registry or Registry(settings.home))
+    if registry is None:  # MODELYARD_REGISTRY=mlflow+<uri>: a rollout's alias moves are mirrored to MLflow
+        registry = open_registry(Settings.from_env(home=settings.home))
+    state = ServerState(settings=settings, registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,4 +48,5 @@ def create_app(settings: ServeSettings, *, registry: Registry | None = None) -> 
     )
     app.state.serve = state
     install(app, state)
+    dashboard.install(app, state)  # /dashboard and /v2/dashboard/data
     return app

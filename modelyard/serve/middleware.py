@@ -7,7 +7,8 @@ inference route may replace it with the request's OIP ``id`` (``request.state.re
 is sent, a request a route marked for the prediction log (``request.state.monitor_capture``) is logged under
 that id with the whole request's latency; only 200 answers are logged.
 
-It checks the API key (every path but ``/v2/health/*`` when a key is set, compared in constant time) and the
+It checks the API key (every path but ``/v2/health/*`` when a key is set, compared in constant time; the
+dashboard's paths also take it as the password of HTTP Basic credentials, which a browser asks for) and the
 body size (413 as soon as ``Content-Length`` or the streamed bytes pass ``max_body_bytes``), refuses new
 requests while the server shuts down, counts in-flight requests, records request metrics, and answers any
 unexpected exception with a 500 whose traceback goes to the log, never to the client.
@@ -15,6 +16,7 @@ unexpected exception with a 500 whose traceback goes to the log, never to the cl
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -35,6 +37,23 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+# The dashboard, opened in a browser, which cannot send a bearer token: these paths also take HTTP Basic
+# credentials whose password is the API key (any user name), and their 401 asks the browser for them.
+BROWSER_PATHS = ("/dashboard/", "/v2/dashboard/")
+
+
+def _browser_path(path: str) -> bool:
+    return path == "/dashboard" or path.startswith(BROWSER_PATHS)
+
+
+def _basic_password(token: bytes) -> bytes:
+    """The password of HTTP Basic credentials (base64 of ``user:password``); empty when malformed."""
+    try:
+        return base64.b64decode(token, validate=True).partition(b":")[2]
+    except ValueError:
+        return b""
 
 
 def is_safe_request_id(value: object) -> bool:
@@ -81,7 +100,9 @@ class ServerMiddleware:
             return True
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer":
+        if scheme.lower() == b"basic" and _browser_path(str(scope.get("path", ""))):
+            token = _basic_password(token.strip())
+        elif scheme.lower() != b"bearer":
             return False
         return hmac.compare_digest(token.strip(), key.encode("utf-8"))
 
@@ -138,7 +159,8 @@ class ServerMiddleware:
                 {
                     "error": "missing or wrong API key; send the header 'Authorization: Bearer <MODELYARD_API_KEY>'"
                 },
-                [(b"www-authenticate", b'Bearer realm="modelyard"')],
+                [(b"www-authenticate", b'Bearer realm="modelyard"')]
+                + ([(b"www-authenticate", b'Basic realm="modelyard"')] if _browser_path(path) else []),
             )
             return
         limit = self.state.settings.max_body_bytes

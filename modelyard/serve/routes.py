@@ -1,6 +1,6 @@
 """The HTTP surface: Open Inference Protocol v2 endpoints (health, metadata, inference), ``/predict``, label
-feedback (``POST /v2/models/{name}/feedback``) and ``/metrics``, and :func:`install`, which adds them to an app
-with the middleware (:mod:`modelyard.serve.middleware`) and the error handlers
+feedback (``POST /v2/models/{name}/feedback``) and ``/metrics``, and :func:`install`, which adds them (and the rollout routes of
+:mod:`modelyard.serve.rollout_routes`) to an app with the middleware (:mod:`modelyard.serve.middleware`) and the error handlers
 (:mod:`modelyard.serve.error_handlers`).
 
 Inference answers carry the request id in the ``x-request-id`` header and in the body's ``id``. A client's OIP
@@ -37,6 +37,7 @@ from modelyard.serve.protocol import (
     encode_infer_response,
     parse_infer_request,
 )
+from modelyard.serve.rollout_routes import router as rollout_router
 from modelyard.serve.state import Inference, ServerState
 
 router = APIRouter()
@@ -294,7 +295,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
                     f"unknown output {o.name!r}; this model's outputs are: {', '.join(known)}"
                 )
     rid = _request_id(request, parsed.id)
-    result = await state.infer(slot, version, lambda model: model.prepare(parsed.inputs))
+    result = await state.infer(
+        slot, version, lambda model: model.prepare(parsed.inputs), request_id=rid, headers=request.headers
+    )
     model = result.deployment.model
     _label(request, model.name, str(model.version))
     payload, headers = encode_infer_response(
@@ -324,7 +327,9 @@ async def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
             "(or leave it out)"
         )
     rid = _request_id(request, body.id)
-    result = await state.infer(slot, None, lambda model: model.prepare_json(body.inputs))
+    result = await state.infer(
+        slot, None, lambda model: model.prepare_json(body.inputs), request_id=rid, headers=request.headers
+    )
     model = result.deployment.model
     _label(request, model.name, str(model.version))
     predictions = model.postprocess(result.outputs)
@@ -411,6 +416,7 @@ async def metrics(request: Request) -> Response:
 def install(app: FastAPI, state: ServerState) -> None:
     """Add the endpoints, the middleware and the error handlers to ``app``."""
     app.include_router(router)
+    app.include_router(rollout_router)
     app.include_router(triton.router)
     app.add_middleware(ServerMiddleware, state=state)
     add_error_handlers(app)

@@ -8,7 +8,10 @@
    version changes it loads and warms the new version with its own batcher, swaps it in (one reference
    assignment), then drains the old batcher, so no request is dropped;
 3. shut-down refuses new requests (503 "shutting down"), drains every batcher (in-flight requests finish),
-   writes what the prediction log still holds and removes the materialized files.
+   writes what the prediction log still holds and removes the materialized files;
+4. a rollout running in the registry for a model served by its champion alias is picked up by
+   :class:`~modelyard.serve.rollouts.RolloutManager` (challenger loaded beside the champion, shadow copies or a
+   canary share in :meth:`ServerState.infer`, decisions every half second, resumed after a restart).
 
 With monitoring on (the default), start-up opens the prediction log (:mod:`modelyard.monitor`) and starts its
 writer thread; each deployed version's task and classes are recorded in it. A route marks a sampled request
@@ -33,7 +36,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,8 +45,7 @@ from typing import Any, NamedTuple
 from modelyard.errors import ConfigError, DataError, ModelyardError, first_line
 from modelyard.monitor.feedback import FeedbackItem, FeedbackStored, UnknownRequests, store_feedback
 from modelyard.monitor.gauges import MonitorGauges
-from modelyard.monitor.log import PredictionRecord
-from modelyard.monitor.summary import summarize_inputs, summarize_outputs
+from modelyard.monitor.pending import PendingPrediction
 from modelyard.monitor.watch import MonitorStatus
 from modelyard.monitor.writer import PredictionLogWriter
 from modelyard.registry import Registry
@@ -53,11 +56,13 @@ from modelyard.serve.inputs import PreparedInput
 from modelyard.serve.metrics import ServerMetrics
 from modelyard.serve.model import ServedModel, latency_budget_ms
 from modelyard.serve.protocol import ProtocolError
+from modelyard.serve.rollouts import LiveRollout, RolloutManager
 from modelyard.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_FLUSH_TIMEOUT_S = 5.0  # how long a label for a request not yet written waits for the writer
+LATENCY_SAMPLES = 2000  # the champion's recent batcher times kept per model (a rollout's latency baseline)
 
 
 @dataclass
@@ -90,13 +95,20 @@ class Capture:
 
 @dataclass
 class ModelSlot:
-    """What a model name serves now. ``current`` is replaced in one assignment on an alias move."""
+    """What a model name serves now. ``current`` is replaced in one assignment on an alias move. ``rollout``:
+    the challenger beside it while a rollout runs (:class:`~modelyard.serve.rollouts.LiveRollout`);
+    ``latencies_ms`` / ``answered`` / ``failed``: the champion's recent batcher times and answer counts, the
+    baseline a rollout compares with."""
 
     name: str
     ref: str
     current: Deployment
     follows_alias: bool
     failed_version: int | None = None
+    rollout: LiveRollout | None = None
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    answered: int = 0
+    failed: int = 0
 
 
 def resolve_refs(settings: ServeSettings, registry: Registry) -> list[tuple[str, str, int]]:
@@ -179,6 +191,7 @@ class ServerState:
     monitor: PredictionLogWriter | None = None
     gauges: MonitorGauges | None = None
     sampler: random.Random = field(default_factory=random.Random)
+    rollouts: RolloutManager | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _retired: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -202,6 +215,7 @@ class ServerState:
                 self.metrics, self.registry, self.monitor.path, window=self.settings.monitor_window
             )
         )
+        self.rollouts = RolloutManager(self) if self.rollouts is None else self.rollouts
         self._tasks.append(asyncio.get_running_loop().create_task(self._load_all(), name="modelyard-load"))
 
     async def shutdown(self) -> None:
@@ -212,6 +226,8 @@ class ServerState:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.rollouts is not None:
+            await self.rollouts.close()
         timeout = self.settings.drain_timeout_s or 0.001
         for slot in self.slots.values():
             await self._retire(slot.current, timeout_s=timeout)
@@ -278,6 +294,10 @@ class ServerState:
         if self.gauges is not None and self.settings.monitor_every_s > 0:
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self._monitor_loop(), name="modelyard-monitor-gauges")
+            )
+        if self.rollouts is not None:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.rollouts.run(), name="modelyard-rollouts")
             )
         if self.settings.reload_on_alias and any(s.follows_alias for s in self.slots.values()):
             self._tasks.append(
@@ -371,9 +391,14 @@ class ServerState:
             return
         old, slot.current = slot.current, new
         slot.failed_version = None
+        slot.latencies_ms.clear()
         log.info("%s now serves version %s (was %s)", slot.ref, version, old.model.version)
+        self.retire_later(old)
+
+    def retire_later(self, dep: Deployment) -> None:
+        """Drain and close ``dep`` in the background (requests it holds finish; shut-down waits for it)."""
         task = asyncio.get_running_loop().create_task(
-            self._retire(old, timeout_s=self.settings.drain_timeout_s or 0.001)
+            self._retire(dep, timeout_s=self.settings.drain_timeout_s or 0.001)
         )
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
@@ -419,12 +444,37 @@ class ServerState:
         return "loading and warming up models"
 
     async def infer(
-        self, slot: ModelSlot, version: str | None, prepare: Callable[[ServedModel], PreparedInput]
+        self,
+        slot: ModelSlot,
+        version: str | None,
+        prepare: Callable[[ServedModel], PreparedInput],
+        *,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Inference:
         """Validate, look up the cache, run through the batcher; returns the outputs, the deployment used and
         the validated inputs.
 
-        A request caught between an alias swap and the old batcher's drain is re-run on the new version."""
+        A request caught between an alias swap and the old batcher's drain is re-run on the new version. While a
+        rollout runs (:mod:`modelyard.serve.rollouts`), a canary's share goes to the challenger (the champion
+        answers when it fails), and in shadow mode a copy goes to the challenger off the response path."""
+        live = slot.rollout
+        if live is not None and version is None and live.routes_to_challenger(headers):
+            prepare(
+                slot.current.model
+            )  # a request the champion refuses is the client's error, not a canary's
+            got = await live.answer(prepare, request_id)
+            if got is not None:
+                return Inference(got[0], live.challenger, got[1])
+        started = time.perf_counter()
+        result = await self._infer_current(slot, version, prepare)
+        if live is not None and live.mode == "shadow" and slot.rollout is live:
+            live.shadow(prepare, result.outputs, request_id, (time.perf_counter() - started) * 1000.0)
+        return result
+
+    async def _infer_current(
+        self, slot: ModelSlot, version: str | None, prepare: Callable[[ServedModel], PreparedInput]
+    ) -> Inference:
         for _ in range(3):
             dep = slot.current
             if version is not None and version != str(dep.model.version):
@@ -442,6 +492,7 @@ class ServerState:
                 self.metrics.observe_cache(model.name, str(model.version), hit=hit is not None)
                 if hit is not None:
                     return Inference(hit, dep, item)
+            started = time.perf_counter()
             try:
                 outputs = await dep.batcher.submit(
                     item, rows=item.rows, timeout_s=self.settings.request_timeout_s
@@ -450,6 +501,13 @@ class ServerState:
                 if dep.batcher.draining and not self.shutting_down and slot.current is not dep:
                     continue
                 raise
+            except (ProtocolError, asyncio.CancelledError):
+                raise
+            except Exception:
+                slot.failed += 1
+                raise
+            slot.answered += 1
+            slot.latencies_ms.append((time.perf_counter() - started) * 1000.0)
             if key is not None:
                 self.cache.put(key, outputs)
             return Inference(outputs, dep, item)
@@ -467,34 +525,28 @@ class ServerState:
         return Capture(result.deployment.model, result.inputs, result.outputs, endpoint, time.time())
 
     def log_prediction(self, capture: Capture, request_id: str, latency_ms: float) -> None:
-        """Summarize a captured request and queue it for the writer; never raises, never waits."""
+        """Queue a captured request for the writer, which summarizes it in its own thread; never raises,
+        never waits."""
         writer = self.monitor
         if writer is None:
             return
-        try:
-            item, model = capture.inputs, capture.model
-            out = summarize_outputs(capture.outputs, projection=model.output_projection)
-            record = PredictionRecord(
+        item, model = capture.inputs, capture.model
+        writer.submit(
+            PendingPrediction(
                 request_id=request_id,
                 at_unix_s=capture.at_unix_s,
                 model=model.name,
                 version=str(model.version),
                 endpoint=capture.endpoint,
                 rows=item.rows,
-                inputs_json=summarize_inputs(
-                    item.feeds, item.texts, rows=item.rows, projection=model.input_projection
-                ),
-                outputs_json=out.json,
-                confidence=out.confidence,
-                ood_score=out.ood_score,
-                ood_flag=out.ood_flag,
+                feeds=item.feeds,
+                texts=item.texts,
+                outputs=capture.outputs,
                 latency_ms=latency_ms,
+                input_projection=model.input_projection,
+                output_projection=model.output_projection,
             )
-        except Exception:
-            log.debug("summarizing request %s for the prediction log failed", request_id, exc_info=True)
-            writer.count_dropped("error")
-            return
-        writer.submit(record)
+        )
 
     async def store_feedback(self, name: str, items: list[FeedbackItem]) -> FeedbackStored:
         """Store labels for requests of model ``name``, all or none: ProtocolError 404 naming the unknown ids,

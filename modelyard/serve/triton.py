@@ -19,8 +19,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelyard.serve.inputs import bad_request
+from modelyard.serve.protocol import tensor_metadata
 
 if TYPE_CHECKING:
+    from modelyard.serve.batcher import BatchingConfig
+    from modelyard.serve.model import ServedModel
     from modelyard.serve.state import Deployment, ServerState
 
 router = APIRouter(tags=["triton"])
@@ -66,7 +69,13 @@ def _tensors(entries: list[dict[str, Any]], *, batched: bool) -> list[dict[str, 
 def model_config(deployment: Deployment) -> dict[str, Any]:
     """Triton's model configuration for one served version (dims without the batch dimension when the model
     batches, as Triton writes them)."""
-    model, batching = deployment.model, deployment.batching
+    return config_for(deployment.model, deployment.batching)
+
+
+def config_for(model: ServedModel, batching: BatchingConfig, *, graph: bool = False) -> dict[str, Any]:
+    """Triton's model configuration for ``model`` batched as ``batching``. ``graph=True`` lists the model
+    file's own inputs and outputs (what Triton's ONNX Runtime backend serves; the Triton export uses it)
+    instead of the ones this server answers with."""
     batched = model.batchable
     platform, backend = (
         ("onnxruntime_onnx", "onnxruntime")
@@ -76,14 +85,20 @@ def model_config(deployment: Deployment) -> dict[str, Any]:
             "python",
         )
     )
+    if graph:
+        spec = model.runner.spec
+        inputs = [tensor_metadata(t.name, t.dtype, _dims(t.shape)) for t in spec.inputs]
+        outputs = [tensor_metadata(t.name, t.dtype, _dims(t.shape)) for t in spec.outputs]
+    else:
+        inputs, outputs = model.inputs_metadata(), model.outputs_metadata()
     config: dict[str, Any] = {
         "name": model.name,
         "platform": platform,
         "backend": backend,
         "version_policy": {"specific": {"versions": [model.version]}},
         "max_batch_size": batching.max_batch_size if batched else 0,
-        "input": _tensors(model.inputs_metadata(), batched=batched),
-        "output": _tensors(model.outputs_metadata(), batched=batched),
+        "input": _tensors(inputs, batched=batched),
+        "output": _tensors(outputs, batched=batched),
         "parameters": {"modelyard_batching": {"string_value": batching.why}},
     }
     if batched and batching.max_batch_size > 1:
@@ -92,6 +107,10 @@ def model_config(deployment: Deployment) -> dict[str, Any]:
             "max_queue_delay_microseconds": int(batching.max_wait_s * 1e6),
         }
     return config
+
+
+def _dims(shape: Any) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
 
 
 @router.post("/v2/repository/index")
