@@ -262,3 +262,26 @@ def test_bad_reference_and_options() -> None:
         OutputReference(np.ones((30, 3)))
     with pytest.raises(ConfigError, match="offline_rate"):
         ood_rate_test([True, False], 1.5, 10)
+
+
+def test_conditional_residuals_see_a_shift_against_a_correlate_and_need_a_large_reference() -> None:
+    rng = np.random.default_rng(21)
+
+    def pairs(n: int) -> np.ndarray:
+        z = rng.standard_normal((n, 4))
+        z[:, 1] = 0.8 * z[:, 0] + 0.6 * z[:, 1]  # x0 and x1 correlated at 0.8; x2, x3 independent
+        return z
+
+    ref = Reference(pairs(4000), conditional=True, seed=1)
+    assert ref.conditioned == ("x0", "x1")  # the independent features have nothing to be given
+    window = pairs(1000)
+    window[:, 1] += 0.15  # x1 moves, x0 does not: against what x0 predicts, x1 moved 0.15 / 0.6 sd
+    result = ref.check(window)
+    effects = {f.name: f.effect for f in result.features}
+    assert effects["x1 | others"] > 1.3 * effects["x1"]
+    assert result.alarm and result.moved[0].name == "x1 | others"
+    assert "residuals given the others" in result.method
+    plain = Reference(pairs(4000), seed=1)
+    assert plain.conditioned == () and len(plain.check(window).features) == 4
+    # in-sample residuals would be too small on a small reference: left out there
+    assert Reference(pairs(300), conditional=True).conditioned == ()

@@ -108,7 +108,9 @@ class Reference:
     ``categorical``: column indices or names treated as categorical; None detects them (at most 5 distinct
     values). ``category_labels``: optional names of a categorical feature's integer values, for messages.
     ``n_resamples``: null draws per window size (B). The null for a window size is drawn on first use and
-    cached; ``seed`` makes it reproducible.
+    cached; ``seed`` makes it reproducible. ``conditional``: also watch each numeric feature's residual given
+    the others (:class:`Conditional`), when the reference has at least ``CONDITIONAL_ROWS_PER_FEATURE`` rows
+    per numeric feature.
     """
 
     def __init__(
@@ -149,7 +151,7 @@ class Reference:
         self._null: dict[int, tuple[NullPlan, NDArray[np.float64]]] = {}
         # conditional coordinates: numeric features a linear fit on the others predicts in part, as residuals
         self._given: Conditional | None = None
-        if conditional and len(self.numeric) >= 2:
+        if conditional and len(self.numeric) >= 2 and n >= CONDITIONAL_ROWS_PER_FEATURE * len(self.numeric):
             num = x[:, list(self.numeric)]
             self._given = Conditional.fit(num, self._mean[list(self.numeric)], self._sd[list(self.numeric)])
         if self._given is not None:
@@ -337,6 +339,12 @@ class Reference:
 # residual is little more than noise: a feature the others determine).
 MIN_CONDITIONAL_R2 = 0.1
 MAX_CONDITIONAL_R2 = 0.99
+# The residuals are fitted on the reference they are then compared against: in-sample they are smaller than
+# on new rows by about d / N of their variance, which the null (drawn from the same rows) does not see. Only
+# with at least this many reference rows per numeric feature is that under 1 %; below it the conditional
+# coordinates are left out (measured: breast cancer, 284 rows x 30 features, windows of 100: 55 % false
+# alarms with them, 11 % without).
+CONDITIONAL_ROWS_PER_FEATURE = 100
 
 
 @dataclass(frozen=True)
