@@ -37,8 +37,8 @@ WORK = HERE / "out" / "rollout_served"
 
 
 def _register_variant(reg: Any, name: str, version: int, folder: Path, *, ruin: bool) -> int:
-    """Register version ``version``'s files again as a new version: as they are, or with the output layer's rows
-    rotated (class k answered as class k + 1)."""
+    """Register version ``version``'s files and evidence again as a new version: as they are, or with the output
+    layer's rows rotated (class k answered as class k + 1)."""
     import onnx
     from onnx import numpy_helper
 
@@ -60,7 +60,13 @@ def _register_variant(reg: Any, name: str, version: int, folder: Path, *, ruin: 
         onnx.save(model, str(path))
     entry_name = "ruined" if ruin else "identical"
     manifest = {**reg.get_version(name, version)["manifest"], "name": entry_name}
-    entry = VersionEntry(name=entry_name, files={p.name: p for p in out.iterdir()}, manifest=manifest)
+    # with the champion's evidence, so the server batches it as it batches the champion (a version registered
+    # without evidence runs one request at a time, which would make even an identical copy slower under load);
+    # for the ruined copy that is the point: it looked as good offline
+    evidence = reg.get_version(name, version)["evidence"]
+    entry = VersionEntry(
+        name=entry_name, files={p.name: p for p in out.iterdir()}, manifest=manifest, evidence=evidence
+    )
     numbers = reg.register_run(
         name,
         [entry],
@@ -212,7 +218,7 @@ def served_run(*, percent: float = 20.0, clients: int = 8, timeout_s: float = 30
                 _, champion = reg.resolve(f"{p.name}@champion")
                 # the swap: keep the load on until the server answers from the promoted version
                 _wait(
-                    lambda: _served_version(url, p.name) == str(champion),
+                    lambda: _served_version(url, p.name, bodies[0]) == str(champion),
                     "the promoted version serving",
                     60.0,
                 )
@@ -245,10 +251,15 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _served_version(url: str, name: str) -> str | None:
-    r = httpx.get(f"{url}/v2/models/{name}", timeout=10.0)
-    versions = r.json().get("versions") if r.status_code == 200 else None
-    return str(versions[0]) if versions else None
+def _served_version(url: str, name: str, body: bytes) -> str | None:
+    """The version that answers an inference request now (the OIP answer's ``model_version``)."""
+    r = httpx.post(
+        f"{url}/v2/models/{name}/infer",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=10.0,
+    )
+    return str(r.json().get("model_version")) if r.status_code == 200 else None
 
 
 def main() -> int:
