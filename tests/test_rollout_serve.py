@@ -294,13 +294,21 @@ def test_a_rollout_resumes_after_the_server_is_killed(registry: Registry, tmp_pa
     assert logged >= 40, (logged, metrics)  # the progress reached 60; at most the last ticks' rows are lost
     with server_process(registry.home, tmp_path) as server:
         wait_attached(server.url, 2, "shadow")
+        # fewer new requests than were logged, so a rollout that restarted from zero could not pass the count;
+        # the server writes its progress to the registry once a second, so poll for it (deadline-bound)
         load_loop(
-            server.url, until=lambda: _view(server.url)["requests"] > logged, label=False, max_requests=30
+            server.url,
+            until=lambda: _view(server.url)["requests"] > logged,
+            label=False,
+            max_requests=min(logged - 1, 100),
         )
-        view = _view(server.url)
+        deadline = time.monotonic() + DEADLINE_S
+        pause = threading.Event()
+        while (view := _view(server.url))["requests"] <= logged and time.monotonic() < deadline:
+            pause.wait(0.1)
         output = server.output()
         stopped = httpx.delete(f"{server.url}/v2/models/{MODEL}/rollout", timeout=10)
-    # resumed, not restarted: the count goes on from the logged observations (30 new requests alone cannot
+    # resumed, not restarted: the count goes on from the logged observations (the new requests alone cannot
     # pass them), against the same rollout
     assert view["state"] == "running" and view["started_at"] == started_at, view
     assert view["requests"] > logged, (view, logged, output)
