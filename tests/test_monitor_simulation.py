@@ -1,6 +1,6 @@
 """The monitoring simulation (issue 11, "Done when"): the digits demo registered by the pipeline (its own
-PyTorch model, with its monitor reference), served by the real app in-process, fed clean traffic and then
-three shifts.
+PyTorch model, with its monitor reference), served by the real server (`modelyard serve` in its own process on
+127.0.0.1), fed clean traffic and then three shifts.
 
 - Clean traffic: test items (never used for fitting), drawn with replacement, one per request, every request
   labelled. Over ``CLEAN_WINDOWS`` disjoint windows of ``WINDOW`` requests the monitor raises an alarm in at
@@ -20,10 +20,13 @@ three shifts.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from scipy.stats import binom
@@ -36,8 +39,7 @@ from modelyard.monitor.log import PredictionLog
 from modelyard.monitor.reference import FILE_NAME
 from modelyard.pipeline import EvalOptions, run_pipeline
 from modelyard.registry import Registry
-from modelyard.serve.settings import ServeSettings
-from tests.helpers.serving import DEADLINE_S, app_client
+from tests.helpers.serving import DEADLINE_S, server_process
 
 MODEL = "digits-cnn"
 WINDOW = 100  # requests per window, one item each: the documented detection delay
@@ -87,34 +89,47 @@ async def _send(client: Any, items: np.ndarray, labels: np.ndarray | None = None
         assert r.status_code == 200, r.text
 
 
-async def _simulate(home: Path, version: int, x_test: np.ndarray, y_test: np.ndarray) -> Simulation:
+def _wait_logged(log: PredictionLog, version: int, n: int) -> None:
+    """Poll the prediction log (deadline-bound) until the server's writer committed ``n`` requests."""
+    deadline = time.monotonic() + DEADLINE_S
+    pause = threading.Event()
+    while len(log.window(MODEL, version=version)) < n:
+        assert time.monotonic() < deadline, f"the server logged fewer than {n} requests before the deadline"
+        pause.wait(0.05)
+
+
+async def _simulate(
+    home: Path, version: int, x_test: np.ndarray, y_test: np.ndarray, log_dir: Path
+) -> Simulation:
     registry = Registry(home)
     reference = reference_for(registry, MODEL, version)
-    settings = ServeSettings.from_env(
-        {}, home=home, models=(f"{MODEL}:{version}",), threads=1, warmup_calls=1, monitor_flush_s=0.05
-    )
     rng = np.random.default_rng(0)
     log = PredictionLog.at_home(home)
     shifted: dict[str, MonitorStatus] = {}
-    async with app_client(settings, registry) as (app, client):
-        writer = app.state.serve.monitor
-        idx = rng.integers(0, len(x_test), CLEAN_WINDOWS * WINDOW)
-        await _send(client, x_test[idx], y_test[idx])
-        assert await asyncio.to_thread(writer.flush, DEADLINE_S)
-        clean = history(log, reference, model=MODEL, version=version, window=WINDOW, alpha=ALPHA)
-        shifts = {
-            "brightness": np.clip(x_test[rng.integers(0, len(x_test), WINDOW)] + 0.2, 0.0, 1.0),
-            "noise": np.clip(
-                x_test[rng.integers(0, len(x_test), WINDOW)] + rng.normal(0.0, 0.2, (WINDOW, 1, 8, 8)),
-                0.0,
-                1.0,
-            ),
-            "letters": digits_ood(n_per_set=WINDOW, seed=0)["letters"],
-        }
-        for name, items in shifts.items():
-            await _send(client, items.astype(np.float32))
-            assert await asyncio.to_thread(writer.flush, DEADLINE_S)
-            shifted[name] = watch(log, reference, model=MODEL, version=version, window=WINDOW, alpha=ALPHA)
+    # the real server: `modelyard serve` in its own process on 127.0.0.1, its writer thread committing the log
+    with server_process(home, log_dir, f"{MODEL}:{version}", "--monitor-every-s", "0") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=DEADLINE_S) as client:
+            idx = rng.integers(0, len(x_test), CLEAN_WINDOWS * WINDOW)
+            await _send(client, x_test[idx], y_test[idx])
+            logged = CLEAN_WINDOWS * WINDOW
+            await asyncio.to_thread(_wait_logged, log, version, logged)
+            clean = history(log, reference, model=MODEL, version=version, window=WINDOW, alpha=ALPHA)
+            shifts = {
+                "brightness": np.clip(x_test[rng.integers(0, len(x_test), WINDOW)] + 0.2, 0.0, 1.0),
+                "noise": np.clip(
+                    x_test[rng.integers(0, len(x_test), WINDOW)] + rng.normal(0.0, 0.2, (WINDOW, 1, 8, 8)),
+                    0.0,
+                    1.0,
+                ),
+                "letters": digits_ood(n_per_set=WINDOW, seed=0)["letters"],
+            }
+            for name, items in shifts.items():
+                await _send(client, items.astype(np.float32))
+                logged += WINDOW
+                await asyncio.to_thread(_wait_logged, log, version, logged)
+                shifted[name] = watch(
+                    log, reference, model=MODEL, version=version, window=WINDOW, alpha=ALPHA
+                )
     return Simulation(home, version, clean, shifted)
 
 
@@ -132,7 +147,8 @@ def simulation(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Simulat
         options=FAST,
     )
     ds = digits.dataset
-    return asyncio.run(_simulate(home, result.versions["baseline"], ds.x_test, ds.y_test))
+    logs = tmp_path_factory.mktemp("monitor-simulation-server")
+    return asyncio.run(_simulate(home, result.versions["baseline"], ds.x_test, ds.y_test, logs))
 
 
 def test_the_version_is_registered_with_a_reference_from_fit_items_only(
