@@ -129,13 +129,29 @@ class RolloutPolicy:
     max_flip_rate: float = 0.02  # shadow: share of requests whose predicted class differs from the champion's
     max_error_rate_increase: float = 0.005  # failed requests over the champion's rate before the rollout
     max_slow_rate: float = 0.05  # share of the challenger's answers slower than the champion's p99
+    max_mean_kl: float = 0.05  # shadow: mean KL(champion || challenger) per request, nats (capped at 1 nat)
+    max_confidence_drop_points: float = 2.0  # champion minus challenger calibrated confidence, same requests
+    max_ood_rate_increase: float = 0.02  # challenger minus champion OOD flag rate, same requests
     min_requests: int = 500
     max_requests: int = 20_000
     on_champion_alarm: str = "rollback"  # rollback | alarm: what a champion whose live signals cross does
+    # the champion watch (modelyard.rollout.watch): a healthy champion is alarmed on with probability at most
+    # watch_alpha over its whole time as champion (alpha spent over epochs of watch_epoch observations per signal)
+    watch_alpha: float = 0.01
+    watch_max_accuracy_drop_points: float = 5.0  # realised (labels) and estimated (confidence) vs offline
+    watch_max_error_rate: float = 0.01  # share of the champion's requests that fail
+    watch_max_ood_rate_increase: float = 0.05  # OOD flag rate over the rule's offline rate
+    watch_epoch: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ConfigError(f"[rollout] alpha must be in (0, 1), got {self.alpha!r}")
+        if not 0 < self.watch_alpha < 1:
+            raise ConfigError(f"[rollout] watch_alpha must be in (0, 1), got {self.watch_alpha!r}")
+        if not 0 < self.watch_max_error_rate < 1:
+            raise ConfigError(
+                f"[rollout] watch_max_error_rate must be in (0, 1), got {self.watch_max_error_rate!r}"
+            )
         if self.min_requests > self.max_requests:
             raise ConfigError(
                 f"[rollout] min_requests ({self.min_requests}) is above max_requests ({self.max_requests})"
@@ -208,7 +224,17 @@ _CHOICES = {
     ("robustness", "ood_score"): ("energy", "msp", "maxlogit"),
 }
 _INTEGERS = {"pgd_steps", "min_requests", "max_requests"}
-_FRACTIONS = {"tie_tolerance", "alpha", "max_flip_rate", "max_error_rate_increase", "max_slow_rate"}
+_FRACTIONS = {
+    "tie_tolerance",
+    "alpha",
+    "max_flip_rate",
+    "max_error_rate_increase",
+    "max_slow_rate",
+    "max_mean_kl",
+    "max_ood_rate_increase",
+}
+_INTEGERS |= {"watch_epoch"}
+_FRACTIONS |= {"watch_alpha", "watch_max_error_rate", "watch_max_ood_rate_increase"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

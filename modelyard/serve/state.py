@@ -12,6 +12,9 @@
 4. a rollout running in the registry for a model served by its champion alias is picked up by
    :class:`~modelyard.serve.rollouts.RolloutManager` (challenger loaded beside the champion, shadow copies or a
    canary share in :meth:`ServerState.infer`, decisions every half second, resumed after a restart).
+5. with the prediction log on, :class:`~modelyard.serve.champion_watch.ChampionWatcher` watches each champion
+   served by its alias against its policy's alarm thresholds, and rolls it back (or only alarms) when its live
+   signals cross them, at a false-alarm rate that holds over its whole time as champion.
 
 With monitoring on (the default), start-up opens the prediction log (:mod:`modelyard.monitor`) and starts its
 writer thread; each deployed version's task and classes are recorded in it. A route marks a sampled request
@@ -52,6 +55,7 @@ from modelyard.registry import Registry
 from modelyard.security.trust import require_trust
 from modelyard.serve.batcher import BatchingConfig, DynamicBatcher, QueueFull, choose_batching
 from modelyard.serve.cache import PredictionCache
+from modelyard.serve.champion_watch import ChampionWatcher
 from modelyard.serve.inputs import PreparedInput
 from modelyard.serve.metrics import ServerMetrics
 from modelyard.serve.model import ServedModel, latency_budget_ms
@@ -192,6 +196,7 @@ class ServerState:
     gauges: MonitorGauges | None = None
     sampler: random.Random = field(default_factory=random.Random)
     rollouts: RolloutManager | None = None
+    watcher: ChampionWatcher | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _retired: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -216,6 +221,7 @@ class ServerState:
             )
         )
         self.rollouts = RolloutManager(self) if self.rollouts is None else self.rollouts
+        self.watcher = ChampionWatcher(self) if self.watcher is None else self.watcher
         self._tasks.append(asyncio.get_running_loop().create_task(self._load_all(), name="modelyard-load"))
 
     async def shutdown(self) -> None:
@@ -298,6 +304,10 @@ class ServerState:
         if self.rollouts is not None:
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self.rollouts.run(), name="modelyard-rollouts")
+            )
+        if self.watcher is not None and self.monitor is not None:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.watcher.run(), name="modelyard-champion-watch")
             )
         if self.settings.reload_on_alias and any(s.follows_alias for s in self.slots.values()):
             self._tasks.append(
