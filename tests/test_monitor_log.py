@@ -405,3 +405,52 @@ def test_sigkill_mid_traffic_loses_at_most_the_last_second(registry: Registry, t
     assert not missing, (
         f"{len(missing)} of {len(old)} requests answered over {SLACK_S} s before the kill are lost"
     )
+
+
+def test_retention_also_prunes_the_rollout_rows(tmp_path: Path) -> None:
+    from modelyard.rollout.observations import RolloutRow, replay, write_rows
+
+    bare = connect(tmp_path / "bare.db")  # a log where no rollout ever ran: nothing is created
+    assert prune(bare, max_rows=1, max_days=1.0) == 0
+    assert (
+        bare.execute("SELECT name FROM sqlite_master WHERE name = 'rollout_predictions'").fetchone() is None
+    )
+    bare.close()
+
+    path = tmp_path / "monitor.db"
+    now = 10 * 86400.0
+    conn = connect(path)
+    for i in range(4):  # p0 is 8 days old, p3 two days
+        conn.execute(
+            "INSERT INTO predictions (request_id, at_unix_s, model, version, endpoint, rows, inputs, outputs) "
+            "VALUES (?, ?, 'm', '1', 'infer', 1, '{}', '{}')",
+            (f"p{i}", now - (8 - 2 * i) * 86400.0),
+        )
+    rows = [  # r0 is 10 days old, r9 one day; the latency tells them apart
+        RolloutRow(
+            rollout_id=1,
+            request_id=f"r{i}",
+            at_unix_s=now - (10 - i) * 86400.0,
+            model="m",
+            version="2",
+            champion_version="1",
+            mode="shadow",
+            returned=False,
+            error=False,
+            latency_ms=float(i),
+            flip=False,
+            challenger_predicted=[0],
+            champion_predicted=[0],
+        )
+        for i in range(10)
+    ]
+    assert write_rows(path, rows[5:] + rows[:5]) == 10  # the oldest are written last: seq order is not age
+    assert prune(conn, max_rows=None, max_days=5.5, now_unix_s=now, chunk=2) == 2 + 5
+    assert [o.latency_ms for o in replay(path, 1)] == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert (
+        prune(conn, max_rows=3, max_days=None, now_unix_s=now) == 2
+    )  # counted per table: 2 predictions kept
+    assert [o.latency_ms for o in replay(path, 1)] == [7.0, 8.0, 9.0]  # the newest three
+    assert prune(conn, max_rows=3, max_days=5.5, now_unix_s=now) == 0
+    assert [p.request_id for p in PredictionLog(path).window("m")] == ["p2", "p3"]
+    conn.close()

@@ -6,6 +6,7 @@ the MLflow versions."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,19 +152,19 @@ def _entries(folder: Path, run: str) -> list[VersionEntry]:
     return out
 
 
-def _mlflow_champion(reg: MlflowRegistry) -> str:
-    return str(reg.client.get_model_version_by_alias(MODEL, "champion").version)
+def _mlflow_champion(reg: MlflowRegistry, model: str = MODEL) -> str:
+    return str(reg.client.get_model_version_by_alias(model, "champion").version)
 
 
-def _agree(reg: MlflowRegistry) -> None:
+def _agree(reg: MlflowRegistry, model: str = MODEL) -> None:
     """MLflow's champion is the MLflow version of our champion, and our last audit entry names it."""
-    _, ours = reg.resolve(f"{MODEL}@champion")
-    theirs = _mlflow_champion(reg)
-    assert theirs == reg.mlflow_version(MODEL, ours)
-    mv = reg.client.get_model_version(MODEL, theirs)
+    _, ours = reg.resolve(f"{model}@champion")
+    theirs = _mlflow_champion(reg, model)
+    assert theirs == reg.mlflow_version(model, ours)
+    mv = reg.client.get_model_version(model, theirs)
     assert mv.tags["modelyard.version"] == str(ours)
-    last = reg.audit_log(MODEL)[-1]
-    assert last["to_version"] == ours and last["reason"].endswith(mlflow_note(MODEL, theirs))
+    last = reg.audit_log(model)[-1]
+    assert last["to_version"] == ours and last["reason"].endswith(mlflow_note(model, theirs))
 
 
 def test_settings_choose_the_backend(tmp_path: Path) -> None:
@@ -267,3 +269,94 @@ def test_unreachable_mlflow_registers_nothing(tmp_path: Path, monkeypatch: pytes
             MODEL, _entries(tmp_path / "r", "u-1"), run_id="u-1", champion="baseline", reason="x"
         )
     assert Registry(tmp_path / "home").list_models() == []
+
+
+def _artifact_paths(client: Any, run_id: str, folder: str) -> set[str]:
+    """Every file under ``folder`` of an MLflow run, walked recursively."""
+    out: set[str] = set()
+    for a in client.list_artifacts(run_id, folder):
+        out |= _artifact_paths(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+def test_pipeline_through_the_cli_agrees_with_mlflow(
+    tracking_uri: str,
+    home: Path,
+    tmp_path: Path,
+    onnx_classifier: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``optimize``, ``models promote`` and ``models rollback`` with MODELYARD_REGISTRY=mlflow+<uri>: every
+    candidate is an MLflow run and version, and MLflow's champion follows ours, move by move."""
+    from modelyard.cli import main
+
+    monkeypatch.setenv("MODELYARD_REGISTRY", f"mlflow+{tracking_uri}")
+    name = "cli-classifier"
+    model, data = onnx_classifier
+    policy = tmp_path / "policy.toml"  # an ONNX baseline cannot be attacked with gradients; no OOD set here
+    policy.write_text('waive = ["adversarial_drop", "ood_auroc_drop"]\n')
+    argv = ["optimize", "--model", str(model), "--data", str(data), "--quick", "--policy", str(policy)]
+    recipe = "int8-dynamic(exclude_op_types=())"
+    code = main([*argv, "--name", name, "--recipe", recipe])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+
+    reg = MlflowRegistry(home, tracking_uri)
+    client = reg.client
+    versions = [reg.get_version(name, int(v["version"])) for v in reg.list_versions(name)]
+    (run_dir,) = [p for p in (home / "runs").iterdir() if not p.name.startswith(".")]
+    candidates = json.loads((run_dir / "evidence.json").read_text())["candidates"]
+    assert [v["candidate"] for v in versions] == [c["name"] for c in candidates] == ["baseline", recipe]
+    exp = client.get_experiment_by_name(f"modelyard-{name}")
+    assert len(client.search_runs([exp.experiment_id])) == len(versions)
+    for v in versions:
+        ids = v["manifest"]["meta"]["mlflow"]
+        assert ids["tracking_uri"] == tracking_uri
+        mv = client.get_model_version(name, ids["model_version"])
+        assert mv.run_id == ids["run_id"] and mv.tags["modelyard.version"] == str(v["version"])
+        run = client.get_run(ids["run_id"])
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["modelyard.run_id"] == v["run_id"] == run_dir.name
+        assert params["candidate"] == v["candidate"]
+        assert params["parent"] == (v["parent_candidate"] or "")
+        assert params["artifact_sha256"] == v["artifact_sha256"]
+        assert params["data_sha256"] == v["data_sha256"]
+        assert params["passes"] == (" > ".join(p["pass"] for p in v["passes"]) or "(baseline)")
+        evidence = v["evidence"]
+        measured = {k: float(m.value) for k, m in evidence.measurements.items() if m.value is not None}
+        assert len(measured) > 5  # a real run's evidence, not a stub
+        assert run.data.metrics == pytest.approx(
+            {**measured, "verdict.passed": float(evidence.verdict.passed)}, nan_ok=True
+        )
+        assert _artifact_paths(client, ids["run_id"], "model") == {f"model/{f['path']}" for f in v["files"]}
+        assert _artifact_paths(client, ids["run_id"], "run") == {
+            "run/report.html",
+            "run/MODEL_CARD.md",
+            "run/evidence.json",
+        }
+    _agree(reg, name)
+
+    # promote the other version by hand, then roll back: MLflow's alias follows each move
+    _, first = reg.resolve(f"{name}@champion")
+    other = next(v["version"] for v in versions if v["version"] != first)
+    assert main(["models", "promote", name, str(other), "--reason", "cheaper by hand"]) == 0
+    assert reg.resolve(f"{name}@champion") == (name, other)
+    _agree(reg, name)
+    assert main(["models", "rollback", name, "--reason", "canary regressed"]) == 0
+    assert reg.resolve(f"{name}@champion") == (name, first)
+    _agree(reg, name)
+
+    log = reg.audit_log(name)
+    assert [(e["action"], e["to_version"]) for e in log] == [
+        ("register", first),
+        ("promote", other),
+        ("rollback", first),
+    ]
+    for e in log:  # every move names the MLflow version it pointed MLflow's alias at
+        assert e["reason"].endswith(mlflow_note(name, reg.mlflow_version(name, e["to_version"])))
+    capsys.readouterr()
+    assert main(["models", "log", name]) == 0
+    shown = capsys.readouterr().out
+    assert "cheaper by hand" in shown and "canary regressed" in shown

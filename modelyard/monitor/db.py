@@ -3,7 +3,8 @@ record of served versions, and retention.
 
 Connections use ``isolation_level=None`` and explicit ``BEGIN IMMEDIATE`` ... ``COMMIT``. The tables are
 described in :mod:`modelyard.monitor.log`; ``feedback`` is append-only (triggers refuse UPDATE and DELETE),
-``predictions`` rows are never updated and only deleted by :func:`prune`.
+``predictions`` rows are never updated and only deleted by :func:`prune`, which also keeps the rollouts' table
+``rollout_predictions`` (:mod:`modelyard.rollout.observations`) within the same limits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from modelyard.errors import DataError
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 5.0
 FILENAME = "monitor.db"
+# what prune() keeps within the retention limits (``rollout_predictions``: see modelyard.rollout.observations)
+PRUNED_TABLES = ("predictions", "rollout_predictions")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -160,31 +163,51 @@ def prune(
     chunk: int = 5000,
 ) -> int:
     """Delete the oldest predictions beyond ``max_rows`` and those older than ``max_days``, in chunks of at
-    most ``chunk`` rows per transaction (a writer never waits long); returns how many were deleted. Feedback is
-    never deleted: labels of the predictions kept stay joined, labels of deleted ones stay in the table."""
-    deleted = 0
+    most ``chunk`` rows per transaction (a writer never waits long); returns how many were deleted. The
+    challenger's rows of rollouts (``rollout_predictions``, when that table exists) are kept by the same limits,
+    counted on their own. Feedback is never deleted: labels of the predictions kept stay joined, labels of
+    deleted ones stay in the table."""
     now = time.time() if now_unix_s is None else now_unix_s
+    cut_time = now - max_days * 86400.0 if max_days is not None else None
+    if max_rows is None and cut_time is None:
+        return 0
+    deleted = 0
+    for table in PRUNED_TABLES:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            deleted += _prune_table(conn, table, max_rows=max_rows, cut_time=cut_time, chunk=chunk)
+    return deleted
+
+
+def _prune_table(
+    conn: sqlite3.Connection, table: str, *, max_rows: int | None, cut_time: float | None, chunk: int
+) -> int:
+    """:func:`prune` on one table (``seq`` and ``at_unix_s`` columns, rows never updated): the rows to delete
+    are chosen outside the write lock, which is held only for deleting them."""
+    deleted = 0
     while True:
         cut_seq = None
         if max_rows is not None:
             row = conn.execute(
-                "SELECT seq FROM predictions ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_rows,)
+                f"SELECT seq FROM {table} ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_rows,)
             ).fetchone()
             cut_seq = None if row is None else int(row[0])
-        cut_time = now - max_days * 86400.0 if max_days is not None else None
         if cut_seq is None and cut_time is None:
             return deleted
+        where = "(seq <= ? OR at_unix_s < ?)"
+        bounds = (-1 if cut_seq is None else cut_seq, -math.inf if cut_time is None else cut_time)
+        found = conn.execute(
+            f"SELECT COUNT(*), MAX(seq) FROM (SELECT seq FROM {table} WHERE {where} ORDER BY seq LIMIT ?)",
+            (*bounds, chunk),
+        ).fetchone()
+        if not found[0]:
+            return deleted
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            cur = conn.execute(
-                "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions WHERE seq <= ? OR "
-                "at_unix_s < ? ORDER BY seq LIMIT ?)",
-                (-1 if cut_seq is None else cut_seq, -math.inf if cut_time is None else cut_time, chunk),
-            )
+        try:  # new rows get higher seqs; a concurrent prune may have deleted some of these already
+            cur = conn.execute(f"DELETE FROM {table} WHERE seq <= ? AND {where}", (int(found[1]), *bounds))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         deleted += cur.rowcount
-        if cur.rowcount < chunk:
+        if found[0] < chunk:
             return deleted
