@@ -141,7 +141,7 @@ class RolloutPolicy:
     watch_max_accuracy_drop_points: float = 5.0  # realised (labels) and estimated (confidence) vs offline
     watch_max_error_rate: float = 0.01  # share of the champion's requests that fail
     watch_max_ood_rate_increase: float = 0.05  # OOD flag rate over the rule's offline rate
-    watch_epoch: int = 10_000
+    watch_epoch: int = 2_000
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
