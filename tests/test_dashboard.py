@@ -333,6 +333,11 @@ def test_the_dashboard_in_chromium_shows_live_numbers_the_audit_log_and_a_rollou
                         boundary
                     )
 
+                watch = page.locator(f'#watch-body .watch[data-model="{MODEL}"]')  # the champion watch
+                expect(watch).to_contain_text(f"{MODEL} v1 watching", timeout=timeout_ms)
+                for name in ("errors", "accuracy", "estimated_accuracy", "ood_rate"):
+                    expect(watch.locator(f'tr[data-signal="{name}"]')).to_have_count(1)
+
                 versions = page.locator("#models-body tr[data-version]")
                 expect(versions).to_have_count(2)
                 expect(page.locator('#models-body tr[data-version="2"]')).to_contain_text("from v1")

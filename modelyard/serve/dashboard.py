@@ -133,6 +133,7 @@ class DashboardState:
                 ],
             },
             "live": live,
+            "watch": [] if s.watcher is None else s.watcher.status(),
             **slow,
         }
         return clean_json(doc)  # type: ignore[no-any-return]

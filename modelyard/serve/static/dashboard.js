@@ -334,6 +334,22 @@
     fill("rollout-body", body);
   }
 
+  function renderWatch(watched) {
+    const body = [];
+    if (!(watched || []).length) body.push(el("p", { id: "no-watch", class: "muted" }, "no champion watched (the prediction log is off, or no model is served by its champion alias)"));
+    for (const w of watched || []) {
+      const alarm = w.alarm;
+      body.push(el("div", { class: "watch", "data-model": w.model },
+        el("p", { class: "kv" }, w.model + " v" + w.version + " ", alarm ? badge("alarm", "bad") : badge("watching", "ok"),
+          " · on alarm: " + w.on_champion_alarm + " · false-alarm rate " + num(w.watch_alpha, 3) + " over its time as champion"),
+        alarm ? el("p", { class: "banner" }, alarm.reason + " → " + alarm.outcome) : null,
+        table(null,
+          [{ label: "signal" }, { label: "n", num: 1 }, { label: "decision" }, { label: "observed", num: 1 }, { label: "interval", num: 1 }, { label: "boundary" }, { label: "against the boundary" }, { label: "statistics" }],
+          (w.statistics || []).map(statRow))));
+    }
+    fill("watch-body", body);
+  }
+
   const EVIDENCE_LABELS = {
     "quality.accuracy": "accuracy",
     "compare.accuracy_drop": "drop vs baseline",
@@ -440,6 +456,7 @@
       ["server", () => renderServer(doc)],
       ["live", () => renderLive(doc.live)],
       ["rollout", () => renderRollout(doc.rollouts)],
+      ["watch", () => renderWatch(doc.watch)],
       ["models", () => renderModels(doc.registry)],
       ["monitor", () => renderMonitor(doc.monitor)],
     ];
