@@ -145,7 +145,7 @@ class MlflowRegistry(Registry):
 
     def rollback(self, model: str, *, alias: str = "champion", reason: str) -> int:
         """Roll ``alias`` back in our registry (the audit log names the MLflow version), then in MLflow."""
-        target = self._rollback_target(model, alias)
+        target = self.rollback_target(model, alias=alias)
         note = "" if target is None else f" {mlflow_note(model, self.mlflow_version(model, target))}"
         version = super().rollback(model, alias=alias, reason=f"{reason}{note}")
         if version != target:  # the alias moved in between; MLflow still follows our registry
@@ -294,20 +294,6 @@ class MlflowRegistry(Registry):
                     ids["model_version"],
                     first_line(exc),
                 )
-
-    def _rollback_target(self, model: str, alias: str) -> int | None:
-        """The version :meth:`Registry.rollback` will move ``alias`` to, read from the audit log by the same
-        rule (promotions push, rollbacks pop, rollout events are skipped); None when there is none."""
-        stack: list[int] = []
-        for e in self.audit_log(model):
-            if e["alias"] != alias or str(e["action"]).startswith("rollout-"):
-                continue
-            if e["action"] == "rollback":
-                if stack:
-                    stack.pop()
-            else:
-                stack.append(int(e["to_version"]))
-        return stack[-2] if len(stack) >= 2 else None
 
 
 def _with_mlflow(entry: VersionEntry, ids: Mapping[str, Any]) -> VersionEntry:

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,22 @@ def _check_reason(reason: object) -> str:
 
 def _versions_text(n: int) -> str:
     return "none" if n == 0 else ("1" if n == 1 else f"1..{n}")
+
+
+def alias_history(moves: Iterable[tuple[str, Any]]) -> list[int]:
+    """An alias's versions as a stack, from its audit-log rows ``(action, to_version)`` oldest first: promotions
+    and registrations push, rollbacks pop, rollout events (which leave the alias where it is) are skipped. The
+    top is where the alias points; the one below it is where a rollback goes."""
+    stack: list[int] = []
+    for action, to_version in moves:
+        if str(action).startswith("rollout-"):
+            continue
+        if action == "rollback":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(int(to_version))
+    return stack
 
 
 class Registry:
@@ -339,18 +355,12 @@ class Registry:
         with self._connect(write=True) as conn, transaction(conn):
             model_id = self._model_id(conn, model)
             current = self._alias_version(conn, model, model_id, alias)
-            stack: list[int] = []
-            for action, to_version in conn.execute(
-                "SELECT action, to_version FROM alias_log WHERE model_id = ? AND alias = ? ORDER BY id",
-                (model_id, alias),
-            ):
-                if action.startswith("rollout-"):  # a rollout event that left the alias where it was
-                    continue
-                if action == "rollback":
-                    if stack:
-                        stack.pop()
-                else:
-                    stack.append(int(to_version))
+            stack = alias_history(
+                conn.execute(
+                    "SELECT action, to_version FROM alias_log WHERE model_id = ? AND alias = ? ORDER BY id",
+                    (model_id, alias),
+                )
+            )
             if not stack or stack[-1] != current:
                 raise RegistryError(
                     f"the audit log of {model}@{alias} does not end at version {current}; the registry was edited "
@@ -372,6 +382,13 @@ class Registry:
                 reason=reason,
             )
             return target
+
+    def rollback_target(self, model: str, *, alias: str = "champion") -> int | None:
+        """The version :meth:`rollback` would move ``alias`` to now (None when there is none)."""
+        stack = alias_history(
+            (e["action"], e["to_version"]) for e in self.audit_log(model) if e["alias"] == alias
+        )
+        return stack[-2] if len(stack) >= 2 else None
 
     # ----------------------------------------------------------------------------------- reads
 
