@@ -38,6 +38,7 @@ from modelyard.errors import ModelyardError, first_line
 from modelyard.monitor.db import connect
 from modelyard.monitor.status import reference_for
 from modelyard.rollout.watch import ChampionWatch, WatchAlarm, WatchBaseline
+from modelyard.serve.loop import every
 from modelyard.serve.metrics import PREFIX
 
 if TYPE_CHECKING:
@@ -259,16 +260,7 @@ class ChampionWatcher:
         return None if writer is None else writer.path
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(WATCH_TICK_S)
-            if self.state.shutting_down:
-                return
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a log or registry hiccup must not end the watch: try again next tick
-                log.warning("the champion watch failed; retrying", exc_info=True)
+        await every(self.state, lambda: WATCH_TICK_S, self.tick, "the champion watch")
 
     async def tick(self) -> None:
         path = self.path
