@@ -5,8 +5,16 @@ request answered by both, 20% of them labelled later):
 
 - modelyard: ``modelyard.rollout.decide.Controller`` at the default ``[rollout]`` policy (alpha 5% overall;
   margins: 1 accuracy point, 2% flips, errors 0.5 points over the champion's rate, 5% of answers slower than
-  the champion's p99), checked
-  after every request;
+  the champion's p99, a mean KL of 0.05 nats, 2 points of confidence, 2 points of OOD rate), checked
+  after every ``--check-every`` requests, with all eight signals a shadow rollout of a classifier with an OOD
+  rule and an input reference has (alpha split eight ways). The label-free signals are drawn paired: the
+  champion's confidence and OOD flag per request, the challenger's equal up to symmetric noise (confidence
+  +- 3 points sd, OOD flags differing 0.5% each way), KL(champion || challenger) small where the two agree and
+  large where they flip; the input drift look is a real one (``modelyard.monitor.drift``) of the first
+  ``min_requests`` requests' inputs against a 2,000-row reference of the same distribution. Every scenario
+  keeps these at the identical challenger's (so the worse ones are caught by their own signal, and the
+  false-rollback rate covers the new signals); "worse by 3 points, calibrated" also lowers the challenger's
+  calibrated confidence by 3 points, as a calibrated worse model would, for the label-free catch;
 - peer: Flagger's built-in checks at its documented defaults, on windows of ``--interval`` requests (one
   analysis interval): request success rate >= 99% and p99 latency <= 500 ms; a failed window counts one
   failed check, rollback at 5 failed checks, promotion after 10 passing windows (maxWeight 50 / stepWeight 5).
@@ -38,12 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import json_line, log, markdown_table
 
 from modelyard.config import RolloutPolicy
+from modelyard.monitor.drift import DEFAULT_RESAMPLES, Reference
 from modelyard.rollout.decide import Controller, Observation
 from modelyard.runtime.device import cpu_info
 
 CHAMPION_ERROR = 0.002
 LABELLED = 0.2
 BASE_DISAGREE = 0.0025  # each way: an identical-quality challenger still differs on a few items
+CONFIDENCE_NOISE = 0.03  # sd of the challenger's calibrated confidence around the champion's, same request
+CHAMPION_OOD = 0.03  # share of requests the champion's OOD rule flags
+OOD_DISAGREE = 0.005  # each way: the challenger's own rule flags a few other requests
+DRIFT_FEATURES = 5
 
 
 @dataclass(frozen=True)
@@ -53,12 +66,14 @@ class Scenario:
     flips: float = 0.0  # extra flips with no accuracy change
     slowdown: float = 1.0
     error: float = CHAMPION_ERROR
+    confidence_drop_points: float = 0.0  # the challenger's calibrated confidence, lower on the same requests
 
 
 SCENARIOS = [
     Scenario("identical"),
     Scenario("worse by 1 point", drop_points=1.0),
     Scenario("worse by 3 points", drop_points=3.0),
+    Scenario("worse by 3 points, calibrated", drop_points=3.0, confidence_drop_points=3.0),
     Scenario("worse by 5 points", drop_points=5.0),
     Scenario("5% flips", flips=0.05),
     Scenario("2x slower", slowdown=2.0),
@@ -73,34 +88,71 @@ def _stream(s: Scenario, n: int, rng: np.random.Generator) -> dict[str, np.ndarr
     u = rng.random(n)
     champ_right = np.where(u < only_champion, 1, np.where(u < only_champion + only_challenger, 0, -1))
     latency = rng.lognormal(np.log(5.0), 0.25, n) * s.slowdown
+    flip = champ_right >= 0
+    champ_conf = 0.5 + 0.5 * rng.beta(5.0, 1.0, n)
+    conf = champ_conf - s.confidence_drop_points / 100 + rng.normal(0.0, CONFIDENCE_NOISE, n)
+    champ_ood = rng.random(n) < CHAMPION_OOD
+    v = rng.random(n)
+    ood = np.where(champ_ood, v >= OOD_DISAGREE / CHAMPION_OOD, v < OOD_DISAGREE / (1 - CHAMPION_OOD))
     return {
         "error": rng.random(n) < s.error,
         "latency": latency,
-        "flip": champ_right >= 0,
+        "flip": flip,
         "who": champ_right,  # 1: only the champion right, 0: only the challenger, -1: they agree
         "labelled": rng.random(n) < LABELLED,
         "champ_error": rng.random(n) < CHAMPION_ERROR,
         "champ_latency": rng.lognormal(np.log(5.0), 0.25, n),
+        "kl": np.where(flip, rng.uniform(0.1, 0.6, n), rng.exponential(0.005, n)).clip(0.0, 1.0),
+        "confidence_drop": (champ_conf - conf.clip(0.0, 1.0)).clip(-1.0, 1.0),
+        "ood_increase": ood.astype(float) - champ_ood.astype(float),
     }
+
+
+_REFERENCE = Reference(
+    np.random.default_rng(12345).normal(size=(2000, DRIFT_FEATURES)),
+    [f"x{i}" for i in range(DRIFT_FEATURES)],
+    n_resamples=DEFAULT_RESAMPLES,
+    seed=0,
+)
+
+
+def drift_alarm(rng: np.random.Generator, rows: int, alpha: float) -> bool:
+    """The rollout's one input drift look: a window of ``rows`` inputs from the reference's distribution."""
+    return _REFERENCE.check(rng.normal(size=(rows, DRIFT_FEATURES)), alpha=alpha).alarm
 
 
 def run_ours(
     s: Scenario, rng: np.random.Generator, policy: RolloutPolicy, p99: float, every: int = 1
 ) -> tuple[str, int]:
     x = _stream(s, policy.max_requests, rng)
-    ctl = Controller(policy, "shadow", champion_p99_ms=p99, champion_error_rate=CHAMPION_ERROR)
+    ctl = Controller(
+        policy,
+        "shadow",
+        champion_p99_ms=p99,
+        champion_error_rate=CHAMPION_ERROR,
+        classifier=True,
+        ood=True,
+        drift=True,
+    )
     for i in range(policy.max_requests):
         labelled = bool(x["labelled"][i])
         who = int(x["who"][i])
+        error = bool(x["error"][i])
         ctl.observe(
             Observation(
-                error=bool(x["error"][i]),
+                error=error,
                 latency_ms=float(x["latency"][i]),
                 flip=bool(x["flip"][i]),
                 challenger_correct=(who != 1) if labelled else None,
                 champion_correct=(who != 0) if labelled else None,
+                kl=None if error else float(x["kl"][i]),
+                confidence_drop=None if error else float(x["confidence_drop"][i]),
+                ood_increase=None if error else float(x["ood_increase"][i]),
             )
         )
+        if ctl.drift_pending and ctl.requests >= policy.min_requests:
+            rows = min(policy.min_requests, _REFERENCE.n_rows // 4)
+            ctl.record_drift(alarm=drift_alarm(rng, rows, ctl.signals["drift"].alpha), n=rows)
         if ctl.requests % every == 0 or ctl.requests == policy.max_requests:
             d = ctl.decide()
             if d.action != "continue":
@@ -230,6 +282,7 @@ def main() -> int:
         "false_rollback_rate": rate("identical", "ours", "rollback"),
         "requests_to_catch_flip5": to_catch("5% flips"),
         "requests_to_catch_acc3": to_catch("worse by 3 points"),
+        "requests_to_catch_acc3_calibrated": to_catch("worse by 3 points, calibrated"),
         "peer_false_rollback_rate": rate("identical", "peer", "rollback"),
         "peer_catches_acc3": rate("worse by 3 points", "peer", "rollback"),
         # the real served run (--served): client requests that failed through both rollouts and the swap

@@ -36,6 +36,9 @@ DEADLINE_S = 60.0
 # Small margins' worth of evidence so that a rollout decides in tens of requests (the defaults need ~1,200
 # requests to call a 0.5% error-rate margin non-inferior); latency is lenient: the test machine is shared.
 FAST = {"min_requests": 30, "max_error_rate_increase": 0.1, "max_flip_rate": 0.1, "max_slow_rate": 0.8}
+# the paired label-free signals likewise (at the defaults an identical challenger's confidence and OOD
+# differences, in [-1, 1], need ~1,200 requests to be called non-inferior)
+FAST |= {"max_mean_kl": 0.5, "max_confidence_drop_points": 20.0, "max_ood_rate_increase": 0.2}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from modelyard.errors import ConfigError, RegistryError
 from modelyard.registry import Registry
 from modelyard.registry import rollouts as table
 from modelyard.rollout.decide import Controller, Decision
-from modelyard.rollout.sequential import Comparison, RateTest
+from modelyard.rollout.sequential import Comparison, OneLook, RateTest
 
 MODES = ("shadow", "canary")
 STATES = ("running", "promoted", "rolled_back", "inconclusive", "stopped")
@@ -223,9 +223,19 @@ def policy_of(row: dict[str, Any]) -> RolloutPolicy:
     return RolloutPolicy(**{k: v for k, v in dict(row["policy"]).items() if k in known})
 
 
+# what each paired signal's mean is, for the statistics' readers (the dashboard shows it beside the numbers)
+_MEANS = {
+    "accuracy": "champion correct minus challenger correct, labelled requests both answered",
+    "kl": "KL(champion || challenger) of the calibrated class probabilities per request, nats, capped at 1 nat",
+    "confidence": "champion minus challenger calibrated confidence on the same requests",
+    "ood": "challenger minus champion OOD flag on the same requests (each version's own rule)",
+}
+
+
 def signal_statistics(controller: Controller) -> list[dict[str, Any]]:
     """Each signal's statistics in the contract's shape: name, n, decision (worse / non-inferior / open) and
-    the test's numbers (a rate test: k, rate, limit; a confidence sequence: mean, lower, upper, margin)."""
+    the test's numbers (a rate test: k, rate, limit; a confidence sequence: mean, lower, upper, margin and
+    what the mean is; the one-look drift check: statistic, threshold, window size and features, once taken)."""
     out: list[dict[str, Any]] = []
     for name, sig in controller.signals.items():
         state = sig.decision(min_n=0)
@@ -245,6 +255,15 @@ def signal_statistics(controller: Controller) -> list[dict[str, Any]]:
                 upper=upper,
                 margin=sig.margin,
                 method="empirical-Bernstein confidence sequence",
+            )
+            if name in _MEANS:
+                entry["of"] = _MEANS[name]
+        elif isinstance(sig, OneLook):
+            entry.update(sig.details)
+            entry["method"] = (
+                "calibrated max-effect input drift check against the challenger's reference, taken once"
+                if sig.looked
+                else "calibrated max-effect input drift check, taken once when min_requests requests have logged inputs"
             )
         out.append(entry)
     return out

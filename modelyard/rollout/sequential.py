@@ -23,6 +23,9 @@ Each signal is a stream of bounded numbers whose mean is "how much worse the cha
 - an indicator per request (an error, a flip against the champion, a latency over the champion's p99;
   in [0, 1]) compared with a fixed rate.
 
+``OneLook`` is the odd one out: a test taken once on a fixed window (the rollout's input drift), so it needs
+no protection against repeated looks; it holds its level as long as it is never taken a second time.
+
 ``Comparison.decision`` says "worse" once the lower confidence bound exceeds the margin (roll back),
 "non-inferior" once the upper bound is below the margin (eligible for promotion, after a minimum number of
 observations), and "continue" otherwise.
@@ -32,8 +35,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from modelyard.errors import ConfigError
 
@@ -252,3 +255,44 @@ def _boundaries(n: int, p0: float, alpha: float, a: float, b: float) -> tuple[in
         else:
             hi = mid - 1
     return k_worse, lo
+
+
+@dataclass
+class OneLook:
+    """A test taken once, on one fixed window, at level ``alpha`` (the rollout's input drift check): "continue"
+    until :meth:`record` gives its result, then "worse" on an alarm and "non-inferior" otherwise, for good.
+    ``n`` is the window's size (0 before the look); ``details`` the test's figures (statistic, threshold, ...)."""
+
+    name: str
+    alpha: float = 0.05
+    n: int = 0
+    alarm: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_alpha(self.alpha)
+
+    @property
+    def looked(self) -> bool:
+        return self.alarm is not None
+
+    def record(self, *, alarm: bool, n: int, **details: Any) -> None:
+        """The look's result; a second look is refused (it would spend the level again)."""
+        if self.alarm is not None:
+            raise ConfigError(f"{self.name}: the one look was taken already; a second would void its level")
+        self.alarm, self.n, self.details = bool(alarm), int(n), dict(details)
+
+    def decision(self, *, min_n: int = 0) -> Decision:
+        if self.alarm is None:
+            return "continue"
+        return "worse" if self.alarm else "non-inferior"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "signal": self.name,
+            "n": self.n,
+            "alarm": self.alarm,
+            "alpha": self.alpha,
+            **self.details,
+            "method": "one look at a fixed window (no repeated looks to correct for)",
+        }

@@ -11,7 +11,9 @@ that follows its champion alias (``NAME`` or ``NAME@champion``):
   :class:`~modelyard.rollout.decide.Controller` is built; after a restart it first replays the rollout's logged
   observations (:mod:`modelyard.rollout.observations`), so the rollout resumes where it was;
 - an attached rollout writes its new observations to the prediction log, feeds the labels that arrived for
-  requests both versions answered into the paired accuracy test, and decides: a promotion moves the champion
+  requests both versions answered into the paired accuracy test, takes its one input drift look once
+  ``min_requests`` of its requests have logged inputs (:mod:`modelyard.rollout.drift_look`, off the event loop;
+  the result is stored with the rollout's statistics at once, and read back on a restart), and decides: a promotion moves the champion
   alias and swaps the challenger in (one assignment; the old champion drains), a rollback or an inconclusive end
   leaves the champion and retires the challenger; the end, its reason and statistics go to the registry and
   its audit log in one transaction;
@@ -25,7 +27,8 @@ the copy is dropped and counted (``modelyard_rollout_copies_dropped_total``), ne
 mode ``percent`` % of the requests (by a hash of the sticky header's value when one is set, else at random) are
 answered by the challenger; a request the challenger fails is answered by the champion (counted as the
 challenger's error), and a copy of each canary request goes to the champion off the response path, so a label
-that arrives later is a paired comparison. A shadow copy's latency is corrected for load: when the champion
+that arrives later is a paired comparison (and the two answers' confidences and OOD flags are paired at once;
+in shadow mode also the KL between their class probabilities). A shadow copy's latency is corrected for load: when the champion
 was slower than its p99 on the same request, the copy's time is scaled down by that factor, so a machine that
 stalls does not make an equally fast challenger look slow.
 """
@@ -46,12 +49,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from modelyard.config import RolloutPolicy
 from modelyard.errors import first_line
 from modelyard.monitor.summary import summarize_outputs
 from modelyard.registry import rollouts as table
-from modelyard.rollout import control
+from modelyard.rollout import control, drift_look
 from modelyard.rollout.decide import Controller, Mode, Observation
-from modelyard.rollout.observations import RolloutRow, labelled_pairs, predicted_classes, replay, write_rows
+from modelyard.rollout.observations import (
+    RolloutRow,
+    class_probabilities,
+    confidence_drop,
+    labelled_pairs,
+    mean_kl,
+    ood_increase,
+    predicted_classes,
+    replay,
+    write_rows,
+)
 from modelyard.serve.batcher import QueueFull
 from modelyard.serve.inputs import PreparedInput
 from modelyard.serve.metrics import PREFIX
@@ -69,6 +83,8 @@ COPY_WORKERS = 4
 MAX_PENDING_ROWS = 50_000  # observations waiting to be written (at most TICK_S of traffic in practice)
 BASELINE_MIN_SAMPLES = 100
 BASELINE_CALLS = 100
+DRIFT_RETRY_S = 30.0  # after a failed drift look (the log unreadable, ...), wait this long to try again
+DRIFT_WAIT_S = 1.0  # while too few of the rollout's requests have logged inputs, read the log this often
 
 Prepare = Callable[["ServedModel"], PreparedInput]
 
@@ -140,6 +156,8 @@ class LiveRollout:
         self.dropped = 0
         self.last_progress = (-1, -1)
         self.last_progress_at = 0.0
+        self.drift: drift_look.DriftPlan | None = None  # the one input drift look, when the rollout has one
+        self.drift_retry_at = 0.0
         self._rng = random.Random()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -190,13 +208,9 @@ class LiveRollout:
             self.controller.observe(Observation(error=True))
             self._count(error=True)
             self._record(
-                RolloutRow(
-                    self.id,
+                self._row(
                     request_id or "",
                     time.time(),
-                    self.model,
-                    str(self.challenger_version),
-                    str(self.champion_version),
                     "canary",
                     returned=False,
                     error=True,
@@ -270,29 +284,24 @@ class LiveRollout:
         mine = None if out is None else predicted_classes(out)
         theirs = predicted_classes(job.outputs)
         flip = None if mine is None or theirs is None else mine != theirs
-        self.controller.observe(
-            Observation(error=error, latency_ms=None if error else latency_ms, flip=None if error else flip)
-        )
-        self._count(error=error)
         summary = self._summary(out)
-        self._record(
-            RolloutRow(
-                self.id,
-                job.request_id,
-                job.at_unix_s,
-                self.model,
-                str(self.challenger_version),
-                str(self.champion_version),
-                "shadow",
-                returned=False,
-                error=error,
-                latency_ms=None if error else latency_ms,
-                flip=None if error else flip,
-                challenger_predicted=mine,
-                champion_predicted=theirs,
-                **summary,
-            )
+        paired = {} if out is None else self._paired(job.outputs, out, kl=True)
+        row = self._row(
+            job.request_id,
+            job.at_unix_s,
+            "shadow",
+            returned=False,
+            error=error,
+            latency_ms=None if error else latency_ms,
+            flip=None if error else flip,
+            challenger_predicted=mine,
+            champion_predicted=theirs,
+            **summary,
+            **paired,
         )
+        self.controller.observe(row.observation())
+        self._count(error=error)
+        self._record(row)
 
     def _load_corrected(self, latency_ms: float, champion_ms: float | None) -> float:
         """A shadow copy's time, scaled down by how much slower than its p99 the champion was on the same request:
@@ -303,15 +312,19 @@ class LiveRollout:
         return latency_ms * p99 / champion_ms
 
     def pending_row(self, job: CopyJob, *, champion_outputs: dict[str, Any] | None) -> None:
-        """The row of a canary request the challenger answered (champion's answer None when not copied)."""
+        """The row of a canary request the challenger answered (champion's answer None when not copied); with
+        the champion's answer, its paired confidence and OOD observations go to the controller."""
+        summary = self._summary(job.outputs)
+        paired = {} if champion_outputs is None else self._paired(champion_outputs, job.outputs, kl=False)
+        if paired:
+            self.controller.pair(
+                confidence_drop=confidence_drop(paired.get("champion_confidence"), summary.get("confidence")),
+                ood_increase=ood_increase(paired.get("champion_ood_flag"), summary.get("ood_flag")),
+            )
         self._record(
-            RolloutRow(
-                self.id,
+            self._row(
                 job.request_id,
                 job.at_unix_s,
-                self.model,
-                str(self.challenger_version),
-                str(self.champion_version),
                 "canary",
                 returned=True,
                 error=False,
@@ -319,8 +332,22 @@ class LiveRollout:
                 flip=None,
                 challenger_predicted=predicted_classes(job.outputs),
                 champion_predicted=None if champion_outputs is None else predicted_classes(champion_outputs),
-                **self._summary(job.outputs),
+                **summary,
+                **paired,
             )
+        )
+
+    def _row(self, request_id: str, at_unix_s: float, mode: str, **fields: Any) -> RolloutRow:
+        """A row of this rollout (its id, model and versions filled in)."""
+        return RolloutRow(
+            self.id,
+            request_id,
+            at_unix_s,
+            self.model,
+            str(self.challenger_version),
+            str(self.champion_version),
+            mode,
+            **fields,
         )
 
     def _summary(self, outputs: dict[str, Any] | None) -> dict[str, Any]:
@@ -336,6 +363,23 @@ class LiveRollout:
             "ood_score": s.ood_score,
             "ood_flag": s.ood_flag,
         }
+
+    def _paired(self, champion: dict[str, Any], challenger: dict[str, Any], *, kl: bool) -> dict[str, Any]:
+        """The champion's side of a request both answered: its confidence and OOD flag (as summarize_outputs
+        computes them with the champion's own calibration and rule) and, with ``kl``, the mean KL between the
+        two answers' calibrated class probabilities."""
+        champ = self.champion().model
+        try:
+            s = summarize_outputs(champion, projection=champ.output_projection)
+            out: dict[str, Any] = {"champion_confidence": s.confidence, "champion_ood_flag": s.ood_flag}
+            if kl:
+                out["kl"] = mean_kl(
+                    class_probabilities(champion, champ.temperature),
+                    class_probabilities(challenger, self.challenger.model.temperature),
+                )
+        except Exception:
+            return {}
+        return out
 
     def _record(self, row: RolloutRow) -> None:
         if len(self.pending) < MAX_PENDING_ROWS:
@@ -443,14 +487,14 @@ class RolloutManager:
                 champion_p99_ms=p99,
                 champion_error_rate=error_rate,
             )
-        mode: Mode = "canary" if row["mode"] == "canary" else "shadow"
-        controller = Controller(
-            policy, mode, champion_p99_ms=p99, champion_error_rate=float(error_rate or 0.0)
-        )
         path = self.monitor_path
+        controller, drift = await self._controller(slot, dep, row, policy, p99, float(error_rate or 0.0))
         earlier = [] if path is None else await asyncio.to_thread(replay, path, rid)
         for obs in earlier:
             controller.observe(obs)
+        stored = drift_look.restore(list(row.get("statistics") or []))
+        if stored is not None and controller.drift_pending:  # looked before the restart: never twice
+            controller.record_drift(**stored)
         live = LiveRollout(
             row,
             challenger=dep,
@@ -459,6 +503,7 @@ class RolloutManager:
             metrics=self.metrics,
             timeout_s=self.state.settings.request_timeout_s,
         )
+        live.drift = drift
         live.last_progress = (controller.requests, 0)
         live.start()
         slot.rollout = live
@@ -472,6 +517,50 @@ class RolloutManager:
             f", resumed after {len(earlier)} logged requests" if earlier else "",
             p99,
         )
+
+    async def _controller(
+        self,
+        slot: ModelSlot,
+        dep: Deployment,
+        row: dict[str, Any],
+        policy: RolloutPolicy,
+        p99: float,
+        error_rate: float,
+    ) -> tuple[Controller, drift_look.DriftPlan | None]:
+        """The rollout's controller with the signals its two versions allow (the same on every attach, so a
+        restarted server splits alpha the same way), and its drift look's plan."""
+        mode: Mode = "canary" if row["mode"] == "canary" else "shadow"
+        champ, chal = slot.current.model, dep.model
+        classifier = champ.task == "classification" and chal.task == "classification"
+        ood = classifier and champ.ood_rule is not None and chal.ood_rule is not None
+
+        def build(drift: bool) -> Controller:
+            return Controller(
+                policy,
+                mode,
+                champion_p99_ms=p99,
+                champion_error_rate=error_rate,
+                classifier=classifier,
+                ood=ood,
+                drift=drift,
+            )
+
+        controller = build(True)
+        plan, why = None, "the prediction log is off"
+        if self.monitor_path is not None:
+            plan, why = await asyncio.to_thread(
+                drift_look.plan,
+                chal.folder,
+                mode=mode,
+                champion_version=champ.version,
+                challenger_version=chal.version,
+                champion_projection=champ.input_projection,
+                alpha_share=controller.signals["drift"].alpha,
+            )
+        if plan is None:
+            log.info("rollout of %s: no input drift signal (%s)", slot.name, why)
+            controller = build(False)
+        return controller, plan
 
     async def _baseline(self, slot: ModelSlot) -> tuple[float, float]:
         """The champion's latency p99 (ms) and error rate before the rollout."""
@@ -507,6 +596,8 @@ class RolloutManager:
                     challenger_correct=challenger_correct, champion_correct=champion_correct
                 )
         ctl = live.controller
+        if path is not None and await self._look_for_drift(slot, live, path):
+            live.last_progress, live.last_progress_at = (-1, -1), 0.0  # the look's result is stored at once
         if ctl.champion_p99_ms is not None and len(slot.latencies_ms) >= BASELINE_MIN_SAMPLES:
             # the champion's p99 over its latest answers, not only the one before the rollout: when the machine's
             # load changes mid-rollout, both versions' times move, and only the challenger's own slowness counts
@@ -536,6 +627,39 @@ class RolloutManager:
             "ended elsewhere" if view is None else f"{view.state}: {decision.reason}",
         )
         await self.detach(slot, promoted=promoted)
+
+    async def _look_for_drift(self, slot: ModelSlot, live: LiveRollout, path: Path) -> bool:
+        """Take the rollout's one drift look once ``min_requests`` of its requests have logged inputs; whether
+        it was taken now."""
+        ctl, plan = live.controller, live.drift
+        if plan is None or not ctl.drift_pending or ctl.requests < ctl.policy.min_requests:
+            return False
+        if time.monotonic() < live.drift_retry_at:
+            return False
+        alpha = ctl.signals["drift"].alpha
+        try:
+            got = await asyncio.to_thread(
+                drift_look.look, path, live.id, plan, requests=ctl.policy.min_requests, alpha=alpha
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            live.drift_retry_at = time.monotonic() + DRIFT_RETRY_S
+            log.warning(
+                "rollout of %s: the drift look failed (%s); retrying later", slot.name, first_line(exc)
+            )
+            return False
+        if got is None:  # fewer of the rollout's requests have logged inputs yet
+            live.drift_retry_at = time.monotonic() + DRIFT_WAIT_S
+            return False
+        ctl.record_drift(**got)
+        log.info(
+            "rollout of %s: input drift against version %s's reference: %s",
+            slot.name,
+            live.challenger_version,
+            "ALARM" if got["alarm"] else "no alarm",
+        )
+        return True
 
     async def detach(self, slot: ModelSlot, *, promoted: bool) -> None:
         """Take the rollout off ``slot``: the challenger becomes the champion (``promoted``) or is retired."""
