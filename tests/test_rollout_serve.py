@@ -21,7 +21,7 @@ import pytest
 
 from modelyard.registry import Registry, VersionEntry
 from modelyard.rollout import rollout_status
-from modelyard.serve.rollouts import BASELINE_MIN_SAMPLES
+from modelyard.serve.rollout_manager import BASELINE_MIN_SAMPLES
 from tests.helpers.models import make_blobs
 from tests.helpers.serving import (
     MODEL,

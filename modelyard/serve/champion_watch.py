@@ -40,6 +40,7 @@ from modelyard.monitor.status import reference_for
 from modelyard.rollout.watch import ChampionWatch, WatchAlarm, WatchBaseline
 from modelyard.serve.loop import every
 from modelyard.serve.metrics import PREFIX
+from modelyard.serve.rollout_manager import follows_champion
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
@@ -267,7 +268,7 @@ class ChampionWatcher:
         if path is None:
             return
         for slot in list(self.state.slots.values()):
-            if not (slot.follows_alias and slot.ref in (slot.name, f"{slot.name}@champion")):
+            if not follows_champion(slot):
                 continue
             w = self.watched.get(slot.name)
             if w is None or w.version != slot.current.model.version:

@@ -10,7 +10,7 @@
 3. shut-down refuses new requests (503 "shutting down"), drains every batcher (in-flight requests finish),
    writes what the prediction log still holds and removes the materialized files;
 4. a rollout running in the registry for a model served by its champion alias is picked up by
-   :class:`~modelyard.serve.rollouts.RolloutManager` (challenger loaded beside the champion, shadow copies or a
+   :class:`~modelyard.serve.rollout_manager.RolloutManager` (challenger loaded beside the champion, shadow copies or a
    canary share in :meth:`ServerState.infer`, decisions every half second, resumed after a restart).
 5. with the prediction log on, :class:`~modelyard.serve.champion_watch.ChampionWatcher` watches each champion
    served by its alias against its policy's alarm thresholds, and rolls it back (or only alarms) when its live
@@ -60,7 +60,8 @@ from modelyard.serve.inputs import PreparedInput
 from modelyard.serve.metrics import ServerMetrics
 from modelyard.serve.model import ServedModel, latency_budget_ms
 from modelyard.serve.protocol import ProtocolError
-from modelyard.serve.rollouts import LiveRollout, RolloutManager
+from modelyard.serve.rollout_manager import RolloutManager
+from modelyard.serve.rollouts import LiveRollout
 from modelyard.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
