@@ -22,6 +22,7 @@ class Candidate:
     ``format``: "onnx" (an .onnx file), "torch" (a PyTorch module: safetensors state dict + factory,
     TorchScript, or torch.export; see ``meta["torch_kind"]``), "hf" (a Hugging Face folder) or "openvino"
     (an OpenVINO IR ``.xml`` file with its ``.bin`` beside it; compiled with ``meta["openvino"]``'s settings).
+    A "torch" or "hf" candidate with ``meta["torch_dtype"] == "bfloat16"`` is loaded and run in bfloat16.
     ``passes`` is the full chain of pass configs applied since the baseline, as JSON dicts
     ``{"pass": name, "config": {...}}``. ``notes`` are facts worth reporting (e.g. which nodes were kept in fp32).
     """
@@ -58,7 +59,13 @@ class Candidate:
         if self.format == "hf":
             from modelyard.runtime.hf import HFRunner
 
-            return HFRunner(self.path, task=self.spec.task, threads=threads, device=device)
+            return HFRunner(
+                self.path,
+                task=self.spec.task,
+                threads=threads,
+                device=device,
+                dtype=self.meta.get("torch_dtype"),
+            )
         from modelyard.runtime.device import resolve_device
         from modelyard.runtime.torch import TorchRunner
 
@@ -70,7 +77,7 @@ class Candidate:
         if self.format == "hf":
             from modelyard.runtime.hf import load_hf_module
 
-            return load_hf_module(self.path, self.spec.task)
+            return load_hf_module(self.path, self.spec.task, dtype=self.meta.get("torch_dtype"))
         if self.format != "torch":
             raise ArtifactError(f"candidate {self.name!r} is {self.format}, not a PyTorch module")
         from modelyard.runtime.torch import load_torch_module

@@ -24,6 +24,7 @@ from modelyard.candidate import Candidate
 from modelyard.config import DEFAULT_PRICE_USD_PER_HOUR, PRICE_SOURCE, Policy, Settings
 from modelyard.data.dataset import Dataset
 from modelyard.errors import GateFailed, ModelyardError, PassSkipped, first_line
+from modelyard.evaluate.efficiency import runtime_of
 from modelyard.evaluate.evidence import Measurement
 from modelyard.evaluate.run import EvalOptions, evaluate_candidates
 from modelyard.evaluate.schema import CandidateEvidence, RunEvidence, VersionEvidence, validate_evidence
@@ -230,6 +231,7 @@ def assemble_evidence(
                 "name": cand.name,
                 "parent": cand.parent,
                 "format": cand.format,
+                "runtime": runtime_of(measurements[cand.name]),
                 "passes": cand.passes,
                 "artifact_sha256": cand.artifact_sha256(),
                 "size_bytes": cand.size_bytes(),

@@ -23,6 +23,7 @@ EXPECTED = {
     "openvino",
     "openvino-bf16",
     "openvino-int8",
+    "torch-bf16",
 }
 
 

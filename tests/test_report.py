@@ -175,8 +175,10 @@ def test_report_contents_classifier(tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
     assert "url(" not in html and "<script" not in html.lower() and "<link" not in html.lower()
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == 4  # pareto, reliability, latency, throughput
+    assert len(images) == 3  # reliability, latency, throughput
     assert all(base64.b64decode(img).startswith(PNG_MAGIC) for img in images)
+    (pareto,) = re.findall(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', html)
+    assert b"<svg" in base64.b64decode(pareto)
 
 
 def test_report_embedder_has_no_reliability_plot(tmp_path: Path) -> None:
@@ -184,7 +186,8 @@ def test_report_embedder_has_no_reliability_plot(tmp_path: Path) -> None:
     assert "Cosine mean (cosine)" in html and "Paraphrase recall@1" in html
     assert "Reliability diagrams" not in html
     assert "cosine mean (cosine)" in html  # pareto y axis label in the caption
-    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 3
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 2
+    assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', html)) == 1  # the Pareto plot
 
 
 def test_report_unknown_measurements_render_unknown(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def full_html() -> str:
 def fast_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stub the PNG drawing where a test is about the page's text, not its plots (matplotlib is slow)."""
     for name in dir(plots):
-        if name.endswith("_png"):
+        if name.endswith(("_png", "_svg")):
             monkeypatch.setattr(plots, name, lambda *a, **k: PNG_MAGIC)
 
 
@@ -46,6 +46,7 @@ def _section(text: str, start: str, end: str) -> str:
 
 
 def _images(html: str) -> list[str]:
+    """The PNG plots (the Pareto plot is the one SVG)."""
     return re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"', html)
 
 
@@ -72,7 +73,7 @@ def test_report_has_the_new_sections_and_plots(full_html: str) -> None:
         "OOD score: in-distribution against OOD",
     ):
         assert title in titles
-    assert len(images) == 8  # the 4 of before plus the 4 new ones
+    assert len(images) == 7  # the 3 PNG plots of before plus the 4 new ones (the Pareto plot is SVG)
     assert all(base64.b64decode(img).startswith(PNG_MAGIC) for img, _ in images)
     assert "<script" not in html.lower() and "<link" not in html.lower()
 
@@ -380,7 +381,7 @@ def test_evidence_without_new_sections_renders_not_measured() -> None:
     # the only caveat: no data audit was recorded, so leakage and label errors were not checked
     assert "‡ Caveats on every accuracy figure" in html
     assert "the data audit did not run (not recorded in the evidence)" in html
-    assert len(_images(html)) == 4
+    assert len(_images(html)) == 3
     text = render_model_card(ev)
     assert "Accuracy on the clean test subset: not measured." in text
     assert "No candidate has a fitted temperature in the evidence (not measured)." in text
@@ -528,7 +529,7 @@ def test_sections_render_what_the_evaluation_functions_write() -> None:
         _section(text, "## Calibration after temperature scaling", "## Data audit"),
     ):
         assert "unknown" not in part and "not recorded" not in part
-    assert len(_images(html)) == 8
+    assert len(_images(html)) == 7
     assert "(chosen)" in html and "<td>flat</td>" in html and "fitted on calibration split" in html
     assert "Consistency per perturbation" in html and "ε = 0.1 (input units), 10 PGD steps" in html
     assert "<td>half</td>" in html and "Per class: int8-dynamic" in html

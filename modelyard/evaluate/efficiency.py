@@ -6,7 +6,9 @@ How the figures are taken (the same code serves the pipeline and the benchmarks)
   Inputs are tiled from ``sample_inputs`` to fill each batch size.
 - Device: the candidate is loaded on the device asked for (``device="cpu"``, or "gpu" for the policy's GPU
   target); every ``efficiency.*`` measurement records the device the Runner reports (``details["device"]``,
-  plus ``details["providers"]`` for ONNX Runtime), so no figure is read as another device's.
+  plus ``details["providers"]`` for ONNX Runtime), so no figure is read as another device's. The runtime,
+  its version and settings (``Runner.describe()``) are in ``efficiency.load_time_s``'s ``details["runtime"]``
+  (:func:`runtime_of` reads them back for the candidate's evidence).
 - Latency: batch-1 calls, after warm-up calls, each timed with ``time.perf_counter``; p50 and p99 with
   distribution-free order-statistic intervals (which assume independent calls). The ranks aim at 95%; the
   coverage they actually reach is in ``details["interval_coverage"]`` (few calls cannot reach 95% for p99).
@@ -47,7 +49,7 @@ from modelyard.evaluate._inputs import check_positive, error_line, normalize_inp
 from modelyard.evaluate.checkspec import CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
 from modelyard.evaluate.memory import measure_peak_rss
-from modelyard.runtime.base import Runner
+from modelyard.runtime.base import Runner, describe_runner
 from modelyard.runtime.device import default_threads, resolve_device
 
 log = logging.getLogger(__name__)
@@ -350,6 +352,17 @@ def runner_device(runner: Runner) -> dict[str, Any]:
     return out
 
 
+RUNTIME_KEY = "runtime"  # efficiency.load_time_s details[RUNTIME_KEY]: describe_runner of the timed Runner
+
+
+def runtime_of(measurements: Mapping[str, Measurement]) -> dict[str, Any] | None:
+    """The runtime description the efficiency checks recorded (``efficiency.load_time_s`` details), or None
+    when they recorded none."""
+    m = measurements.get("efficiency.load_time_s")
+    runtime = m.details.get(RUNTIME_KEY) if m is not None else None
+    return dict(runtime) if isinstance(runtime, Mapping) else None
+
+
 def measure_efficiency(
     candidate: Candidate,
     sample_inputs: Any,
@@ -400,6 +413,7 @@ def measure_efficiency(
     where = runner_device(runner)
     common["threads"] = _effective_threads(candidate, threads)
     common.update(where)
+    load_details: dict[str, Any] = {**where, RUNTIME_KEY: describe_runner(runner)}
     out["efficiency.load_time_s"] = measure(
         "efficiency.load_time_s",
         statistics.median(load_s),
@@ -407,7 +421,7 @@ def measure_efficiency(
         first_s=load_s[0],
         note="median of 3 Runner constructions in one process; library imports paid by the first, "
         "files likely in the page cache",
-        **where,
+        **load_details,
     )
 
     # preprocess once, before any timing; warm-up call per batch size (also finds sizes the model rejects)

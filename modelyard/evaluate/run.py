@@ -19,7 +19,7 @@ import numpy as np
 from modelyard.candidate import Candidate
 from modelyard.config import Policy
 from modelyard.data.dataset import Dataset
-from modelyard.errors import DataError
+from modelyard.errors import DataError, ModelyardError
 from modelyard.evaluate._inputs import tile
 from modelyard.evaluate.checks import CheckContext, measurement_table, run_plugins
 from modelyard.evaluate.evidence import Measurement, measure
@@ -130,6 +130,8 @@ def evaluate_candidates(
                     device=device,
                 )
             )
+        if unreachable:
+            _record_cpu_runtime(ms, cand, threads)
         results[cand.name] = ms
         progress(f"{cand.name}: evaluated", 1.0)
     if task == "classification":
@@ -264,6 +266,19 @@ def _unreachable(cand: Candidate, device: str) -> str | None:
     runtime = "ONNX Runtime" if cand.format == "onnx" else "torch"
     why = status.note_for(cand.format)
     return f"not measured: the target is the GPU and {runtime} cannot run there ({why}); {GPU_FIX}"
+
+
+def _record_cpu_runtime(ms: dict[str, Measurement], cand: Candidate, threads: int | None) -> None:
+    """For a candidate not timed on the target: the runtime of the CPU Runner its checks ran on."""
+    from modelyard.evaluate.efficiency import RUNTIME_KEY
+    from modelyard.runtime.base import describe_runner
+
+    try:
+        runtime = describe_runner(cand.load(threads=threads))
+    except ModelyardError:  # the checks already say why it does not load
+        return
+    runtime["settings"]["note"] = "the CPU Runner the checks ran on; not timed on the target device"
+    ms["efficiency.load_time_s"].details[RUNTIME_KEY] = runtime
 
 
 def _unknown_efficiency(reason: str, device: str) -> dict[str, Measurement]:

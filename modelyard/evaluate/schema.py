@@ -8,7 +8,8 @@ Strict where the shape is ours: every model forbids unknown keys, and numbers, s
 not coerced (``"0.5"`` is not a number, ``1`` is not ``true``, NaN and infinities are not numbers). Free-form where another module owns the
 shape: a measurement's ``details``, a candidate's ``meta``, a pass's ``config``, the serving rule's ``ood``
 and ``input_contract``, and the run's ``policy``, ``audit`` and ``suite`` are JSON objects of any keys.
-Beyond the JSON Schema, the models check cross-references: candidate names are unique, every parent,
+Optional fields added within version 2 (a candidate's ``runtime``) may be absent: files written before
+them still load. Beyond the JSON Schema, the models check cross-references: candidate names are unique, every parent,
 the champion and the Pareto names are candidates, each measurement is filed under its own name, and a
 measurement's value is null exactly when its status is ``"unknown"``.
 
@@ -115,12 +116,28 @@ class Serving(_Model):
     input_contract: JsonObject = Field(description="free-form: the inputs the server accepts")
 
 
+class RuntimeInfo(_Model):
+    """The runtime a candidate's checks ran on, as its Runner describes itself (``describe_runner``)."""
+
+    name: Str = Field(min_length=1, description="e.g. onnxruntime, openvino, torch")
+    version: Str = Field(description="the runtime package's version")
+    settings: JsonObject = Field(
+        description="free-form: the settings read back from the runtime (execution providers, threads, "
+        "graph optimization level; precision and performance hints, streams; dtype, device)"
+    )
+
+
 class CandidateEvidence(_Model):
-    """One candidate: its lineage, artifact, serving rules, measurements and verdict."""
+    """One candidate: its lineage, artifact, runtime, serving rules, measurements and verdict."""
 
     name: Str = Field(min_length=1)
     parent: Str | None = Field(description="the candidate it was made from; null for the baseline")
     format: Str = Field(description="artifact format, e.g. torch, onnx, hf")
+    runtime: RuntimeInfo | None = Field(
+        default=None,
+        description="the runtime, its version and settings the efficiency checks ran with; absent in "
+        "evidence written before it was recorded",
+    )
     passes: list[PassStep]
     artifact_sha256: Str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: Int = Field(ge=0)

@@ -232,6 +232,7 @@ def _candidate_details(cand: CandidateEvidence, base: CandidateEvidence | None) 
     return {
         "name": cand.name,
         "format": cand.format or v.NOT_RECORDED,
+        "runtime": v.runtime_text(cand),
         "parent": cand.parent if cand.parent is not None else "none (this is the baseline)",
         "baseline": base.name if base else v.NOT_RECORDED,
         "passes": v.passes_rows(cand),
@@ -298,7 +299,9 @@ def _comparison(ev: RunEvidence, kind: str) -> dict[str, Any]:
     rows = []
     for c in ev.candidates:
         cells = [v.cell_text(c, name) for name, _ in metrics]
-        rows.append({"name": c.name, "cells": cells, "verdict": v.verdict_label(c)})
+        rows.append(
+            {"name": c.name, "runtime": v.runtime_label(c), "cells": cells, "verdict": v.verdict_label(c)}
+        )
     return {"header": header, "rows": rows}
 
 

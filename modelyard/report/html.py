@@ -1,4 +1,5 @@
-"""report.html: one self-contained page (inline CSS, plots as inline PNG) rendered from evidence.
+"""report.html: one self-contained page (inline CSS, plots as inline images: the Pareto plot SVG, coloured by
+runtime, the others PNG) rendered from evidence.
 
 ``report_context`` turns the typed evidence (``RunEvidence``; a dict is converted once on the way in) into
 plain rows and strings (data); the jinja2 template with autoescape turns those into HTML (rendering). Nothing
@@ -150,6 +151,8 @@ def _candidates_table(
         rows.append(
             {
                 "name": c.name,
+                "runtime": v.runtime_label(c),
+                "runtime_detail": v.runtime_text(c),
                 "champion": c.name == champion,
                 "pareto": c.name in pareto,
                 "cells": cells,
@@ -167,6 +170,7 @@ def _lineage(c: CandidateEvidence, baseline: str | None) -> dict[str, Any]:
         "name": c.name,
         "parent": c.parent if c.parent is not None else "none (baseline)",
         "format": c.format or v.NOT_RECORDED,
+        "runtime": v.runtime_text(c),
         "chain": " → ".join([baseline or "baseline", *chain]) if c.parent is not None else "baseline",
         "passes": v.passes_rows(c),
         "sha256": c.artifact_sha256,
@@ -350,7 +354,12 @@ def _pareto_plot(ev: RunEvidence, kind: str, champion: str | None) -> dict[str, 
         else:
             points.append((c.name, x, y))
     frontier = list(ev.pareto)
-    caption = f"x: {x_label}; y: {y_label}. Star: champion; crosses: candidates that failed a gate"
+    runtimes = {c.name: v.runtime_name(c) for c in cands}
+    shown = sorted({runtimes[name] for name, _, _ in points})
+    caption = (
+        f"x: {x_label}; y: {y_label}. Colour: runtime ({', '.join(shown) or 'none'}); star: champion; "
+        "crosses: candidates that failed a gate"
+    )
     caption += "; dashed line: Pareto frontier recorded in the evidence." if on_cost else "."
     if frontier and not on_cost:
         caption += " The Pareto frontier (" + ", ".join(frontier) + ") is on cost, which is unknown here."
@@ -360,28 +369,38 @@ def _pareto_plot(ev: RunEvidence, kind: str, champion: str | None) -> dict[str, 
     return _plot(
         "Pareto: quality against " + ("cost" if on_cost else "latency"),
         caption,
-        lambda pts: plots.pareto_png(
+        lambda pts: plots.pareto_svg(
             pts,
             x_label=x_label,
             y_label=y_label,
             champion=champion,
             frontier=frontier if on_cost else (),
             failed=failed,
+            runtimes=runtimes,
         ),
         points,
         missing="No candidate has both measurements known, so there is nothing to plot.",
+        mime="image/svg+xml",
     )
 
 
-def _plot(title: str, caption: str, fn: Callable[[Any], bytes], data: Any, *, missing: str) -> dict[str, str]:
+def _plot(
+    title: str,
+    caption: str,
+    fn: Callable[[Any], bytes],
+    data: Any,
+    *,
+    missing: str,
+    mime: str = "image/png",
+) -> dict[str, str]:
     if not data:
         return {"title": title, "caption": missing, "src": ""}
     try:
-        png = fn(data)
+        image = fn(data)
     except DataError:  # the evidence had the field but no usable numbers in it
         return {"title": title, "caption": missing, "src": ""}
     return {
         "title": title,
         "caption": caption,
-        "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "src": f"data:{mime};base64," + base64.b64encode(image).decode("ascii"),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,123 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _svg(fig: Figure) -> bytes:
+    import matplotlib
+
+    buf = io.BytesIO()
+    # Text as <text> (smaller, searchable); fixed ids and no date, so the same data gives the same bytes.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "modelyard"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    fig.clear()
+    return buf.getvalue()
+
+
 def _text(s: str) -> str:
     """Show a user string literally: matplotlib would read ``$...$`` as math."""
     return s.replace("$", r"\$")
+
+
+# Fixed colours for the runtimes modelyard runs, so a runtime keeps its colour from one report to the next.
+RUNTIME_COLORS = {"onnxruntime": "#3b6ea5", "openvino": "#7b3fa0", "torch": "#d9730d"}
+_OTHER_RUNTIME_COLORS = ("#2a9d8f", "#8c564b", "#c2477f", "#17becf", "#8a8a00")
+_NOT_RECORDED_COLOR = "#808080"
+NOT_RECORDED = "not recorded"
+
+
+def runtime_colors(runtimes: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per runtime name: fixed ones for onnxruntime, openvino and torch, then the others
+    in name order from a second palette; grey for "not recorded"."""
+    out: dict[str, str] = {}
+    others = iter(itertools.cycle(_OTHER_RUNTIME_COLORS))
+    for name in sorted(set(runtimes)):
+        if name == NOT_RECORDED:
+            out[name] = _NOT_RECORDED_COLOR
+        else:
+            out[name] = RUNTIME_COLORS.get(name) or next(others)
+    return out
+
+
+def runtime_gid(runtime: str) -> str:
+    """The SVG group id of a runtime's points (``runtime-<name>``, lower case, dashes)."""
+    return "runtime-" + (re.sub(r"[^a-z0-9]+", "-", runtime.lower()).strip("-") or "unnamed")
+
+
+def _pareto_figure(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    x_label: str,
+    y_label: str,
+    champion: str | None,
+    frontier: Sequence[str],
+    failed: Sequence[str],
+    runtimes: Mapping[str, str] | None,
+) -> Figure:
+    if not points:
+        raise DataError("the Pareto plot needs at least one (name, x, y) point; got none")
+    from matplotlib.lines import Line2D
+
+    runtime_of = {name: (runtimes or {}).get(name, NOT_RECORDED) for name, _, _ in points}
+    colors = runtime_colors(list(runtime_of.values()))
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    xs = [p[1] for p in points]
+    handles: list[Any] = []
+    for runtime, color in colors.items():
+        mine = [p for p in points if runtime_of[p[0]] == runtime]
+        ok = [p for p in mine if p[0] not in set(failed)]
+        bad = [p for p in mine if p[0] in set(failed)]
+        if ok:
+            ax.scatter(
+                [p[1] for p in ok], [p[2] for p in ok], s=40, color=color, zorder=3, gid=runtime_gid(runtime)
+            )
+        if bad:
+            ax.scatter(
+                [p[1] for p in bad],
+                [p[2] for p in bad],
+                s=50,
+                marker="x",
+                color=color,
+                zorder=3,
+                gid=runtime_gid(runtime) + "-failed",
+            )
+        handles.append(Line2D([], [], linestyle="", marker="o", color=color, label=_text(runtime)))
+    if failed and any(p[0] in set(failed) for p in points):
+        handles.append(Line2D([], [], linestyle="", marker="x", color="black", label="failed gates"))
+    front = sorted((p for p in points if p[0] in set(frontier)), key=lambda p: (p[1], p[2]))
+    if front:
+        (line,) = ax.plot(
+            [p[1] for p in front],
+            [p[2] for p in front],
+            color=_FRONTIER_COLOR,
+            linestyle="--",
+            marker="o",
+            markerfacecolor="none",
+            zorder=2,
+            label="Pareto frontier",
+        )
+        handles.append(line)
+    for name, x, y in points:
+        if name == champion:
+            star = ax.scatter(
+                [x],
+                [y],
+                s=260,
+                marker="*",
+                color=_CHAMPION_COLOR,
+                edgecolor="black",
+                zorder=4,
+                label="champion",
+            )
+            handles.append(star)
+        ax.annotate(_text(name), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    positive = [x for x in xs if x > 0]
+    if len(positive) == len(xs) and max(xs) / min(xs) > 50:
+        ax.set_xscale("log")
+    ax.set_xlabel(_text(x_label))
+    ax.set_ylabel(_text(y_label))
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, loc="best", fontsize=8, title="runtime", title_fontsize=8)
+    return fig
 
 
 def pareto_png(
@@ -54,60 +169,47 @@ def pareto_png(
     champion: str | None = None,
     frontier: Sequence[str] = (),
     failed: Sequence[str] = (),
+    runtimes: Mapping[str, str] | None = None,
 ) -> bytes:
-    """Scatter of (name, x, y) points; the champion as a star, the frontier members joined by a line,
-    candidates that did not pass their gates as grey crosses."""
-    if not points:
-        raise DataError("pareto_png needs at least one (name, x, y) point; got none")
-    fig = _figure(6.4, 4.2)
-    ax = fig.add_subplot()
-    xs = [p[1] for p in points]
-    ok = [p for p in points if p[0] not in set(failed)]
-    bad = [p for p in points if p[0] in set(failed)]
-    if ok:
-        ax.scatter([p[1] for p in ok], [p[2] for p in ok], s=40, color=_COLOR, zorder=3, label="passed gates")
-    if bad:
-        ax.scatter(
-            [p[1] for p in bad],
-            [p[2] for p in bad],
-            s=50,
-            marker="x",
-            color="grey",
-            zorder=3,
-            label="failed gates",
+    """Scatter of (name, x, y) points coloured by runtime (``runtimes``: name -> runtime; legend names
+    each), the champion as a star, the frontier members joined by a dashed line, candidates that did not pass
+    their gates as crosses."""
+    return _png(
+        _pareto_figure(
+            points,
+            x_label=x_label,
+            y_label=y_label,
+            champion=champion,
+            frontier=frontier,
+            failed=failed,
+            runtimes=runtimes,
         )
-    front = sorted((p for p in points if p[0] in set(frontier)), key=lambda p: (p[1], p[2]))
-    if front:
-        ax.plot(
-            [p[1] for p in front],
-            [p[2] for p in front],
-            color=_FRONTIER_COLOR,
-            linestyle="--",
-            marker="o",
-            zorder=2,
-            label="Pareto frontier",
+    )
+
+
+def pareto_svg(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    x_label: str,
+    y_label: str,
+    champion: str | None = None,
+    frontier: Sequence[str] = (),
+    failed: Sequence[str] = (),
+    runtimes: Mapping[str, str] | None = None,
+) -> bytes:
+    """:func:`pareto_png` as SVG: each runtime's points in a group with id ``runtime_gid(runtime)`` (failed
+    ones in ``<id>-failed``), text kept as text."""
+    return _svg(
+        _pareto_figure(
+            points,
+            x_label=x_label,
+            y_label=y_label,
+            champion=champion,
+            frontier=frontier,
+            failed=failed,
+            runtimes=runtimes,
         )
-    for name, x, y in points:
-        if name == champion:
-            ax.scatter(
-                [x],
-                [y],
-                s=260,
-                marker="*",
-                color=_CHAMPION_COLOR,
-                edgecolor="black",
-                zorder=4,
-                label="champion",
-            )
-        ax.annotate(_text(name), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
-    positive = [x for x in xs if x > 0]
-    if len(positive) == len(xs) and max(xs) / min(xs) > 50:
-        ax.set_xscale("log")
-    ax.set_xlabel(_text(x_label))
-    ax.set_ylabel(_text(y_label))
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return _png(fig)
+    )
 
 
 def reliability_png(panels: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> bytes:

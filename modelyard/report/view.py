@@ -261,6 +261,34 @@ def passes_rows(cand: CandidateEvidence) -> list[dict[str, str]]:
     return [{"pass": p.pass_, "config": config_text(p.config)} for p in cand.passes]
 
 
+def runtime_name(cand: CandidateEvidence) -> str:
+    """The runtime's name ("onnxruntime", "openvino", "torch"), or "not recorded" (older evidence)."""
+    return cand.runtime.name if cand.runtime is not None else NOT_RECORDED
+
+
+def runtime_label(cand: CandidateEvidence) -> str:
+    """The runtime and its version, e.g. "onnxruntime 1.22.0"; "not recorded" when the evidence has none."""
+    rt = cand.runtime
+    return f"{rt.name} {rt.version}" if rt is not None else NOT_RECORDED
+
+
+def runtime_text(cand: CandidateEvidence) -> str:
+    """The runtime, its version and every recorded setting, on one line."""
+    rt = cand.runtime
+    if rt is None:
+        return f"{NOT_RECORDED} (evidence written before runtimes were recorded)"
+    settings = "; ".join(f"{key} {_setting(val)}" for key, val in sorted(rt.settings.items()))
+    return f"{runtime_label(cand)}" + (f": {settings}" if settings else "")
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(_setting(v) for v in value) or "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(jsonable(value), sort_keys=True)
+
+
 def config_text(config: dict[str, Any]) -> str:
     return json.dumps(jsonable(config), sort_keys=True, separators=(", ", ": ")) if config else "{}"
 

@@ -9,6 +9,7 @@ import numpy as np
 
 Task = Literal["classification", "embedding"]
 TASKS: tuple[str, ...] = ("classification", "embedding")
+NOT_RECORDED = "not recorded"
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,32 @@ class Runner(Protocol):
     """Anything that turns a batch of named arrays into named arrays.
 
     ``device`` is where the computation actually runs, as a short string: "cpu", or "cuda:N" for GPU N
-    (read back from the runtime after loading, not copied from what was asked for).
+    (read back from the runtime after loading, not copied from what was asked for). modelyard's Runners also
+    have ``describe()``: the runtime, its version and the settings it runs with (see :func:`describe_runner`).
     """
 
     spec: RunnerSpec
     device: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def describe_runner(runner: Any) -> dict[str, Any]:
+    """``{"name", "version", "settings"}`` of the runtime a loaded Runner runs on, from its ``describe()``
+    (read back from the runtime); a Runner without one is named by its class, its version not recorded."""
+    describe = getattr(runner, "describe", None)
+    if callable(describe):
+        info = dict(describe())
+        return {
+            "name": str(info.get("name") or type(runner).__name__),
+            "version": str(info.get("version") or NOT_RECORDED),
+            "settings": dict(info.get("settings") or {}),
+        }
+    return {
+        "name": type(runner).__name__,
+        "version": NOT_RECORDED,
+        "settings": {"device": str(getattr(runner, "device", "unknown"))},
+    }
 
 
 def primary_output(runner: Runner, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -64,10 +64,11 @@ def hf_spec(folder: Path, task: str) -> RunnerSpec:
     )
 
 
-def load_hf_module(folder: Path, task: str) -> Any:
+def load_hf_module(folder: Path, task: str, *, dtype: str | None = None) -> Any:
     """A module taking (input_ids, attention_mask[, token_type_ids]) and returning logits or pooled embeddings.
 
     Loads with eager attention so that the ONNX export keeps the pattern ONNX Runtime fuses into Attention.
+    ``dtype`` ("float32", "bfloat16"): the weight dtype to load in (None: transformers' default).
     Weights must be safetensors (pickle .bin checkpoints are refused before this point).
     """
     import torch
@@ -85,6 +86,10 @@ def load_hf_module(folder: Path, task: str) -> Any:
         "local_files_only": True,
         "use_safetensors": True,
     }
+    if dtype is not None:
+        from modelyard.runtime.torch import torch_dtype
+
+        kwargs["dtype"] = torch_dtype({"torch_dtype": dtype})
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # our progress display owns the terminal
     try:
@@ -123,7 +128,8 @@ def load_hf_module(folder: Path, task: str) -> Any:
 
 
 class HFRunner(TorchRunner):
-    """A Hugging Face model folder run with PyTorch (the reference the ONNX variants are compared with)."""
+    """A Hugging Face model folder run with PyTorch (the reference the ONNX variants are compared with);
+    ``dtype`` as in :func:`load_hf_module`."""
 
     def __init__(
         self,
@@ -132,10 +138,22 @@ class HFRunner(TorchRunner):
         task: str | None = None,
         threads: int | None = None,
         device: str = "cpu",
+        dtype: str | None = None,
     ) -> None:
         folder = Path(folder)
         task = task or infer_task(folder)
         super().__init__(
-            load_hf_module(folder, task), spec=hf_spec(folder, task), threads=threads, device=device
+            load_hf_module(folder, task, dtype=dtype),
+            spec=hf_spec(folder, task),
+            threads=threads,
+            device=device,
         )
         self.folder = folder
+
+    def describe(self) -> dict[str, Any]:
+        """torch's description, plus the transformers release that built the module."""
+        import transformers
+
+        info = super().describe()
+        info["settings"]["model_loader"] = f"transformers {transformers.__version__}"
+        return info

@@ -26,6 +26,8 @@ _ORT_TYPES = {
     "tensor(bool)": "bool",
 }
 
+_SPINNING = "session.intra_op.allow_spinning"
+
 
 def session_options(threads: int | None = None, *, spin: bool = True) -> Any:
     """ORT options: ``threads`` intra-op threads (default all cores). ``spin=False`` stops idle worker threads
@@ -38,7 +40,7 @@ def session_options(threads: int | None = None, *, spin: bool = True) -> Any:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry(_SPINNING, "0")
     return so
 
 
@@ -134,6 +136,29 @@ class OrtRunner:
         self.spec = own if spec is None else spec.with_tensors_of(own)
         self._output_names = [o.name for o in self.spec.outputs]
         self._input_names = {i.name for i in self.spec.inputs}
+
+    def describe(self) -> dict[str, Any]:
+        """ONNX Runtime's version and the session's settings, read back from the session."""
+        import onnxruntime as ort
+
+        so = self.session.get_session_options()
+        try:
+            spinning = so.get_session_config_entry(_SPINNING)
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning on
+            spinning = "1"
+        return {
+            "name": "onnxruntime",
+            "version": str(ort.__version__),
+            "settings": {
+                "execution_providers": list(self.providers),
+                "intra_op_threads": int(so.intra_op_num_threads),
+                "inter_op_threads": int(so.inter_op_num_threads),
+                "graph_optimization_level": so.graph_optimization_level.name,
+                "execution_mode": so.execution_mode.name,
+                "spinning": spinning != "0",
+                "device": self.device,
+            },
+        }
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self._input_names}

@@ -183,6 +183,14 @@ class OvRunner:
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._requests.put(self.compiled.create_infer_request())
 
+    def describe(self) -> dict[str, Any]:
+        """OpenVINO's release and what the compiled model runs with (read back from OpenVINO)."""
+        return {
+            "name": "openvino",
+            "version": self.version,
+            "settings": {**self.settings, "device": self.device},
+        }
+
     def _request(self) -> Any:
         try:
             return self._requests.get_nowait()

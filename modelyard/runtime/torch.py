@@ -30,19 +30,51 @@ def resolve_factory(ref: str) -> Any:
     return fn
 
 
+DTYPES = ("float32", "bfloat16")  # what a candidate's meta["torch_dtype"] may ask for
+
+
+def torch_dtype(meta: dict[str, Any]) -> Any:
+    """The ``torch.dtype`` a candidate's ``meta["torch_dtype"]`` asks its module to run in (None: as built)."""
+    import torch
+
+    name = meta.get("torch_dtype")
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ArtifactError(f"candidate meta torch_dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, str(name))
+
+
+def module_dtype(module: Any) -> str:
+    """The floating dtype of a module's first floating parameter or buffer ("float32" when it has none)."""
+    import itertools
+
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return str(t.dtype).removeprefix("torch.")
+    return "float32"
+
+
 def load_torch_module(path: Path, meta: dict[str, Any]) -> Any:
     """Load a module saved as safetensors state dict + factory, TorchScript or torch.export.
 
-    Callers are responsible for the security scan (TorchScript and torch.export archives carry pickles).
+    ``meta["torch_dtype"]`` ("bfloat16"): the factory's module is cast to that dtype before the state dict
+    is loaded (safetensors only). Callers are responsible for the security scan (TorchScript and
+    torch.export archives carry pickles).
     """
     import torch
 
     kind = meta.get("torch_kind", "safetensors")
+    dtype = torch_dtype(meta)
+    if dtype is not None and kind != "safetensors":
+        raise ArtifactError(f"torch_dtype is supported for safetensors modules only, not {kind!r}")
     if kind == "safetensors":
         from safetensors.torch import load_file
 
         factory = resolve_factory(str(meta.get("factory", "")))
         module = factory(**dict(meta.get("factory_kwargs") or {}))
+        if dtype is not None:
+            module = module.to(dtype)
         try:
             state = load_file(str(path))
         except Exception as exc:
@@ -66,7 +98,8 @@ class TorchRunner:
 
     Single-input modules get the input positionally; multi-input modules get keyword arguments. ``device``:
     "cpu", "gpu" or "cuda:N"; a CUDA device torch cannot reach here is a ConfigError. ``self.device`` is the
-    device the module's computation runs on ("cpu" or "cuda:N"); outputs always come back as numpy arrays.
+    device the module's computation runs on ("cpu" or "cuda:N"); outputs always come back as float32 numpy
+    arrays. A module whose weights are bfloat16 gets its floating inputs cast to bfloat16.
     """
 
     def __init__(
@@ -83,7 +116,33 @@ class TorchRunner:
         self.device = str(self._torch_device)
         self.module = module if wanted == "cpu" else module.to(self._torch_device)
         self.spec = spec
+        self.dtype = module_dtype(self.module)
+        self._float_dtype = getattr(torch, self.dtype)
         self._input_names = [t.name for t in spec.inputs]
+
+    def describe(self) -> dict[str, Any]:
+        """torch's version and how the module runs: weight dtype, threads, device (read back from torch)."""
+        import torch
+
+        return {
+            "name": "torch",
+            "version": str(torch.__version__),
+            "settings": {
+                "dtype": self.dtype,
+                "threads": int(torch.get_num_threads()),
+                "interop_threads": int(torch.get_num_interop_threads()),
+                "device": self.device,
+                "mode": "eager, inference_mode",
+            },
+        }
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if t.is_floating_point() and t.dtype != self._float_dtype:
+            t = t.to(self._float_dtype)
+        return t.to(self._torch_device)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -91,11 +150,7 @@ class TorchRunner:
         missing = [n for n in self._input_names if n not in feeds]
         if missing and len(self._input_names) == 1:
             raise ArtifactError(f"missing input {missing[0]!r}")
-        tensors = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).to(self._torch_device)
-            for k, v in feeds.items()
-            if k in self._input_names
-        }
+        tensors = {k: self._tensor(v) for k, v in feeds.items() if k in self._input_names}
         with torch.inference_mode():
             if len(self._input_names) == 1:
                 out = self.module(tensors[self._input_names[0]])
