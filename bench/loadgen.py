@@ -1,13 +1,23 @@
-"""The load generator of bench/serve_load.py: closed-loop and open-loop requests against one running server,
+"""The load generators of bench/serve_load.py: closed-loop and open-loop requests against one running server,
 latencies and their percentiles, the CPU the client, the server and every other process used per measured
-window, and one server's session of windows in a round."""
+window, and one server's session of windows in a round.
+
+Closed loop: ``wrk`` (compiled, multi-threaded; bench/wrk_post.lua POSTs the bodies and reports latency
+quantiles) when it is installed, else this process (asyncio + httpx, one client and connection per worker).
+Open loop: always this process (wrk cannot schedule Poisson arrivals; wrk2, which can, is not packaged)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import random
+import re
+import resource
+import shutil
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +25,11 @@ from typing import Any
 import httpx
 import numpy as np
 from common import OtherLoad, log
-from serve_procs import Prepared, Running
+from serve_procs import HERE, Prepared, Running
 
 SATURATED_FRACTION = 0.9  # open loop: achieved below this share of the offered rate = saturated
+WRK_LUA = HERE / "wrk_post.lua"
+WRK_QUANTILES = 1000  # latency quantiles wrk_post.lua reports per window
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -38,6 +50,7 @@ class Window:
     mean_batch: float | None = None
     offered: float | None = None  # open loop: the nominal arrival rate
     arrived: float | None = None  # open loop: the rate the Poisson draw actually offered in the window
+    latency_weight: float = 1.0  # requests each latency stands for (wrk: quantiles, not every request)
 
 
 def _client(timeout_s: float) -> httpx.AsyncClient:
@@ -171,6 +184,110 @@ async def open_loop(
     return w
 
 
+# ---------------------------------------------------------------------------------------------------
+# the compiled closed-loop generator: wrk
+
+
+@dataclass(frozen=True)
+class Wrk:
+    exe: str
+    version: str  # e.g. "4.1.0"
+
+
+def find_wrk() -> Wrk | None:
+    """wrk on PATH and its version, or None (bench/setup_wrk.sh installs it)."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False)
+    found = re.search(r"wrk (?:\S*?/)?(\d+\.\d+\.\d+)", proc.stdout + proc.stderr)
+    return Wrk(exe, found.group(1) if found else "unknown version")
+
+
+def wrk_threads(c: int) -> int:
+    """min(C, 2) threads, or 1 where C does not split evenly (wrk gives each thread C / T connections)."""
+    t = min(c, 2)
+    return t if c % t == 0 else 1
+
+
+def bodies_file(run: Running, folder: Any) -> str:
+    """The server's request bodies, one a line, for wrk_post.lua."""
+    path = folder / f"bodies-{run.server.name}.jsonl"
+    if any(b"\n" in b for b in run.server.bodies):
+        raise RuntimeError("a request body holds a newline; wrk_post.lua reads one body a line")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(run.server.bodies) + b"\n")
+    return str(path)
+
+
+def _wrk(wrk: Wrk, run: Running, c: int, seconds: int, timeout_s: float, bodies: str) -> dict[str, Any]:
+    url = run.base + run.server.infer_path
+    argv = [wrk.exe, "-t", str(wrk_threads(c)), "-c", str(c), "-d", f"{seconds}s", "--latency"]
+    argv += ["--timeout", f"{max(1, math.ceil(timeout_s))}s", "-s", str(WRK_LUA), url, "--", bodies]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + timeout_s + 30)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return dict(json.loads(line[len("WRK_JSON ") :]))
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f"wrk exited with code {proc.returncode} and no result: {' | '.join(tail)[:300]}")
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _drain(run: Running, timeout_s: float) -> None:
+    """Wait for one request's answer: a server that keeps working on the requests wrk left in flight when it
+    stopped (most do not cancel on disconnect) answers it after them, so the measured run starts on an idle
+    server, not on a backlog that no client waits for."""
+    try:
+        with httpx.Client(timeout=timeout_s) as client:
+            client.post(
+                run.base + run.server.infer_path,
+                content=run.server.bodies[0],
+                headers={"content-type": "application/json"},
+            )
+    except httpx.HTTPError:
+        pass
+
+
+def wrk_closed_loop(
+    wrk: Wrk, run: Running, c: int, *, warmup_s: float, window_s: float, timeout_s: float, bodies: str
+) -> Window:
+    """Closed loop at C connections with wrk: an unmeasured wrk run of ``warmup_s`` (rounded up to whole
+    seconds, wrk's unit), a drain (see ``_drain``), then the measured run of ``window_s`` (likewise). wrk counts
+    the requests completed within the run; those still in flight at its end are neither counted nor timed.
+    The client's CPU is wrk's (from this process's reaped children) plus this process's own."""
+    if warmup_s > 0:
+        _wrk(wrk, run, c, max(1, math.ceil(warmup_s)), timeout_s, bodies)
+        _drain(run, timeout_s)
+    if window_s <= 0:
+        return Window(0.0, [], 0, 0, 0.0, 0.0, 0.0)
+    other = OtherLoad()
+    t0, server0, wrk0 = other.snapshot(), run.cpu_s(), _children_cpu_s()
+    res = _wrk(wrk, run, c, max(1, math.ceil(window_s)), timeout_s, bodies)
+    elapsed = max(time.perf_counter() - t0[2], 1e-9)
+    wrk_cores = (_children_cpu_s() - wrk0) / elapsed
+    server = (run.cpu_s() - server0) / elapsed
+    own = (time.process_time() - t0[1]) / elapsed
+    others = other.cores_since(t0)  # every process but this one: the server and wrk included
+    duration_s = max(res["duration_us"] / 1e6, 1e-9)
+    errors = sum(int(res[k]) for k in ("connect", "read", "write", "status", "timeout"))
+    ok = int(res["requests"]) - int(res["status"])
+    lat = [q / 1e3 for q in res["quantiles_us"]]
+    return Window(
+        ok / duration_s,
+        lat,
+        int(res["requests"]) + errors - int(res["status"]),
+        errors,
+        wrk_cores + own,
+        server,
+        max(0.0, others - server - wrk_cores),
+        latency_weight=int(res["requests"]) / len(lat) if lat else 1.0,
+    )
+
+
 def batch_rows(metrics_text: str) -> tuple[float, float]:
     """(sum, count) of the ``modelyard_batch_size`` histogram over all its label sets."""
     total = count = 0.0
@@ -201,6 +318,20 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def pooled_pct(ws: list[Window], q: float) -> float:
+    """The q-th percentile of every request in ``ws``: each latency counts ``latency_weight`` times (wrk
+    windows hold quantiles standing for equal shares of their requests)."""
+    if all(w.latency_weight == 1.0 for w in ws):
+        return pct([x for w in ws for x in w.latencies_ms], q)
+    values = np.array([x for w in ws for x in w.latencies_ms])
+    if not values.size:
+        return float("nan")
+    weights = np.array([w.latency_weight for w in ws for _ in w.latencies_ms])
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(int(np.searchsorted(cum, q / 100 * cum[-1])), len(cum) - 1)])
+
+
 def usable(ws: list[Window], max_other: float) -> tuple[list[Window], bool]:
     """The clean windows (other processes below ``max_other`` cores), or every window and True (contended)
     when none is clean."""
@@ -210,16 +341,16 @@ def usable(ws: list[Window], max_other: float) -> tuple[list[Window], bool]:
 
 def closed_stats(all_ws: list[Window], max_other: float) -> dict[str, Any]:
     ws, contended = usable(all_ws, max_other)
-    lat = [x for w in ws for x in w.latencies_ms]
     rps = [w.rps for w in ws]
     batches = [w.mean_batch for w in ws if w.mean_batch is not None]
     return {
         "rps": statistics.median(rps),
         "low": min(rps),
         "high": max(rps),
-        "p50": pct(lat, 50),
-        "p95": pct(lat, 95),
-        "p99": pct(lat, 99),
+        "p50": pooled_pct(ws, 50),
+        "p90": pooled_pct(ws, 90),
+        "p95": pooled_pct(ws, 95),
+        "p99": pooled_pct(ws, 99),
         "errors": sum(w.errors for w in ws),
         "sent": sum(w.sent for w in ws),
         "client": statistics.median(w.client_cores for w in ws),
@@ -275,19 +406,32 @@ async def session(
 ) -> None:
     if not res.check:
         res.check = await check_outputs(run, p, reference, args.check_items)
-    await closed_loop(run, 8, warmup_s=args.start_warmup_s, window_s=0.0, timeout_s=args.timeout_s)
+    wrk: Wrk | None = args.wrk
+    bodies = bodies_file(run, args.bodies_dir) if wrk is not None else ""
+
+    async def closed(c: int, warmup_s: float, window_s: float) -> Window:
+        if wrk is None:
+            return await closed_loop(run, c, warmup_s=warmup_s, window_s=window_s, timeout_s=args.timeout_s)
+        return await asyncio.to_thread(
+            wrk_closed_loop,
+            wrk,
+            run,
+            c,
+            warmup_s=warmup_s,
+            window_s=window_s,
+            timeout_s=args.timeout_s,
+            bodies=bodies,
+        )
+
+    await closed(8, args.start_warmup_s, 0.0)
     for c in args.concurrency:
         before = await scrape(run)
-        w = await closed_loop(
-            run, c, warmup_s=args.warmup_s, window_s=args.window_s, timeout_s=args.timeout_s
-        )
+        w = await closed(c, args.warmup_s, args.window_s)
         after = await scrape(run)
         if before is not None and after is not None and after[1] > before[1]:
             w.mean_batch = (after[0] - before[0]) / (after[1] - before[1])
         res.closed.setdefault(c, []).append(w)
-        log(
-            f"    C={c:<3} {w.rps:8.1f} req/s  p99 {pct(w.latencies_ms, 99):8.1f} ms  errors {w.errors}/{w.sent}"
-        )
+        log(f"    C={c:<3} {w.rps:8.1f} req/s  p99 {pooled_pct([w], 99):8.1f} ms  errors {w.errors}/{w.sent}")
     saturated = False
     for rate in args.rates:
         if saturated:

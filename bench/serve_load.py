@@ -1,39 +1,35 @@
-"""Serving under load: modelyard's server vs a tutorial FastAPI + PyTorch endpoint vs LitServe.
+"""Serving under load: modelyard's server vs the peers a user would deploy instead, on the same load.
 
-Servers (one at a time, each in its own process; the load generator runs in this process):
+Servers (one at a time, each in its own process; bench/serve_peers.py holds the peers):
 
-- ``fastapi``   (a) a plain FastAPI + PyTorch fp32 endpoint written the way a tutorial does it: a sync
-                ``def`` endpoint, ``model(x)`` once per request, JSON lists in and out (bench/serve_peers.py).
-                It serves the PyTorch fp32 baseline, not the champion: the digits demo's baseline weights, or
-                the all-MiniLM-L6-v2 sentence-transformers folder.
-- ``litserve``  (b) LitServe serving the champion's ONNX file (the file ours serves) with ONNX Runtime and its
-                batching on (``max_batch_size``, ``batch_timeout``), in bench/.venv-litserve
-                (bench/setup_litserve.sh).
-- ``ours``      ``modelyard serve NAME@champion`` (the registry champion, ONNX), OIP v2 JSON
-                ``/v2/models/NAME/infer``, asking for the one output the peers return (``probabilities`` or
-                ``embedding``). Its prediction log is on (the default), written to a fresh file per start.
-- ``ours-nolog``  the same with ``--no-monitor``: no prediction log. Not run unless named in ``--servers``;
-                ``--servers ours,ours-nolog`` measures what the log costs (bench/drift.py runs it that way).
-
-So (b) vs ours compares servers on one model file; (a) vs ours compares the server and the runtime together
-(PyTorch fp32 eager against the ONNX champion).
+- ``fastapi``        (a) a plain FastAPI + PyTorch fp32 endpoint written the way a tutorial does it (sync
+                     ``def``, ``model(x)`` once per request). It serves the PyTorch fp32 baseline, NOT the
+                     champion: the digits demo's baseline weights, or the sentence-transformers folder.
+- ``fastapi-async``  (b) a hand-written async FastAPI + ONNX Runtime endpoint serving the champion's ONNX file.
+- ``litserve``       (c) LitServe + ONNX Runtime with its batching on, the champion's ONNX file, in
+                     bench/.venv-litserve (bench/setup_litserve.sh).
+- ``kserve``         (d) KServe 0.21's Python model server (a ``kserve.Model`` over ONNX Runtime, OIP v2 JSON,
+                     no Kubernetes, 127.0.0.1), the champion's ONNX file, in bench/.venv-kserve
+                     (bench/setup_kserve.sh).
+- ``ours``           ``modelyard serve NAME@champion`` (the registry champion, ONNX), OIP v2 JSON, asking for
+                     the one output the peers return. Its prediction log is on (the default).
+- ``ours-nolog``     the same with ``--no-monitor``; run only when named in ``--servers``.
 
 Models: the digits CNN (one 8x8 image per request) and all-MiniLM-L6-v2 (one sentence per request), from the
 built-in demos run through ``run_pipeline`` into a bench home under bench/out/serve_load/ (kept between runs).
 
-Load: closed loop (each of C workers sends its next request when the last one answered) at C = 1, 8, 32, 64,
-and open loop (Poisson arrivals at fixed rates, latency counted from each request's scheduled time, so a slow
-server cannot slow the offered load down). Each worker has its own httpx client and connection. Rounds are
-interleaved (fastapi, litserve, ours, fastapi, ...) so the machine's drift is shared; each server is warmed
-up after start and before every measured window. Each window records the CPU that other processes used;
-throughput is the median over the clean rounds (other processes below ``--max-other-load`` cores, else every
-round, marked †) and percentiles pool the same rounds' latencies.
+Load: closed loop at C = 1, 8, 32, 64 with ``wrk`` (compiled, a separate process, bench/wrk_post.lua) where
+it is installed (bench/setup_wrk.sh), else with this process (asyncio + httpx, which tops out near one core);
+open loop (Poisson arrivals, latency from each scheduled time) always with this process. Rounds are
+interleaved so the machine's drift is shared; each server is warmed up after start and before every window.
+Each window records the CPU of the client, the server and every other process; throughput is the median over
+the clean rounds (other processes below ``--max-other-load`` cores, else every round, marked †).
 
-Server overhead: our throughput at C=32 divided by the champion Runner's own throughput in this process at
-the mean batch size our server formed at C=32 (from its /metrics ``modelyard_batch_size`` histogram).
+Summary: ours / the best peer's req/s at C=32 and ours / that peer's p99 (``*_vs_best_peer``,
+``*_p99_ratio``); server overhead: ours at C=32 / the champion Runner offline at our mean batch.
 
-bench/serve_procs.py holds the servers (what each is started with, what it is sent, its process) and
-bench/loadgen.py the load generator; this script prepares the models, runs the rounds and writes the report.
+bench/serve_procs.py holds the servers, bench/loadgen.py the load generators, bench/serve_report.py the
+tables and the JSON payload; this script prepares the models and runs the rounds.
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/serve_load.py [--quick]`` (see bench/README.md). Ends with one
 JSON line.
@@ -44,40 +40,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from common import OtherLoad, json_line, log, markdown_table, rounded
-from loadgen import ServerResult, closed_stats, pct, session, usable
+from common import OtherLoad, json_line, log
+from loadgen import ServerResult, Wrk, find_wrk, session, wrk_threads
 from serve_procs import Prepared, Running, Server, free_port, make_servers, ours_available
+from serve_report import CLIENT_BOUND_CORES, ModelResult, model_section, payload
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 WORK = OUT / "serve_load"
 
-SERVERS = ("fastapi", "litserve", "ours")
+SERVERS = ("fastapi", "fastapi-async", "litserve", "kserve", "ours")
 EXTRA_SERVERS = ("ours-nolog",)  # run only when named in --servers
-SERVER_TITLES = {
-    "fastapi": "(a) FastAPI + PyTorch fp32 serving the PyTorch baseline (not the champion), sync endpoint, "
-    "one call per request",
-    "litserve": "(b) LitServe + ONNX Runtime serving the champion's ONNX file, LitServe batching",
-    "ours": "ours: modelyard serve of the champion (OIP v2 JSON), prediction log on (the default)",
-    "ours-nolog": "ours with --no-monitor: the same server without the prediction log",
-}
 MODELS = {  # demo key -> (registry name, recipes, kind)
     "digits": ("digits-cnn", ["onnx"], "digits"),
     "minilm": ("all-minilm-l6-v2", ["onnx", "onnx > int8-dynamic"], "text"),
 }
-CLIENT_BOUND_CORES = 0.9  # a Python client near one full core is itself the bottleneck
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,15 +192,6 @@ def offline_rps(runner: Any, p: Prepared, batch: int, min_time_s: float) -> tupl
     return float(statistics.median(samples)), max(others)
 
 
-@dataclass
-class ModelResult:
-    p: Prepared
-    servers: dict[str, ServerResult]
-    batching: dict[str, Any]
-    offline: dict[str, Any]
-    max_other_load: float
-
-
 def chosen_batching(p: Prepared) -> dict[str, Any]:
     try:
         from modelyard.serve.batcher import choose_batching
@@ -280,210 +260,7 @@ def run_model(p: Prepared, args: argparse.Namespace, home: Path) -> ModelResult:
         "rps_b1": rps_b1,
         "other": max(other, other_b1),
     }
-    return ModelResult(p, results, batching, offline, args.max_other_load)
-
-
-# ---------------------------------------------------------------------------------------------------
-# report
-
-
-def _ms(v: float) -> str:
-    return "-" if v != v else f"{v:,.1f}"
-
-
-def c32(m: ModelResult, server: str, key: str = "rps") -> Any:
-    ws = m.servers.get(server, ServerResult()).closed.get(32)
-    return closed_stats(ws, m.max_other_load)[key] if ws else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b and a == a and b == b else None
-
-
-def _num(v: float | None, digits: int) -> float | None:
-    """Rounded, with NaN (no samples) as None: the JSON line allows no NaN."""
-    return None if v is None or v != v else rounded(v, digits)
-
-
-def model_section(m: ModelResult, args: argparse.Namespace) -> str:
-    p = m.p
-    cand = p.candidate
-    lines = [f"## {p.key}: {p.name} v{p.version} (candidate {cand.name!r}, {cand.format})", ""]
-    if p.note:
-        lines += [f"Note: {p.note}.", ""]
-    for s, r in m.servers.items():
-        ready = f"; ready {statistics.median(r.ready_s):.1f} s after start" if r.ready_s else ""
-        lines.append(f"- {SERVER_TITLES[s]}: {r.why_not or r.check + ready}")
-    rows = []
-    for s, res in m.servers.items():
-        for c in args.concurrency:
-            if c not in res.closed:
-                continue
-            st = closed_stats(res.closed[c], m.max_other_load)
-            flag = (" ‡" if st["client"] >= CLIENT_BOUND_CORES else "") + (" †" if st["contended"] else "")
-            rows.append(
-                [
-                    s,
-                    c,
-                    f"{st['rps']:,.1f}{flag}",
-                    f"{st['low']:,.0f}-{st['high']:,.0f} ({st['clean']} clean)",
-                    _ms(st["p50"]),
-                    _ms(st["p95"]),
-                    _ms(st["p99"]),
-                    f"{st['errors']}/{st['sent']}",
-                    f"{st['client']:.2f}",
-                    f"{st['server']:.2f}",
-                    f"{st['other']:.2f}",
-                    "-" if st["batch"] is None else f"{st['batch']:.1f}",
-                ]
-            )
-    head = [
-        "server",
-        "C",
-        "req/s",
-        "spread",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "errors/sent",
-        "client cores",
-        "server cores",
-        "other cores (max)",
-        "mean batch",
-    ]
-    lines += [
-        "",
-        "Closed loop (median req/s over rounds; latency percentiles pool every round):",
-        "",
-        markdown_table(head, rows, align="lrrrrrrrrrrr"),
-    ]
-    rows = []
-    for s, res in m.servers.items():
-        for rate in args.rates:
-            ws = res.opened.get(rate, [])
-            skipped = res.skipped_rates.get(rate, 0)
-            if not ws and not skipped:
-                continue
-            if not ws:
-                rows.append([s, f"{rate:g}", "-", "saturated at a lower rate", "-", "-", "-", "-"])
-                continue
-            used, contended = usable(ws, m.max_other_load)
-            lat = [x for w in used for x in w.latencies_ms]
-            rows.append(
-                [
-                    s,
-                    f"{rate:g}",
-                    f"{statistics.median(w.arrived or 0.0 for w in used):,.1f}",
-                    f"{statistics.median(w.rps for w in used):,.1f}" + (" †" if contended else ""),
-                    _ms(pct(lat, 50)),
-                    _ms(pct(lat, 99)),
-                    f"{sum(w.errors for w in used)}/{sum(w.sent for w in used)}",
-                    f"{statistics.median(w.client_cores for w in used):.2f}",
-                ]
-            )
-    lines += (
-        [
-            "",
-            "Open loop (Poisson arrivals; latency from each request's scheduled time; failed = error or not "
-            f"answered within {args.drain_s:g} s after the last arrival):",
-            "",
-            markdown_table(
-                [
-                    "server",
-                    "offered req/s",
-                    "arrived req/s",
-                    "achieved req/s",
-                    "p50 ms",
-                    "p99 ms",
-                    "failed/sent",
-                    "client cores",
-                ],
-                rows,
-            ),
-        ]
-        if args.rates
-        else []
-    )  # --rates '' skips the open loop
-    ours = c32(m, "ours")
-    off = m.offline
-    b = m.batching
-    lines += [
-        "",
-        f"- At C=32: ours/(a) fastapi = {_fmt(_ratio(ours, c32(m, 'fastapi')))}x, ours/(b) litserve = "
-        f"{_fmt(_ratio(ours, c32(m, 'litserve')))}x; p99 ms: "
-        + ", ".join(f"{s} {_ms(c32(m, s, 'p99') or float('nan'))}" for s in m.servers)
-        + (
-            f" († contended: {', '.join(bad)}; other processes took CPU in every window of theirs)"
-            if (bad := [s for s in m.servers if c32(m, s, "contended")])
-            else ""
-        ),
-        *(
-            [
-                f"- Prediction log: ours (log on) / ours-nolog (--no-monitor) at C=32 = "
-                f"{_fmt(_ratio(ours, c32(m, 'ours-nolog')), 3)}x throughput."
-            ]
-            if "ours-nolog" in m.servers
-            else []
-        ),
-        f"- Our batching from the evidence: max_batch_size {b.get('max_batch_size')}, "
-        f"max_wait_s {b.get('max_wait_s', '-')} ({b.get('why')}); mean batch formed at C=32: "
-        f"{_fmt(off['mean_batch_c32'])}.",
-        f"- Server overhead: ours at C=32 {_fmt(ours)} req/s / the champion Runner offline at batch {off['batch']} "
-        f"{off['rps']:,.1f} items/s = {_fmt(_ratio(ours, off['rps']), 3)} (offline batch 1: {off['rps_b1']:,.1f} "
-        f"items/s; other processes used up to {off['other']:.2f} cores meanwhile)"
-        + ("; the server also tokenizes, the offline Runner gets tokens." if p.kind == "text" else "."),
-    ]
-    return "\n".join(lines)
-
-
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def payload(models: list[ModelResult], args: argparse.Namespace, elapsed_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"bench": "serve_load", "quick": bool(args.quick)}
-    for m in models:
-        out[f"{m.p.key}_c32_rps"] = {s: _num(c32(m, s), 1) for s in m.servers}
-    for key in (
-        "ratio_vs_fastapi_c32",
-        "ratio_vs_litserve_c32",
-        "p99_ms_c32",
-        "contended_c32",
-        "overhead_ratio",
-        "ours_mean_batch_c32",
-        "log_on_off_ratio_c32",
-    ):
-        out[key] = {}
-    for m in models:
-        k = m.p.key
-        ours = c32(m, "ours")
-        out["ratio_vs_fastapi_c32"][k] = rounded(_ratio(ours, c32(m, "fastapi")), 3)
-        out["ratio_vs_litserve_c32"][k] = rounded(_ratio(ours, c32(m, "litserve")), 3)
-        out["p99_ms_c32"][k] = {s: _num(c32(m, s, "p99"), 1) for s in m.servers}
-        out["contended_c32"][k] = [s for s in m.servers if c32(m, s, "contended")]
-        out["overhead_ratio"][k] = rounded(_ratio(ours, m.offline["rps"]), 3)
-        out["ours_mean_batch_c32"][k] = rounded(m.offline["mean_batch_c32"], 2)
-        out["log_on_off_ratio_c32"][k] = rounded(_ratio(ours, c32(m, "ours-nolog")), 3)
-    out["open_p99_ms"] = {
-        m.p.key: {
-            f"{rate:g}": {
-                s: _num(
-                    pct([x for w in usable(r.opened[rate], m.max_other_load)[0] for x in w.latencies_ms], 99),
-                    1,
-                )
-                for s, r in m.servers.items()
-                if rate in r.opened
-            }
-            for rate in args.rates
-        }
-        for m in models
-    }
-    clients = [
-        w.client_cores for m in models for r in m.servers.values() for ws in r.closed.values() for w in ws
-    ]
-    out["client_cores_max"] = rounded(max(clients), 2) if clients else None
-    out["elapsed_s"] = round(elapsed_s)
-    return out
+    return ModelResult(p, results, batching, offline, args.max_other_load, python_client=args.wrk is None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -494,13 +271,21 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="modelyard serve vs FastAPI + PyTorch vs LitServe, under load")
+    p = argparse.ArgumentParser(
+        description="modelyard serve vs FastAPI, LitServe and KServe peers, under load"
+    )
     p.add_argument("--quick", action="store_true", help="one round, short windows (~2 min)")
     p.add_argument("--models", default="digits,minilm", help="comma-separated: digits, minilm")
     p.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="comma-separated: fastapi, litserve, ours, ours-nolog (ours with --no-monitor)",
+        help="comma-separated: fastapi, fastapi-async, litserve, kserve, ours, ours-nolog (ours with "
+        "--no-monitor)",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=("wrk", "python"),
+        help="closed-loop load generator: wrk (compiled; default where installed) or python (this process)",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     p.add_argument("--concurrency", default="1,8,32,64", help="closed-loop levels")
@@ -547,6 +332,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = sorted({int(c) for c in _floats(args.concurrency)})
     args.rates = sorted(set(_floats(args.rates)))
+    args.wrk = None if args.loadgen == "python" else find_wrk()
+    if args.loadgen == "wrk" and args.wrk is None:
+        p.error("--loadgen wrk: wrk is not installed; install it with `bash bench/setup_wrk.sh`")
+    args.bodies_dir = WORK / "bodies"
     known = SERVERS + EXTRA_SERVERS
     bad = [m for m in args.models if m not in MODELS] + [s for s in args.servers if s not in known]
     if bad:
@@ -554,6 +343,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or min(args.concurrency, default=0) < 1 or min(args.rates, default=1) <= 0:
         p.error("--rounds, --concurrency and --rates must be positive")
     return args
+
+
+def load_generator(args: argparse.Namespace) -> str:
+    """Which closed-loop generator ran, for the table and the JSON line."""
+    wrk: Wrk | None = args.wrk
+    if wrk is None:
+        return f"python asyncio + httpx {httpx.__version__} (this process, one connection per worker)"
+    return f"wrk {wrk.version} ({wrk_threads(max(args.concurrency, default=2))} threads)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,12 +362,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(WORK / "models", ignore_errors=True)
     args.ours_why_not = ours_available() if {"ours", "ours-nolog"} & set(args.servers) else ""
-    per_round = len(args.concurrency) * (args.warmup_s + args.window_s) + len(args.rates) * (
+    if args.wrk is None and args.loadgen is None:
+        log(
+            "WARNING: wrk is not installed, so the closed loop runs on the Python load generator, which tops "
+            "out near one core (~1,100 req/s on the digits demo) and may be the bottleneck; install wrk with "
+            "`bash bench/setup_wrk.sh` (Debian package wrk)"
+        )
+    closed_s = args.warmup_s + args.window_s
+    if args.wrk is not None:  # wrk runs whole seconds
+        closed_s = math.ceil(args.warmup_s) + max(1, math.ceil(args.window_s)) + 0.2
+    per_round = len(args.concurrency) * closed_s + len(args.rates) * (
         args.warmup_s + args.open_window_s + 1.0
     )
     log(
         f"serve_load: {len(args.models)} model(s) x {len(args.servers)} server(s) x {args.rounds} round(s), "
-        f"about {len(args.models) * len(args.servers) * args.rounds * (per_round + 8) / 60:.0f} min after the models are ready"
+        f"about {len(args.models) * len(args.servers) * args.rounds * (per_round + 10) / 60:.0f} min after the "
+        f"models are ready; load generator: {load_generator(args)}"
     )
     if args.ours_why_not:
         log(f"  ours: {args.ours_why_not}")
@@ -586,17 +393,31 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     import onnxruntime
 
+    gen = load_generator(args)
+    if args.wrk is not None:
+        client = (
+            f"Closed loop: {gen}, a separate process (`wrk -t min(C, 2) -c C -d W --latency` with "
+            "bench/wrk_post.lua, which POSTs each server's bodies in turn and counts HTTP answers > 399 as "
+            "errors); its CPU is in 'client cores'. wrk runs whole seconds: "
+            f"{math.ceil(args.warmup_s)} s unmeasured, then {max(1, math.ceil(args.window_s))} s measured per "
+            f"window. Open loop: this process (Python asyncio + httpx {httpx.__version__}); wrk cannot schedule "
+            "Poisson arrivals and wrk2 is not packaged."
+        )
+    else:
+        client = (
+            f"Load generator: {gen}, one client and one connection per worker; the client's own CPU is in "
+            "'client cores'. A Python client tops out near one core (some 500-1,100 req/s on 2 cores): rows "
+            f"marked ‡ had the client at >= {CLIENT_BOUND_CORES} cores, so the client, not the server, may set "
+            "their figure."
+        )
     header = [
-        "# serve_load: modelyard serve vs FastAPI + PyTorch vs LitServe",
+        "# serve_load: modelyard serve vs FastAPI, LitServe and KServe",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, onnxruntime "
-        f"{onnxruntime.__version__}. Load generator: this process, httpx {httpx.__version__}, one client and one "
-        "connection per worker; the client's own CPU is in 'client cores'. A Python client tops out near one core "
-        f"(some 500-1,000 req/s on 2 cores): rows marked ‡ had the client at >= {CLIENT_BOUND_CORES} cores, so the "
-        "client, not the server, may set their figure. 'other "
-        "cores' is CPU that processes other than the client and the server used during the window (0 on an idle "
-        f"machine); a cell uses only its clean windows (other < {args.max_other_load:g} cores) and is marked † "
-        "when none was clean. LitServe: max_batch_size "
+        f"{onnxruntime.__version__}. {client} 'other cores' is CPU that processes other than the client and "
+        "the server used during the window (0 on an idle machine); a cell uses only its clean windows (other < "
+        f"{args.max_other_load:g} cores) and is marked † when none was clean. Every peer but (a) serves the "
+        "champion's ONNX file with ONNX Runtime 'threads = cores'. LitServe: max_batch_size "
         f"{args.litserve_max_batch_size}, batch_timeout {args.litserve_batch_timeout_s} s, "
         f"{args.litserve_workers} worker(s), ONNX Runtime {max(1, (os.cpu_count() or 1) // args.litserve_workers)} "
         f"thread(s) each. Rounds: {args.rounds}; windows {args.window_s:g} s closed, "
@@ -607,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
     args.out_md.write_text(text, encoding="utf-8")
     log(f"wrote {args.out_md}")
-    print(json_line(payload(results, args, elapsed)))
+    print(json_line(payload(results, args, elapsed, gen)))
     return 0
 
 

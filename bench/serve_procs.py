@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent
 LITSERVE_PY = HERE / ".venv-litserve" / "bin" / "python"
+KSERVE_PY = HERE / ".venv-kserve" / "bin" / "python"
 PEERS = HERE / "serve_peers.py"
 
 
@@ -68,6 +69,7 @@ class Server:
     read: Callable[[bytes], np.ndarray]  # response body -> the output vector
     metrics_path: str | None = None
     why_not: str = ""  # non-empty: not run
+    champion_file: bool = True  # serves the registry champion's ONNX file (False: another model)
 
 
 def _peer_body(p: Prepared, item: Any) -> bytes:
@@ -117,14 +119,21 @@ def ours_available() -> str:
 def make_servers(p: Prepared, port: int, args: argparse.Namespace, home: Path) -> dict[str, Server]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     peer_bodies = [_peer_body(p, it) for it in p.items]
+    ours_bodies = [_ours_body(p, it) for it in p.items]
+    threads = str(os.cpu_count() or 1)
     fa = [str(VENV_BIN / "python"), str(PEERS), "fastapi", "--kind", p.kind, "--port", str(port)]
     fa += ["--weights", str(p.weights)] if p.kind == "digits" else ["--model-dir", str(p.model_dir)]
-    ls = [str(LITSERVE_PY), str(PEERS), "litserve", "--kind", p.kind, "--port", str(port)]
-    ls += ["--onnx", str(p.candidate.path), "--max-batch-size", str(args.litserve_max_batch_size)]
+
+    def onnx_peer(python: Path, sub: str, threads: str) -> list[str]:
+        argv = [str(python), str(PEERS), sub, "--kind", p.kind, "--port", str(port)]
+        argv += ["--onnx", str(p.candidate.path), "--threads", threads]
+        return argv + (["--tokenizer", str(p.candidate.tokenizer_dir)] if p.kind == "text" else [])
+
+    fa_async = onnx_peer(VENV_BIN / "python", "fastapi-async", threads)
+    ls = onnx_peer(LITSERVE_PY, "litserve", str(max(1, (os.cpu_count() or 1) // args.litserve_workers)))
+    ls += ["--max-batch-size", str(args.litserve_max_batch_size)]
     ls += ["--batch-timeout-s", str(args.litserve_batch_timeout_s), "--workers", str(args.litserve_workers)]
-    ls += ["--threads", str(max(1, (os.cpu_count() or 1) // args.litserve_workers))]
-    if p.kind == "text":
-        ls += ["--tokenizer", str(p.candidate.tokenizer_dir)]
+    ks = [*onnx_peer(KSERVE_PY, "kserve", threads), "--name", p.name]
     ours = [
         str(VENV_BIN / "modelyard"),
         "serve",
@@ -134,24 +143,34 @@ def make_servers(p: Prepared, port: int, args: argparse.Namespace, home: Path) -
         "--port",
         str(port),
     ]
+    infer_path = f"/v2/models/{p.name}/infer"
     servers = {
-        "fastapi": Server("fastapi", fa, env, "/health", "/predict", peer_bodies, _peer_read(p)),
+        "fastapi": Server(
+            "fastapi", fa, env, "/health", "/predict", peer_bodies, _peer_read(p), champion_file=False
+        ),
+        "fastapi-async": Server(
+            "fastapi-async", fa_async, env, "/health", "/predict", peer_bodies, _peer_read(p)
+        ),
         "litserve": Server("litserve", ls, env, "/health", "/predict", peer_bodies, _peer_read(p)),
+        "kserve": Server("kserve", ks, env, "/v2/health/ready", infer_path, ours_bodies, _ours_read(p)),
         "ours": Server(
             "ours",
             ours,
             {**env, "MODELYARD_HOME": str(home)},
             "/v2/health/ready",
-            f"/v2/models/{p.name}/infer",
-            [_ours_body(p, it) for it in p.items],
+            infer_path,
+            ours_bodies,
             _ours_read(p),
             metrics_path="/metrics",
         ),
     }
-    if not LITSERVE_PY.is_file():
-        servers[
-            "litserve"
-        ].why_not = "not run: bench/.venv-litserve is missing; create it with `bash bench/setup_litserve.sh`"
+    for name, python, script in (
+        ("litserve", LITSERVE_PY, "setup_litserve.sh"),
+        ("kserve", KSERVE_PY, "setup_kserve.sh"),
+    ):
+        if not python.is_file():
+            venv = python.parent.parent.name
+            servers[name].why_not = f"not run: bench/{venv} is missing; create it with `bash bench/{script}`"
     servers["ours"].why_not = args.ours_why_not
     return servers
 
