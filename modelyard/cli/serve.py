@@ -1,11 +1,17 @@
-"""``modelyard serve``: parse the options, build ServeSettings, print one line, run uvicorn on create_app."""
+"""``modelyard serve``: parse the options, build ServeSettings, print one line, run uvicorn on create_app (or,
+with ``--ray``, deploy the same app on Ray Serve: :mod:`modelyard.scale.ray_serve`)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from modelyard.scale.ray_serve import RayServeOptions, RayServeRun
+    from modelyard.serve.settings import ServeSettings
 
 
 def serve(
@@ -92,6 +98,47 @@ def serve(
         int | None,
         typer.Option(help="Requests per window in those evaluations (default 200: the last 200 logged)."),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Serve as a Ray Serve deployment (needs modelyard[ray]): 'auto' starts a local Ray on this machine "
+            "(127.0.0.1, no dashboard), otherwise a cluster address (ray://HOST:PORT or HOST:PORT) whose nodes have "
+            "modelyard and see the home folder. Ray's HTTP proxy listens on --host/--port.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        str | None,
+        typer.Option("--replicas", metavar="N", help="With --ray: a fixed number of replicas (default 1)."),
+    ] = None,
+    replica_cpus: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-cpus",
+            metavar="X",
+            help="With --ray: CPUs each replica reserves (default 1; may be fractional); its inference threads are "
+            "the whole CPUs, at least 1, unless MODELYARD_THREADS is set.",
+        ),
+    ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            metavar="MIN:MAX",
+            help="With --ray: let Ray Serve scale between MIN and MAX replicas (1 <= MIN <= MAX) instead of "
+            "--replicas.",
+        ),
+    ] = None,
+    target_ongoing_requests: Annotated[
+        str | None,
+        typer.Option(
+            "--target-ongoing-requests",
+            metavar="X",
+            help="With --autoscale: the requests in flight per replica the autoscaler aims at (default: Ray's, 2). "
+            "A replica batches what it holds, so a higher target packs bigger batches.",
+        ),
+    ] = None,
 ) -> None:
     """Serve registry models over the Open Inference Protocol v2 (KServe v2, with binary tensors) and a simple
     JSON POST /predict. Set MODELYARD_API_KEY in the environment to require 'Authorization: Bearer <key>'; it is
@@ -100,10 +147,28 @@ def serve(
     --trust-pickle / --trust-factory for a version registered without one. Predictions are logged (summaries,
     not raw inputs) to monitor.db in the home folder unless --no-monitor; every answer carries its request id
     (x-request-id), and labels posted later to POST /v2/models/NAME/feedback or with 'modelyard monitor
-    feedback' name it."""
+    feedback' name it.
+
+    With --ray the same server runs as a Ray Serve deployment: each replica loads the models and has its own
+    batcher, cache and /metrics (a scrape reads the replica that answered it); the prediction log is shared.
+    Ctrl-C or SIGTERM drains the replicas and shuts Serve and Ray down."""
     from modelyard.cli.render import serve_console
+    from modelyard.scale.ray_serve import parse_options
     from modelyard.serve.process import open_app, run_app
     from modelyard.serve.settings import MIB, ServeSettings
+
+    # Ray's options first: a bad value fails in one line before anything is opened or Ray is looked for
+    ray_options = parse_options(
+        ray,
+        replicas=replicas,
+        replica_cpus=replica_cpus,
+        autoscale=autoscale,
+        target_ongoing_requests=target_ongoing_requests,
+    )
+    if ray_options is not None:
+        from modelyard.scale.ray_serve import import_ray_serve
+
+        import_ray_serve()  # without modelyard[ray]: one line saying what to install
 
     settings = ServeSettings.from_env(
         home=home,
@@ -131,6 +196,20 @@ def serve(
     # fail fast, in one line, on a bad reference, a version nobody said to trust or an unwritable prediction log
     app, refs = open_app(settings)
     models = ", ".join(f"{name} v{version}" for _, name, version in refs)
+    extras = _extras(settings, trust_pickle=trust_pickle, trust_factory=trust_factory)
+    if ray_options is not None:
+        del app  # each replica builds its own
+        _serve_on_ray(settings, ray_options, models, extras)
+        return
+    serve_console.print(
+        f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
+        highlight=False,
+    )
+    run_app(app, settings)
+
+
+def _extras(settings: ServeSettings, *, trust_pickle: bool, trust_factory: bool) -> list[str]:
+    """What the start-up line says besides the models and the address."""
     batching = "batching off" if not settings.batching else "batching from measurements"
     if settings.max_batch_size is not None:
         batching = f"batches up to {settings.max_batch_size}"
@@ -150,8 +229,34 @@ def serve(
     extras += [
         flag for flag, on in (("--trust-pickle", trust_pickle), ("--trust-factory", trust_factory)) if on
     ]
+    return extras
+
+
+def _serve_on_ray(settings: ServeSettings, options: RayServeOptions, models: str, extras: list[str]) -> None:
+    """Deploy on Ray Serve, print the URLs once it runs, block until Ctrl-C/SIGTERM, print a summary."""
+    from modelyard.cli.render import serve_console
+    from modelyard.scale.ray_serve import serve_on_ray
+
+    where = "a local Ray (auto)" if options.address == "auto" else f"the Ray cluster at {options.address}"
     serve_console.print(
-        f"serving {models} at http://{settings.host}:{settings.port}/v2 ({', '.join(extras)})",
+        f"starting Ray Serve on {where}: {options.describe(settings.threads)} ...",
         highlight=False,
+        soft_wrap=True,
     )
-    run_app(app, settings)
+
+    def started(run: RayServeRun) -> None:
+        serve_console.print(
+            f"serving {models} on Ray Serve at {run.url}/v2 ({', '.join(extras)}); readiness {run.url}/v2/health/"
+            f"ready, metrics {run.url}/metrics; started in {run.startup_s:.1f} s; Ctrl-C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()  # seen at once by whoever reads a pipe or a log file
+
+    run = serve_on_ray(settings, options, on_started=started)
+    state = "shut down cleanly" if run.stopped_cleanly else "shut down (Ray was already gone)"
+    serve_console.print(
+        f"stopped: served {run.served_s:.1f} s on Ray Serve ({options.describe(settings.threads)}); Serve and Ray {state}",
+        highlight=False,
+        soft_wrap=True,
+    )
