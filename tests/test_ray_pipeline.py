@@ -17,21 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import assert_one_line_error
+from tests.helpers.netns import namespace_problem
 from tests.helpers.same_seed import summarize
 
 RECIPES = ["--recipe", "onnx", "--recipe", "prune(0.5) > onnx"]  # two first steps: two build tasks
-
-
-def _namespace_problem() -> str | None:
-    """Why a loopback-only network namespace cannot be made here, or None."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip is not installed"
-    probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True, timeout=60
-    )
-    if probe.returncode != 0:
-        return f"cannot make a network namespace (unshare -n needs root): {probe.stderr.strip()[:200]}"
-    return None
 
 
 def _driver(home: Path, out: Path) -> None:
@@ -55,7 +44,7 @@ def _driver(home: Path, out: Path) -> None:
 @pytest.mark.slow
 def test_optimize_on_ray_matches_the_local_run(tmp_path: Path, zoo_home: Path) -> None:
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    problem = _namespace_problem()
+    problem = namespace_problem()
     if problem:
         pytest.skip(problem)
     home, out = tmp_path / "home", tmp_path / "runs.json"

@@ -26,8 +26,8 @@ import pytest
 from modelyard.registry import Registry
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.models import make_blobs
+from tests.helpers.netns import namespace_problem
 from tests.helpers.serving import MODEL, build_blobs_registry, free_port, server_process, settings_for
-from tests.test_ray_pipeline import _namespace_problem
 
 DEADLINE_S = 120.0  # Ray's start takes 10-30 s on 2 busy cores
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def test_ray_serve_answers_tritonclient_like_the_single_process_server(
     tmp_path: Path, registry: Registry
 ) -> None:
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    problem = _namespace_problem()
+    problem = namespace_problem()
     if problem:
         pytest.skip(problem)
     home = registry.home
