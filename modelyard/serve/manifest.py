@@ -16,6 +16,7 @@ _PLATFORMS = {
     ("torch", "export"): "pytorch_export",
     ("torch", "safetensors"): "pytorch_safetensors",
     ("hf", None): "huggingface_pytorch",
+    ("openvino", None): "openvino_ir",
 }
 
 

@@ -77,14 +77,12 @@ def config_for(model: ServedModel, batching: BatchingConfig, *, graph: bool = Fa
     file's own inputs and outputs (what Triton's ONNX Runtime backend serves; the Triton export uses it)
     instead of the ones this server answers with."""
     batched = model.batchable
-    platform, backend = (
-        ("onnxruntime_onnx", "onnxruntime")
-        if model.candidate.format == "onnx"
-        else (
-            model.platform,
-            "python",
-        )
-    )
+    # Triton's names where it has a backend for the format (its OpenVINO backend takes no platform), else
+    # the OIP platform with the Python backend that would have to wrap it there
+    platform, backend = {
+        "onnx": ("onnxruntime_onnx", "onnxruntime"),
+        "openvino": ("", "openvino"),
+    }.get(model.candidate.format, (model.platform, "python"))
     if graph:
         spec = model.runner.spec
         inputs = [tensor_metadata(t.name, t.dtype, _dims(t.shape)) for t in spec.inputs]
