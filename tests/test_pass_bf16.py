@@ -107,7 +107,12 @@ def test_what_the_pass_cannot_convert_is_skipped_with_the_reason(
         torch_bf16_pass(already, TorchBf16Config(), pass_context(tmp_path, ds, "c"))
 
 
-def test_the_minilm_demo_tries_bf16() -> None:
+def test_the_minilm_demo_tries_both_runtimes_at_fp32_bf16_and_int8() -> None:
+    from modelyard.optimize.recipes import parse_recipe
     from modelyard.zoo.demos import _minilm
 
-    assert "torch-bf16" in _minilm(Path("unused")).default_recipes
+    recipes = _minilm(Path("unused")).default_recipes
+    for recipe in recipes:
+        parse_recipe(recipe)  # every one names registered passes
+    assert {"onnx", "onnx > int8-auto", "torch-bf16"} <= set(recipes)  # ONNX Runtime / PyTorch
+    assert {"onnx > openvino", "onnx > openvino-bf16", "onnx > openvino-int8"} <= set(recipes)  # OpenVINO

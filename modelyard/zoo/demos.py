@@ -231,8 +231,17 @@ def _minilm(home: Path) -> Demo:
         "all-minilm-l6-v2",
         base,
         sentences_dataset(),
-        # torch-bf16: skipped, with its reason, on CPUs without BF16/AMX instructions
-        ["onnx", "onnx > int8-dynamic", "onnx > int8-auto", "torch-bf16"],
+        # both runtimes at fp32, bf16 and int8; the bf16 ones are skipped, with their reason, on CPUs without
+        # BF16/AMX instructions, the OpenVINO ones without the [openvino] extra
+        [
+            "onnx",
+            "onnx > int8-dynamic",
+            "onnx > int8-auto",
+            "torch-bf16",
+            "onnx > openvino",
+            "onnx > openvino-bf16",
+            "onnx > openvino-int8",
+        ],
     )
 
 
