@@ -166,6 +166,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, ali
     return "\n".join(lines)
 
 
+def candidate_name(recipe: str) -> str:
+    """The name ``build_candidates`` gives a recipe's candidate: "onnx > int8-auto" -> "onnx>int8-auto"."""
+    return ">".join(step.strip() for step in recipe.split(">"))
+
+
 def rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 

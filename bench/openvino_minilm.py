@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import interleaved_throughput, json_line, log, markdown_table, rounded
+from common import candidate_name, interleaved_throughput, json_line, log, markdown_table, rounded
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "openvino_minilm"
@@ -39,10 +39,6 @@ REFERENCE = "onnx"
 RECIPES = ["onnx", "onnx > openvino", "openvino", "onnx > openvino-int8"]  # the last is OV_INT8
 ORT_INT8 = "onnx > int8-auto"
 OV_INT8 = "onnx > openvino-int8"
-
-
-def _name(recipe: str) -> str:
-    return ">".join(s.strip() for s in recipe.split(">"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in skipped:
         log(f"  skipped {s['pass']}: {s['reason']}")
     relaxed = ""
-    if _name(OV_INT8) not in cands and "onnx" in cands and args.relaxed_top10 > 0:
+    if candidate_name(OV_INT8) not in cands and "onnx" in cands and args.relaxed_top10 > 0:
         # Measured anyway, so its speed and held-out fidelity are known: the same pass on the same ONNX
         # parent with the top-10 floor lowered (the row says so).
         from modelyard.optimize.recipes import get_pass
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True)
         ctx = PassContext(workdir=workdir, dataset=demo.dataset, fidelity=floors, progress=log)
         info = get_pass("openvino-int8")
-        cands[_name(OV_INT8)] = info.fn(cands["onnx"], info.config_cls(), ctx)
+        cands[candidate_name(OV_INT8)] = info.fn(cands["onnx"], info.config_cls(), ctx)
 
     texts = [str(t) for t in demo.dataset.x_test]
     fit = {str(t) for t in demo.dataset.fit_part().fit_inputs()}
@@ -123,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runners: dict[str, Any] = {}
     for recipe in recipes:
-        cand = cands.get(_name(recipe))
+        cand = cands.get(candidate_name(recipe))
         if cand is not None:
             runners[recipe] = cand.load(threads=threads)
 
@@ -154,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     base = tp[REFERENCE].median if REFERENCE in tp else None
     rows = []
     for recipe in recipes:
-        cand = cands.get(_name(recipe))
+        cand = cands.get(candidate_name(recipe))
         if recipe not in tp or cand is None:
             rows.append([f"`{recipe}`", "skipped", "", "", "", ""])
             continue
@@ -185,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for recipe in recipes:
-        cand = cands.get(_name(recipe))
+        cand = cands.get(candidate_name(recipe))
         if cand is not None:
             md.append(f"- `{recipe}`: " + " | ".join(cand.notes[:6]))
     for s in skipped:
