@@ -37,9 +37,9 @@ from modelyard.data.ood_sets import digits_ood
 from modelyard.monitor import MonitorStatus, history, load_reference, reference_for, watch
 from modelyard.monitor.log import PredictionLog
 from modelyard.monitor.reference import FILE_NAME
-from modelyard.pipeline import EvalOptions, run_pipeline
+from modelyard.pipeline import run_pipeline
 from modelyard.registry import Registry
-from tests.helpers.serving import DEADLINE_S, server_process
+from tests.helpers.serving import DEADLINE_S, FAST, server_process
 
 MODEL = "digits-cnn"
 WINDOW = 100  # requests per window, one item each: the documented detection delay
@@ -47,15 +47,6 @@ CLEAN_WINDOWS = 30
 ALPHA = 0.05
 MAX_CLEAN_ALARMS = int(binom.isf(0.005, CLEAN_WINDOWS, ALPHA))  # 5: P(Bin(30, 5 %) > 5) < 0.5 %
 CONCURRENT = 16
-FAST = EvalOptions(
-    batch_sizes=(1,),
-    latency_calls=3,
-    min_time_s=1e-3,
-    measure_rss=False,
-    n_resamples=200,
-    data_audit=False,
-    backdoor_scan=False,
-)
 
 
 @dataclass

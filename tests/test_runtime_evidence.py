@@ -16,7 +16,6 @@ import torch
 
 from modelyard.config import Policy, Settings
 from modelyard.errors import DataError
-from modelyard.evaluate.run import EvalOptions
 from modelyard.evaluate.schema import load_evidence, validate_evidence
 from modelyard.pipeline import RunResult, run_pipeline
 from modelyard.report import plots, render_model_card, render_report
@@ -24,17 +23,8 @@ from modelyard.runtime import device
 from modelyard.runtime.base import describe_runner
 from modelyard.runtime.onnx import OrtRunner
 from tests.helpers.evidence import PNG_MAGIC, as_v1, classifier_evidence
+from tests.helpers.serving import FAST
 from tests.helpers.torch_mlp import mlp_candidate
-
-FAST = EvalOptions(
-    batch_sizes=(1,),
-    latency_calls=3,
-    min_time_s=1e-3,
-    measure_rss=False,
-    n_resamples=200,
-    backdoor_scan=False,
-    data_audit=False,
-)
 
 
 def _stub_png_plots(mp: pytest.MonkeyPatch) -> None:

@@ -28,26 +28,16 @@ from modelyard.cli import main
 from modelyard.cli.ship import _render_ship
 from modelyard.config import Policy, RolloutPolicy, Settings
 from modelyard.errors import ConfigError
-from modelyard.evaluate.run import EvalOptions
 from modelyard.registry import Registry
 from modelyard.rollout import rollout_status
 from modelyard.serve.settings import ServeSettings
 from modelyard.ship import ShipResult, ship
 from tests.helpers.cli import assert_one_line_error
-from tests.helpers.serving import free_port
+from tests.helpers.serving import FAST, free_port
 
 MODEL = "digits-cnn"
 DEADLINE_S = 240.0  # a bound on waiting for the pipeline and the server, never a measured time
 URL_LINE = re.compile(r"^(endpoint|metrics|dashboard):\s+(http://\S+)\s*$", re.MULTILINE)
-FAST = EvalOptions(
-    batch_sizes=(1,),
-    latency_calls=3,
-    min_time_s=1e-3,
-    measure_rss=False,
-    n_resamples=200,
-    data_audit=False,
-    backdoor_scan=False,
-)
 NO_BACKDOOR_SCAN = Policy(waive=("backdoor_scan",))  # FAST skips the scan; its gate would fail closed
 # the second ship's rollout must still run when the third ship is tried: margins its few requests cannot cross
 # (a retrained model flips some answers, and a loaded test machine makes copies slow)

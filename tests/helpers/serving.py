@@ -26,6 +26,17 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 QUICK = EvalOptions(batch_sizes=(1, 8), latency_calls=10, min_time_s=0.05, measure_rss=False, n_resamples=200)
+# the cheapest whole pipeline run: one batch size, a few timing calls, no data audit and no backdoor scan (a
+# policy that gates on the scan must waive it)
+FAST = EvalOptions(
+    batch_sizes=(1,),
+    latency_calls=3,
+    min_time_s=1e-3,
+    measure_rss=False,
+    n_resamples=200,
+    data_audit=False,
+    backdoor_scan=False,
+)
 MODEL = "blobs"
 DEADLINE_S = 60.0
 
