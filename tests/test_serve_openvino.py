@@ -44,28 +44,30 @@ def registry(tmp_path_factory: pytest.TempPathFactory, onnx_classifier: tuple[Pa
     return Registry(home)
 
 
-def _openvino_version(registry: Registry) -> int:
+@pytest.fixture(scope="module")
+def version(registry: Registry) -> int:
+    """The registered OpenVINO version, made the champion (whatever the gate chose)."""
     versions = registry.list_versions(MODEL)
     found = [v["version"] for v in versions if v["candidate"] == CANDIDATE]
     assert len(found) == 1, [(v["version"], v["candidate"]) for v in versions]
+    if registry.list_models()[0]["aliases"].get("champion") != found[0]:
+        registry.promote(MODEL, found[0], reason="test: serve the OpenVINO candidate")
     return int(found[0])
 
 
-def test_the_pipeline_registers_an_openvino_candidate_that_can_be_champion(registry: Registry) -> None:
-    version = _openvino_version(registry)
+def test_the_pipeline_registers_an_openvino_candidate_that_can_be_champion(
+    registry: Registry, version: int
+) -> None:
     manifest = registry.get_version(MODEL, version)["manifest"]
     assert manifest["format"] == "openvino"
-    if registry.list_models()[0]["aliases"].get("champion") != version:
-        registry.promote(MODEL, version, reason="test: serve the OpenVINO candidate")
     assert registry.list_models()[0]["aliases"]["champion"] == version
 
 
-def test_tritonclient_gets_the_offline_openvino_runners_outputs(registry: Registry, tmp_path: Path) -> None:
+def test_tritonclient_gets_the_offline_openvino_runners_outputs(
+    registry: Registry, version: int, tmp_path: Path
+) -> None:
     import tritonclient.http as triton
 
-    version = _openvino_version(registry)
-    if registry.list_models()[0]["aliases"].get("champion") != version:
-        registry.promote(MODEL, version, reason="test: serve the OpenVINO candidate")
     # the offline Runner: the registered files, loaded as the pipeline loads a candidate, outside any server
     cand: Candidate = relocate(
         registry.get_version(MODEL, version)["manifest"], registry.materialize(MODEL, version, tmp_path / "v")
