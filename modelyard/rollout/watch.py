@@ -33,6 +33,7 @@ an alarm (rolls the champion back, or only alarms: ``on_champion_alarm``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,17 +96,25 @@ class _Signal:
 
     def add_events(self, events: int, n: int) -> None:
         """``n`` indicators of which ``events`` happened (a rate signal); epochs end on their size."""
+        self.add_runs([(events, n)])
+
+    def add_runs(self, runs: Iterable[tuple[int, int]]) -> None:
+        """Runs of ``(events, n)`` indicators, in order. The test looks only when an epoch fills (to know
+        whether the epoch ends: a full epoch whose test says "worse" is kept, and later indicators are not
+        added to it); :meth:`ChampionWatch.alarm` looks after. The test is valid at every look, so looking
+        once per run of a tick instead of after every request keeps its level and costs one boundary search
+        per epoch instead of one per request."""
         assert isinstance(self.test, RateTest)
-        while n > 0:
-            self._roll()
-            room = max(1, self.epoch_size - self.test.n)
-            take = min(n, room)
-            hit = min(events, take)
-            self.test.n += take
-            self.test.k += hit
-            n, events = n - take, events - hit
-            if self.test.decision() == "worse":
-                return
+        for events, n in runs:
+            while n > 0:
+                self._roll()
+                if self.test.n >= self.epoch_size:
+                    return  # this epoch is "worse": the alarm stands
+                take = min(n, self.epoch_size - self.test.n)
+                hit = min(events, take)
+                self.test.n += take
+                self.test.k += hit
+                n, events = n - take, events - hit
 
     def add_value(self, value: float) -> None:
         assert isinstance(self.test, Comparison)
@@ -193,9 +202,13 @@ class ChampionWatch:
 
     def ood(self, *, flagged: int, rows: int) -> None:
         """One answered request's rows and how many of them the OOD rule flagged."""
+        self.ood_many([(flagged, rows)])
+
+    def ood_many(self, requests: Iterable[tuple[int, int]]) -> None:
+        """Many answered requests' ``(flagged, rows)``, in order (one look for all of them)."""
         sig = self.signals.get("ood_rate")
-        if sig is not None and rows > 0:
-            sig.add_events(min(flagged, rows), rows)
+        if sig is not None:
+            sig.add_runs((min(flagged, rows), rows) for flagged, rows in requests if rows > 0)
 
     def labels(self, *, right: int, wrong: int) -> None:
         """Labels that arrived for one-row requests the champion answered: how many it got right and wrong."""

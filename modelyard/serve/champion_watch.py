@@ -305,13 +305,15 @@ class ChampionWatcher:
         seen = answered + failed + len(batch.requests) + len(batch.correct)
         watch = w.watch
         watch.requests(answered=max(0, answered), failed=max(0, failed))
+        ood: list[tuple[int, int]] = []
         for rows, confidence, flag, flagged in batch.requests:
             if confidence is not None:
                 watch.confidence(confidence)
             if flagged is not None:
-                watch.ood(flagged=flagged, rows=rows)
+                ood.append((flagged, rows))
             elif flag is not None and rows == 1:
-                watch.ood(flagged=int(flag), rows=1)
+                ood.append((int(flag), 1))
+        watch.ood_many(ood)
         right = sum(batch.correct)
         watch.labels(right=right, wrong=len(batch.correct) - right)
         w.cursor = batch.cursor

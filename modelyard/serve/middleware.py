@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from modelyard.serve.state import Capture, ServerState
 
@@ -87,12 +87,23 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class DirectRoute(Protocol):
+    """A route the middleware answers itself, bypassing the app's router (see ``routes.DirectInfer``)."""
+
+    def match(self, scope: Scope) -> tuple[str, str | None] | None: ...
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None: ...
+
+
 class ServerMiddleware:
     """Auth, body-size limit, in-flight gauge, request metrics and the last-resort 500, as pure ASGI."""
 
-    def __init__(self, app: Any, state: ServerState) -> None:
+    def __init__(self, app: Any, state: ServerState, direct: DirectRoute | None = None) -> None:
         self.app = app
         self.state = state
+        self.direct = direct
 
     def _authorized(self, scope: Scope) -> bool:
         key = self.state.settings.api_key
@@ -206,5 +217,8 @@ class ServerMiddleware:
 
         if self.state.shutting_down and path not in OPEN_PATHS:
             await _send_json(send, 503, {"error": "the server is shutting down; retry on another instance"})
+            return
+        if self.direct is not None and (target := self.direct.match(scope)) is not None:
+            await self.direct(scope, replay, send, *target)
             return
         await self.app(scope, replay, send)
