@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -17,14 +18,14 @@ from modelyard.candidate import Candidate
 from modelyard.data.dataset import Dataset
 from modelyard.errors import ConfigError, PassSkipped
 from modelyard.optimize.passes.export import OnnxExportConfig, onnx_pass
-from modelyard.optimize.passes.openvino import convert, int8
+from modelyard.optimize.passes.openvino import convert, int8, mixed
 from modelyard.optimize.passes.openvino.common import OpenVinoConfig
 from modelyard.optimize.passes.openvino.int8 import OpenVinoInt8Config
 from modelyard.optimize.recipes import default_recipes, parse_recipe
 from modelyard.optimize.registry import PassContext
 from modelyard.runtime.base import RunnerSpec, TensorSpec
 from modelyard.runtime.openvino import OvRunner, OvSettings
-from tests.helpers.models import make_blobs, text_bert_candidate, text_dataset
+from tests.helpers.models import make_blobs, outlier_mlp, text_bert_candidate, text_dataset
 
 SPEC = RunnerSpec(
     (TensorSpec("features", "float32", (None, 6)),),
@@ -150,7 +151,7 @@ def test_int8_transformer_uses_smoothquant_and_records_the_alpha(
 def test_int8_searches_every_alpha_then_skips_when_no_model_meets_the_floors(
     bert_onnx: Candidate, tmp_path: Path
 ) -> None:
-    cfg = OpenVinoInt8Config(samples=40, smooth_alphas=(0.9, 0.5), margin=0.0)
+    cfg = OpenVinoInt8Config(samples=40, smooth_alphas=(0.9, 0.5), margin=0.0, max_float_ops=0)
     ctx = ctx_for(tmp_path, text_dataset(), "q", fidelity={"cosine_mean_min": 1.0})
     with pytest.raises(PassSkipped, match=r"alphas tried: 0\.9, 0\.5\) meets the fidelity floors"):
         int8.openvino_int8_pass(bert_onnx, cfg, ctx)
@@ -185,6 +186,128 @@ def test_int8_does_not_depend_on_the_test_items(classifier: Candidate, tmp_path:
     b_ds = blobs_dataset(test_seed=7)
     b = int8.openvino_int8_pass(classifier, OpenVinoInt8Config(samples=50), ctx_for(tmp_path, b_ds, "b"))
     assert a.path.with_suffix(".bin").read_bytes() == b.path.with_suffix(".bin").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# int8 with mixed precision by sensitivity: the outlier MLP (mmA and mmB read features whose int8 scale
+# crushes 7 of 8 channels) misses an agreement floor of 0.93 in int8 (about 0.86 on fit items)
+
+
+def _mixed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, bf16: bool, floor: float = 0.93, **cfg: Any
+) -> tuple[Candidate, Candidate, Dataset]:
+    _isa(monkeypatch, bf16=bf16)
+    cand, ds = outlier_mlp(tmp_path / "m")
+    ctx = ctx_for(tmp_path, ds, "q", fidelity={"agreement_min": floor})
+    out = int8.openvino_int8_pass(cand, OpenVinoInt8Config(samples=100, margin=0.0, **cfg), ctx)
+    return out, cand, ds
+
+
+def test_int8_keeps_the_most_sensitive_ops_out_of_int8_until_the_floor_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nncf
+
+    seen: list[np.ndarray] = []  # every row the pass calibrates on or runs an OpenVINO model on
+    real_quantize, real_run, real_mem = nncf.quantize, OvRunner.run, mixed._InMemory.run
+
+    def spy_quantize(model: Any, dataset: Any, **kwargs: Any) -> Any:
+        seen.extend(np.asarray(item["features"]) for item in dataset.get_inference_data())
+        return real_quantize(model, dataset, **kwargs)
+
+    def spy_run(self: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(np.asarray(feeds["features"]))
+        return real_run(self, feeds)  # type: ignore[no-any-return]
+
+    def spy_mem(self: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(np.asarray(feeds["features"]))
+        return real_mem(self, feeds)
+
+    monkeypatch.setattr(nncf, "quantize", spy_quantize)
+    monkeypatch.setattr(OvRunner, "run", spy_run)
+    monkeypatch.setattr(mixed._InMemory, "run", spy_mem)
+    cand, parent, ds = _mixed_run(tmp_path, monkeypatch, bf16=False)
+
+    q = cand.meta["quantization"]
+    kept = q["kept_out_of_int8"]
+    assert 1 <= kept["count"] <= 3 and len(kept["ops"]) == kept["count"]
+    assert set(kept["ops"]) <= {"mmA", "mmB", "add0", "mm2"} and q["quantized_ops"] == 4 - kept["count"]
+    assert q["fallback_precision"] == "f32" and "no BF16/AMX" in q["fallback_reason"]
+    assert cand.meta["openvino"]["inference_precision"] == "f32" and cand.meta["precision"] == "int8"
+    assert [t["node"] for t in q["sensitivity"]["top"]][: kept["count"]] == kept["ops"]
+    rounds = cand.meta["search"]
+    assert rounds[0]["kept_out_of_int8"] == 0 and not rounds[0]["passed"]  # int8 alone misses the floor
+    assert rounds[0]["fidelity"]["agreement"] < 0.93 <= cand.meta["fidelity_train"]["agreement"]
+    assert any(r["passed"] and r["kept_out_of_int8"] == kept["count"] for r in rounds[1:])
+    assert any(f"kept {kept['count']} of 4 quantized ops out of int8" in n for n in cand.notes)
+    # what is served is what was measured: the candidate's own file gives the recorded fidelity on fit items
+    x_fid = ds.fit_sample(100, seed=1)
+    agreement = np.mean(logits(cand, x_fid).argmax(1) == logits(parent, x_fid).argmax(1))
+    assert agreement == pytest.approx(cand.meta["fidelity_train"]["agreement"])
+    # calibration, ranking and every search round saw fit items only
+    rows = np.concatenate(seen)
+    train = {r.tobytes() for r in ds.x_train}
+    test = {r.tobytes() for r in ds.x_test}
+    assert all(r.tobytes() in train for r in rows) and not any(r.tobytes() in test for r in rows)
+
+
+def test_int8_kept_out_ops_run_in_bf16_where_the_cpu_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    real = ov_runtime.compiled_settings
+    orig_config = OvSettings.compile_config
+
+    def as_asked(compiled: Any) -> dict[str, Any]:  # this CPU may run bf16 in f32; say what was asked
+        return {**real(compiled), "inference_precision": asked[-1]}
+
+    def record(self: OvSettings, threads: int) -> dict[str, Any]:
+        config = orig_config(self, threads)
+        asked.append(config["INFERENCE_PRECISION_HINT"])
+        return config
+
+    monkeypatch.setattr(ov_runtime, "compiled_settings", as_asked)
+    monkeypatch.setattr(OvSettings, "compile_config", record)
+    cand, _, _ = _mixed_run(tmp_path, monkeypatch, bf16=True)
+    q = cand.meta["quantization"]
+    assert q["fallback_precision"] == "bf16" and q["kept_out_of_int8"]["count"] >= 1
+    assert cand.meta["openvino"]["inference_precision"] == "bf16"
+    assert cand.meta["runtime"]["compiled"]["inference_precision"] == "bf16"
+    assert asked[0] == "f32" and set(asked[1:]) == {"bf16"}  # the int8 round, then the fallback's
+
+
+def test_int8_fallback_uses_f32_when_openvino_does_not_run_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ov_runtime.compiled_settings
+    monkeypatch.setattr(ov_runtime, "compiled_settings", lambda c: {**real(c), "inference_precision": "f32"})
+    cand, _, _ = _mixed_run(tmp_path, monkeypatch, bf16=True)
+    q = cand.meta["quantization"]
+    assert q["fallback_precision"] == "f32" and q["kept_out_of_int8"]["count"] >= 1
+    assert "compiled with inference precision f32 when asked for bf16" in q["fallback_reason"]
+    assert cand.meta["openvino"]["inference_precision"] == "f32"
+
+
+def test_int8_skips_when_the_fallback_cannot_meet_the_floor_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(PassSkipped) as info:
+        _mixed_run(tmp_path, monkeypatch, bf16=False, floor=1.0)
+    reason = str(info.value)
+    assert "\n" not in reason
+    assert re.search(
+        r"even keeping up to 3 of 4 quantized ops out of int8 \(f32\); best, with \d kept out: agreement 0\.\d+",
+        reason,
+    )
+
+
+def test_int8_without_fallback_skips_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(
+        PassSkipped,
+        match=r"alphas tried: none\) meets the fidelity floors \(\+ margin 0\) on fit "
+        r"items; best: agreement 0\.\d+ \(target 0\.9300\)$",
+    ):
+        _mixed_run(tmp_path, monkeypatch, bf16=False, max_float_ops=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,6 +438,11 @@ def test_recipes_parse_and_are_not_defaults(classifier: Candidate) -> None:
         parse_recipe("openvino(hint='FAST')")
     with pytest.raises(ConfigError, match="smooth_alphas must be numbers in"):
         parse_recipe("openvino-int8(smooth_alphas=(2,))")
+    assert parse_recipe("onnx > openvino-int8(max_float_ops=0)")[1][1].max_float_ops == 0
+    with pytest.raises(
+        ConfigError, match=r"max_float_ops must be an integer >= 0 \(0: no mixed precision\), got -1"
+    ):
+        parse_recipe("openvino-int8(max_float_ops=-1)")
 
 
 def test_without_openvino_every_pass_skips_with_one_line(

@@ -69,6 +69,13 @@ TRANSFORMER_OPS = frozenset(
 )
 
 
+# why the nodes kept out of int8 run in fp32 here, where openvino-int8 runs them in bf16 on CPUs with BF16
+FALLBACK_REASON = (
+    "nodes kept out of int8 run in fp32: ONNX Runtime's CPU execution provider has no bf16 kernels for "
+    "MatMul, Gemm or Conv"
+)
+
+
 def is_transformer_graph(model: Any) -> bool:
     return any(n.op_type in TRANSFORMER_OPS for n in model.graph.node)
 
@@ -277,7 +284,7 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
             check_runs(chosen_path, batches[0], "int8-auto", ctx.threads)
             notes.append(
                 f"kept {len(chosen_nodes)} of {len(nodes)} quantizable nodes in fp32 (most sensitive first, "
-                f"{ranking.method}): {', '.join(chosen_nodes)}"
+                f"{ranking.method}): {', '.join(chosen_nodes)}; {FALLBACK_REASON}"
             )
         else:
             notes.append("all nodes quantized: the targets hold without keeping any node in fp32")
@@ -288,6 +295,8 @@ def int8_auto(candidate: Candidate, config: AutoQuantConfig, ctx: PassContext) -
             "per_channel": config.per_channel,
             **({"calibration": config.calibration} if mode == "static" else {}),
             "quantized_nodes": len(nodes) - len(chosen_nodes),
+            "fallback_precision": "fp32",
+            "fallback_reason": FALLBACK_REASON,
             **({"smooth_alpha": smoothing["alpha"] if smoothing else None} if mode == "dynamic" else {}),
         },
         "fp32_nodes": list(chosen_nodes),

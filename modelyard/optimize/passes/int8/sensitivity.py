@@ -349,15 +349,17 @@ def search_exclusions(
     passes: Callable[[dict[str, float]], bool],
     progress: Callable[[str], None] = lambda msg: None,
     refine_rounds: int = 3,
+    round_label: str = "re-quantizing with {k} node(s) in fp32",
 ) -> list[SearchRound]:
     """Keep the top-k ranked nodes in fp32 for k = 1, 2, 4, ... (at most ``max_fp32_nodes`` and at most all
     but one node) until ``passes``; then bisect between the last failing and the first passing k (at most
-    ``refine_rounds`` more) to keep as few fp32 as possible. Returns every round in the order run."""
+    ``refine_rounds`` more) to keep as few fp32 as possible. Returns every round in the order run.
+    ``round_label`` is the progress line of a round (``{k}``: the number of nodes kept out)."""
     rounds: list[SearchRound] = []
 
     def run(k: int) -> SearchRound:
         excluded = ranking.top(k)
-        progress(f"re-quantizing with {k} node(s) in fp32")
+        progress(round_label.format(k=k))
         path = quantize_excluding(excluded)
         fid = measure(path)
         r = SearchRound(excluded, fid, passes(fid), path)
