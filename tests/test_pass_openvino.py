@@ -251,14 +251,14 @@ def test_int8_keeps_the_most_sensitive_ops_out_of_int8_until_the_floor_holds(
     assert all(r.tobytes() in train for r in rows) and not any(r.tobytes() in test for r in rows)
 
 
-def test_int8_kept_out_ops_run_in_bf16_where_the_cpu_has_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _record_asked_precision(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each inference precision hint asked of OpenVINO, and report the compiled model as running in
+    the one asked last (this CPU may run bf16 in f32)."""
     asked: list[str] = []
     real = ov_runtime.compiled_settings
     orig_config = OvSettings.compile_config
 
-    def as_asked(compiled: Any) -> dict[str, Any]:  # this CPU may run bf16 in f32; say what was asked
+    def as_asked(compiled: Any) -> dict[str, Any]:
         return {**real(compiled), "inference_precision": asked[-1]}
 
     def record(self: OvSettings, threads: int) -> dict[str, Any]:
@@ -268,6 +268,13 @@ def test_int8_kept_out_ops_run_in_bf16_where_the_cpu_has_it(
 
     monkeypatch.setattr(ov_runtime, "compiled_settings", as_asked)
     monkeypatch.setattr(OvSettings, "compile_config", record)
+    return asked
+
+
+def test_int8_kept_out_ops_run_in_bf16_where_the_cpu_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _record_asked_precision(monkeypatch)
     cand, _, _ = _mixed_run(tmp_path, monkeypatch, bf16=True)
     q = cand.meta["quantization"]
     assert q["fallback_precision"] == "bf16" and q["kept_out_of_int8"]["count"] >= 1
@@ -331,22 +338,7 @@ def test_bf16_asks_openvino_for_bf16_where_the_cpu_has_it(
     classifier: Candidate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _isa(monkeypatch, bf16=True)
-    asked: list[str] = []
-    real = ov_runtime.compiled_settings
-
-    def as_asked(compiled: Any) -> dict[str, Any]:  # this CPU may fall back to f32; say what was asked
-        out = real(compiled)
-        return {**out, "inference_precision": asked[-1]}
-
-    orig_config = OvSettings.compile_config
-
-    def record(self: OvSettings, threads: int) -> dict[str, Any]:
-        config = orig_config(self, threads)
-        asked.append(config["INFERENCE_PRECISION_HINT"])
-        return config
-
-    monkeypatch.setattr(ov_runtime, "compiled_settings", as_asked)
-    monkeypatch.setattr(OvSettings, "compile_config", record)
+    asked = _record_asked_precision(monkeypatch)
     ds = blobs_dataset()
     cand = convert.openvino_bf16_pass(classifier, OpenVinoConfig(), ctx_for(tmp_path, ds, "bf16"))
     assert asked == ["bf16"]
