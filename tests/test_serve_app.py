@@ -22,7 +22,7 @@ from modelyard.evaluate.ood import SCORES, energy_score
 from modelyard.registry import Registry, VersionEntry
 from modelyard.runtime.preprocess import predict
 from modelyard.serve.app import create_app
-from modelyard.serve.model import ServedModel
+from modelyard.serve.model import ServedModel, ort_spinning
 from modelyard.serve.settings import ServeSettings
 from tests.helpers.models import make_blobs, sentiment_texts, tiny_bert_candidate
 from tests.helpers.serving import DEADLINE_S, MODEL, build_blobs_registry, settings_for
@@ -257,6 +257,13 @@ async def test_predict_simple_json(registry: Registry, offline: dict[str, Any]) 
             assert isinstance(p["ood"], bool)
         records = await c.post("/predict", json={"model": MODEL, "inputs": [{"features": x[0].tolist()}]})
         assert records.status_code == 200 and records.json()["predictions"][0] == doc["predictions"][0]
+
+
+def test_the_served_runtime_spins_as_its_measured_latency_decides(offline: dict[str, Any]) -> None:
+    model = offline["model"]
+    spin, why = ort_spinning(model.evidence)
+    assert model.candidate.format == "onnx" and model.evidence is not None
+    assert model.runner.describe()["settings"]["spinning"] is spin and why in model.notes
 
 
 async def test_text_model_over_oip_and_predict(registry: Registry, tmp_path: Path) -> None:

@@ -3,12 +3,16 @@ what modelyard.evaluate computes, for every score kind."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
 
 from modelyard.errors import ArtifactError
 from modelyard.evaluate import ood
 from modelyard.evaluate.metrics import softmax
+from modelyard.serve.model import ort_spinning
 from modelyard.serve.outputs import classifier_outputs
 
 
@@ -34,9 +38,30 @@ def test_without_a_rule_there_are_no_ood_outputs_and_unknown_scores_are_refused(
         classifier_outputs(raw, temperature=1.0, ood_rule={"score": "mahalanobis", "threshold": 0.0})
 
 
-def test_the_server_turns_onnx_runtime_spinning_off() -> None:
+def _evidence(p50_ms: float | None) -> Any:
+    return SimpleNamespace(measurements={"efficiency.latency_p50_ms": SimpleNamespace(value=p50_ms)})
+
+
+@pytest.mark.parametrize(
+    ("evidence", "spin", "why"),
+    [
+        (_evidence(4.18), True, "spin between operators: batch-1 inference measured 4.18 ms (>= 1 ms)"),
+        (_evidence(0.07), False, "sleep between calls: batch-1 inference measured 0.07 ms (< 1 ms)"),
+        (_evidence(None), False, "no measured batch-1 latency"),
+        (_evidence(float("nan")), False, "no measured batch-1 latency"),
+        (None, False, "no measured batch-1 latency"),
+    ],
+)
+def test_served_onnx_runtime_spins_only_for_models_slower_than_a_millisecond(
+    evidence: Any, spin: bool, why: str
+) -> None:
+    decided, reason = ort_spinning(evidence)
+    assert decided is spin and why in reason
+
+
+def test_onnx_runtime_spinning_is_a_session_setting() -> None:
     from modelyard.runtime.onnx import session_options
 
     assert session_options(1, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    with pytest.raises(RuntimeError, match="does not have configuration"):  # offline runners keep the default
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # spinning on: the default
         session_options(1).get_session_config_entry("session.intra_op.allow_spinning")

@@ -80,6 +80,35 @@ def latency_budget_ms(evidence: VersionEvidence | None) -> float | None:
     return None
 
 
+SPIN_MIN_LATENCY_MS = 1.0
+
+
+def ort_spinning(evidence: VersionEvidence | None) -> tuple[bool, str]:
+    """Whether a served ONNX Runtime session lets its idle threads spin, and why.
+
+    A model whose batch-1 inference (the version's measured ``efficiency.latency_p50_ms``) takes at least
+    1 ms runs many parallel operators per call; threads that sleep between them are woken once per operator,
+    which costs more than spinning (MiniLM here, one request at a time: 170 req/s spinning, 122 not). A
+    model faster than that spends most of a request in the HTTP side, and threads spinning after each call
+    would take the cores it needs."""
+    m = None if evidence is None else evidence.measurements.get("efficiency.latency_p50_ms")
+    ms = None if m is None else m.value
+    if ms is None or not math.isfinite(ms) or ms <= 0:
+        return (
+            False,
+            "ONNX Runtime threads sleep between calls: no measured batch-1 latency to judge spinning",
+        )
+    if ms >= SPIN_MIN_LATENCY_MS:
+        return True, (
+            f"ONNX Runtime threads spin between operators: batch-1 inference measured {ms:.2f} ms "
+            f"(>= {SPIN_MIN_LATENCY_MS:g} ms), where waking sleeping threads costs more than spinning"
+        )
+    return False, (
+        f"ONNX Runtime threads sleep between calls: batch-1 inference measured {ms:.2f} ms "
+        f"(< {SPIN_MIN_LATENCY_MS:g} ms), so the HTTP side needs the cores more than the runtime"
+    )
+
+
 @dataclass
 class ServedModel:
     """A loaded, warmed-up model version, ready for :meth:`run_batch` (see the module docstring)."""
@@ -134,9 +163,8 @@ class ServedModel:
                     require_safe(cand.path, trust_pickle=True)
                 except UnsafeModelError as exc:
                     raise UnsafeModelError(f"{label}: {exc}") from None
-            runner = cand.load(
-                threads=threads, spin=False
-            )  # idle ORT threads must not eat the HTTP side's CPU
+            spin, spin_why = ort_spinning(info.get("evidence"))
+            runner = cand.load(threads=threads, spin=spin)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -154,6 +182,8 @@ class ServedModel:
             note = f"served on {status.serve_flag} without a trust record ({status.problem})"
             model.notes.append(note)
             log.warning("%s: %s", label, note)
+        if cand.format == "onnx":
+            model.notes.append(spin_why)
         model._read_serving_rules()
         model.input_projection, model.output_projection, why = served_projections(folder)
         if why:
