@@ -1170,6 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
     s_opt_pc = speed.get("optimum_int8_pc")
     f_opt_pc = fid.get("optimum_int8_pc")
     f_ov = fid.get(OV_NNCF)
+    f_ours_ov = fid.get("ours_ov_int8")
     md.append("")
     md.append(
         f"Total benchmark time: {time.perf_counter() - started:.0f} s. Load average (1/5/15 min) at start "
@@ -1195,6 +1196,8 @@ def main(argv: list[str] | None = None) -> int:
                 "optimum_per_channel_top10_agreement": rounded(f_opt_pc["top10"] if f_opt_pc else None, 4),
                 "openvino_int8_speedup_vs_torch_b32": rounded(speed.get(OV_NNCF), 3),
                 "openvino_int8_top10_agreement": rounded(f_ov["top10"] if f_ov else None, 4),
+                "ours_openvino_int8_speedup_vs_torch_b32": rounded(speed.get("ours_ov_int8"), 3),
+                "ours_openvino_int8_top10_agreement": rounded(f_ours_ov["top10"] if f_ours_ov else None, 4),
                 "champion": champ["recipe"],
                 "champion_runtime": champ["runtime"],
                 "champion_speedup_vs_torch_b32": rounded(champ["speedup"], 3),
