@@ -4,15 +4,15 @@ closing JSON line. Benchmarks are not tests: nothing here asserts on time."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from modelyard.evaluate.machine_load import OtherLoad
 
 # One "pass" = a fixed piece of work (e.g. every batch of a input set once); it returns how many items
 # (sentences, images) it processed.
@@ -58,37 +58,6 @@ class Throughput:
     @property
     def high(self) -> float:
         return float(max(self.used))
-
-
-class OtherLoad:
-    """CPU time that processes other than this one used, from /proc/stat (Linux) minus this process's own
-    CPU time. Timings on a shared machine are only comparable when this stays near zero: with one thread
-    per core, a runtime whose threads meet at barriers slows down far more than the CPU time stolen."""
-
-    def __init__(self) -> None:
-        self._stat = Path("/proc/stat")
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    @property
-    def available(self) -> bool:
-        return self._stat.is_file()
-
-    def _busy_s(self) -> float:
-        fields = [int(x) for x in self._stat.read_text().splitlines()[0].split()[1:9]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        return (user + nice + system + irq + softirq + steal) / self._tick
-
-    def snapshot(self) -> tuple[float, float, float]:
-        busy = self._busy_s() if self.available else 0.0
-        return busy, time.process_time(), time.perf_counter()
-
-    def cores_since(self, start: tuple[float, float, float]) -> float:
-        """Average number of cores other processes kept busy since ``start`` (0.0 if unknown)."""
-        if not self.available:
-            return 0.0
-        busy, own, now = self.snapshot()
-        elapsed = max(now - start[2], 1e-9)
-        return max(0.0, ((busy - start[0]) - (own - start[1])) / elapsed)
 
 
 def log(msg: str) -> None:

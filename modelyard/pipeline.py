@@ -268,7 +268,7 @@ def assemble_evidence(
         "champion_reason": reason,
         "pareto": gate.pareto_front(typed, task),
         "audit": {"data": audits.get("data") or {}, "model": audits.get("model") or {}},
-        "caveats": _caveats(audits, rows, dataset, suite or {}),
+        "caveats": _caveats(audits, rows, dataset, suite or {}) + _contended_timing(measurements),
         "suite": {
             **(suite or {}),
             "seconds": {**(suite or {}).get("seconds", {}), **audits.get("seconds", {})},
@@ -317,6 +317,27 @@ def _caveats(
             f"the model file scan says {scan.get('status')}: {'; '.join(scan.get('findings') or [])[:300]}"
         )
     return out
+
+
+def _contended_timing(measurements: dict[str, dict[str, Measurement]]) -> list[str]:
+    """A caveat when speed figures were timed while other processes kept at least ``CONTENDED_CORES`` busy
+    (each efficiency measurement records ``other_cores``): those figures, and the gate's and the server's
+    choices made from them, reflect the neighbours as much as the model."""
+    from modelyard.evaluate.machine_load import CONTENDED_CORES
+
+    worst: dict[str, float] = {}
+    for name, ms in measurements.items():
+        for key, m in ms.items():
+            other = m.details.get("other_cores") if key.startswith("efficiency.") else None
+            if isinstance(other, int | float) and other >= CONTENDED_CORES:
+                worst[name] = max(worst.get(name, 0.0), float(other))
+    if not worst:
+        return []
+    each = ", ".join(f"{name} ({cores:.2f})" for name, cores in sorted(worst.items()))
+    return [
+        f"speed figures were timed while other processes kept cores busy (most, in cores: {each}); latency, "
+        "throughput, cost and the batching the server picks from them may be off: rerun on a quiet machine"
+    ]
 
 
 def _efficiency_device(measurements: dict[str, dict[str, Measurement]]) -> str:

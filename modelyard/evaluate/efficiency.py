@@ -48,6 +48,7 @@ from modelyard.errors import ConfigError
 from modelyard.evaluate._inputs import check_positive, error_line, normalize_inputs, tile
 from modelyard.evaluate.checkspec import CheckSpec, GateSpec, declare
 from modelyard.evaluate.evidence import Measurement, measure
+from modelyard.evaluate.machine_load import OtherLoad
 from modelyard.evaluate.memory import measure_peak_rss
 from modelyard.runtime.base import Runner, describe_runner
 from modelyard.runtime.device import default_threads, resolve_device
@@ -444,10 +445,13 @@ def measure_efficiency(
     single = [
         pre(tile(inputs, 1, i)) for i in range(min(len(inputs), latency_calls, MAX_DISTINCT_LATENCY_INPUTS))
     ]
+    meter = OtherLoad()
     try:
         for i in range(warmup_calls):
             runner.run(single[i % len(single)])
+        start = meter.snapshot()
         times_ms = [_call_s(runner, single[i % len(single)]) * 1e3 for i in range(latency_calls)]
+        lat_load = meter.details_since(start)
     except Exception as exc:
         reason = f"batch-1 calls failed: {error_line(exc)}"
         for key in ("efficiency.latency_p50_ms", "efficiency.latency_p99_ms"):
@@ -458,6 +462,7 @@ def measure_efficiency(
             "calls": latency_calls,
             "warmup_calls": warmup_calls,
             "distinct_inputs": len(single),
+            **lat_load,
         }
         for q, key in ((50, "efficiency.latency_p50_ms"), (99, "efficiency.latency_p99_ms")):
             value = float(np.percentile(times_ms, q))
@@ -476,6 +481,7 @@ def measure_efficiency(
     # throughput: interleaved rounds over the batch sizes; a round's figure is the median of its per-call
     # rates, a batch size's figure the median of its rounds
     say(f"{candidate.name}: throughput", 0.0)
+    start = meter.snapshot()
     per_call = (
         _interleave(
             {str(b): (runner, f) for b, f in batch_feeds.items()},
@@ -492,6 +498,7 @@ def measure_efficiency(
     calls = {k: sum(len(w) for w in windows) for k, windows in per_call.items()}
     tp: dict[str, Any] = {
         **common,
+        **meter.details_since(start),
         "method": f"median of {THROUGHPUT_ROUNDS} interleaved rounds (a round: the median per-call rate over "
         f">= {min_time_s / THROUGHPUT_ROUNDS:.3g} s and >= {MIN_CALLS_PER_WINDOW} calls), "
         f">= {min_time_s:g} s per batch size in all",

@@ -310,6 +310,7 @@ def _interleaved_best(
         runner_device,
         throughput_measurement,
     )
+    from modelyard.evaluate.machine_load import OtherLoad
 
     runners = {}
     where: dict[str, dict[str, Any]] = {}
@@ -324,7 +325,10 @@ def _interleaved_best(
     if len(runners) < 2:
         return
     min_time_s = max(0.1, options.min_time_s / 2)
+    meter = OtherLoad()
+    start = meter.snapshot()
     rounds = interleaved_throughput(runners, rounds=THROUGHPUT_ROUNDS, min_time_s=min_time_s)
+    load = meter.details_since(start)
     replaced = ("method", "rounds_items_per_s", "interval_method", "interval_coverage", "batch_selection")
     for name, per_round in rounds.items():
         seq = results[name]["efficiency.throughput_best"]
@@ -332,7 +336,7 @@ def _interleaved_best(
         best = throughput_measurement(
             "efficiency.throughput_best",
             per_round,
-            **{**kept, **where[name]},
+            **{**kept, **where[name], **load},
             method=f"median of {THROUGHPUT_ROUNDS} rounds timed round-robin across all {len(runners)} "
             f"candidates at each one's best batch size (here {seq.details.get('best_batch')}), "
             f">= {min_time_s:g} s per round",
