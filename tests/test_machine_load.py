@@ -16,7 +16,7 @@ from modelyard.evaluate import machine_load
 from modelyard.evaluate.efficiency import measure_efficiency
 from modelyard.evaluate.machine_load import CONTENDED_CORES, OtherLoad
 from modelyard.pipeline import _contended_timing
-from tests.test_efficiency import FakeRunner, fake_candidate
+from tests.helpers.fake_runner import FakeRunner, fake_candidate
 
 
 def _stat(path: Path, busy_ticks: int) -> None:
