@@ -19,7 +19,15 @@ import numpy as np
 
 from modelyard.errors import DataError
 from modelyard.monitor.log import PredictionRecord
-from modelyard.monitor.summary import MAX_ROWS, Projection, summarize_inputs, summarize_outputs
+from modelyard.monitor.summary import (
+    MAX_ROWS,
+    OutputSummary,
+    Projection,
+    rounded_array,
+    summarize_inputs,
+    summarize_outputs,
+)
+from modelyard.monitor.summary_batch import classifier_summaries
 
 __all__ = ["PendingPrediction", "build_records"]
 
@@ -57,10 +65,17 @@ class PendingPrediction:
         arr = None if proj is None or self.feeds is None else self.feeds.get(proj.source)
         return None if arr is None else np.asarray(arr)[:MAX_ROWS]
 
-    def build(self, *, features: np.ndarray | None = None) -> PredictionRecord:
+    def build(
+        self, *, features: list[list[float]] | None = None, outputs: OutputSummary | None = None
+    ) -> PredictionRecord:
         """The record the log stores: the summaries encoded (raises on inputs that cannot be summarized).
-        ``features``: the projected input's features, when :func:`build_records` computed them for a batch."""
-        out = summarize_outputs(self.outputs, projection=self.output_projection)
+        ``features``, ``outputs``: the projected input's features (rounded as logged) and the output summary, when
+        :func:`build_records` computed them for a batch."""
+        out = (
+            outputs
+            if outputs is not None
+            else summarize_outputs(self.outputs, projection=self.output_projection)
+        )
         return PredictionRecord(
             request_id=self.request_id,
             at_unix_s=self.at_unix_s,
@@ -82,22 +97,23 @@ class PendingPrediction:
 def build_records(items: Sequence[PendingPrediction]) -> tuple[list[PredictionRecord], int]:
     """The records of ``items`` and how many could not be summarized. Items whose input one projection reads,
     with rows of the same shape, are projected together (one matrix product for the batch instead of one per
-    request: on a small model that product's overhead is most of a summary's cost)."""
-    groups: dict[tuple[int, tuple[int, ...], str], list[int]] = {}
+    request: on a small model that product's overhead is most of a summary's cost), and the output summaries of
+    alike classifier requests are computed together (:func:`~modelyard.monitor.summary_batch.classifier_summaries`)."""
+    groups: dict[tuple[int, tuple[int, ...], np.dtype[Any]], list[int]] = {}
     heads: list[np.ndarray | None] = []
     for i, item in enumerate(items):
         head = item.projected_input()
         heads.append(head)
         if head is not None and head.ndim >= 1:
-            groups.setdefault((id(item.input_projection), head.shape[1:], str(head.dtype)), []).append(i)
-    features: dict[int, np.ndarray] = {}
+            groups.setdefault((id(item.input_projection), head.shape[1:], head.dtype), []).append(i)
+    features: dict[int, list[list[float]]] = {}
     for members in groups.values():
         proj = items[members[0]].input_projection
         if len(members) < 2 or proj is None:
             continue
         stacked = np.concatenate([h for h in (heads[i] for i in members) if h is not None])
         try:
-            feats = proj.features(stacked)
+            feats = rounded_array(proj.features(stacked)).tolist()
         except (ValueError, DataError):
             continue  # each item then tries on its own (and is summarized without features if it does not fit)
         at = 0
@@ -105,11 +121,12 @@ def build_records(items: Sequence[PendingPrediction]) -> tuple[list[PredictionRe
             n = len(heads[i])  # type: ignore[arg-type]
             features[i] = feats[at : at + n]
             at += n
+    summaries = classifier_summaries([item.outputs for item in items])
     records: list[PredictionRecord] = []
     failed = 0
     for i, item in enumerate(items):
         try:
-            records.append(item.build(features=features.get(i)))
+            records.append(item.build(features=features.get(i), outputs=summaries[i]))
         except Exception:
             log.debug("summarizing request %s for the prediction log failed", item.request_id, exc_info=True)
             failed += 1

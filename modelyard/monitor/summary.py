@@ -65,13 +65,18 @@ def _rounded(a: np.ndarray) -> list[Any]:
         return a.tolist()  # type: ignore[no-any-return]
     if a.size <= _SMALL:
         return _round_nested(a.astype(np.float64).tolist())  # type: ignore[no-any-return]
-    x = a.astype(np.float64)
+    return rounded_array(a).tolist()  # type: ignore[no-any-return]
+
+
+def rounded_array(a: np.ndarray) -> NDArray[np.float64]:
+    """A float array rounded to ``DIGITS`` significant digits as float64 (zeros, infinities and NaN as they are):
+    the numbers :func:`_rounded` writes, computed for the whole array at once."""
+    x = np.asarray(a, dtype=np.float64)
     ok = np.isfinite(x) & (x != 0)
     with np.errstate(all="ignore"):
         mag = np.floor(np.log10(np.abs(np.where(ok, x, 1.0))))
         scale = 10.0 ** (DIGITS - 1 - mag)
-        out = np.where(ok, np.round(x * scale) / scale, x)
-    return out.tolist()  # type: ignore[no-any-return]
+        return np.asarray(np.where(ok, np.round(x * scale) / scale, x), dtype=np.float64)
 
 
 # Arrays of at most this many values are rounded in plain Python (measured crossover: numpy's path costs about
@@ -180,7 +185,7 @@ def _projected(projection: Projection | None, arr: Any, k: int) -> list[Any] | N
         return None
 
 
-def _encode(doc: Mapping[str, Any]) -> str:
+def encode_summary(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -215,11 +220,12 @@ def summarize_inputs(
     *,
     rows: int,
     projection: Projection | None = None,
-    features: NDArray[np.float64] | None = None,
+    features: list[list[float]] | None = None,
 ) -> str:
     """The encoded input summary of one request (see the module docstring); with ``projection`` (from the
     served version's monitor reference) also each summarized row's projected ``features``. ``features``: those
-    of the first ``MAX_ROWS`` rows when the caller computed them already (the writer does, a batch at once)."""
+    of the first ``MAX_ROWS`` rows, rounded as the log keeps them, when the caller computed them already (the
+    writer does, a batch at once)."""
 
     def build(k: int, stats: bool) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
@@ -231,7 +237,7 @@ def summarize_inputs(
                 "words": [len(t.split()) for t in head],
             }
         if features is not None:
-            projected: list[Any] | None = _rounded(features[:k])
+            projected: list[Any] | None = features[:k]
         else:
             source = (feeds or {}).get(projection.source) if projection else None
             projected = _projected(projection, source, k)
@@ -289,7 +295,7 @@ def summarize_outputs(
         return OutputSummary(_bounded(build), confidence, ood_score, ood_flag)
     emb = outputs.get("embedding")
     if emb is None:
-        return OutputSummary(_encode({"rows": None}), None, None, None)
+        return OutputSummary(encode_summary({"rows": None}), None, None, None)
     e = np.asarray(emb, dtype=np.float64)
     e = e.reshape(len(e), -1) if e.ndim else e.reshape(1, 1)
 
@@ -319,8 +325,8 @@ def _bounded(build: Callable[[int, bool], dict[str, Any]]) -> str:
         k = MAX_ROWS
         while k >= 1:
             doc = build(k, stats)
-            text = _encode(doc)
+            text = encode_summary(doc)
             if len(text.encode("utf-8")) <= MAX_SUMMARY_BYTES:
                 return text
             k //= 2
-    return _encode({"rows": doc.get("rows"), "truncated": True})
+    return encode_summary({"rows": doc.get("rows"), "truncated": True})
