@@ -32,23 +32,39 @@ def test_other_cores_are_the_machines_busy_time_less_this_process(
     clock = {"own": 10.0, "wall": 100.0}
     monkeypatch.setattr(machine_load, "process_time", lambda: clock["own"])
     monkeypatch.setattr(machine_load, "perf_counter", lambda: clock["wall"])
-    meter = OtherLoad(stat)
+    meter = OtherLoad(stat, cpus=2)
     tick = meter._tick
     start = meter.snapshot()
-    # 2 s of wall time: the machine was busy 3 CPU-seconds, 1.2 of them this process's own
+    # 2 s of wall time: the machine was busy 3 CPU-seconds, 1.2 of them this process's own; less the counters'
+    # resolution, one tick per CPU over the 2 s
     _stat(stat, 1000 + 3 * tick)
     clock["own"] += 1.2
     clock["wall"] += 2.0
-    assert meter.cores_since(start) == pytest.approx(0.9)
-    assert meter.details_since(start) == {"other_cores": 0.9}
+    resolution = 2 / tick / 2.0
+    assert meter.resolution_cores(2.0) == pytest.approx(resolution)
+    assert meter.cores_since(start) == pytest.approx(0.9 - resolution)
+    assert meter.details_since(start) == {"other_cores": round(0.9 - resolution, 2)}
     clock["own"] += 5.0  # this process alone: never negative
     assert meter.cores_since(start) == 0.0
 
 
-def test_without_proc_stat_it_reports_nothing(tmp_path: Path) -> None:
-    meter = OtherLoad(tmp_path / "missing")
+def test_a_short_window_does_not_read_one_tick_per_cpu_as_a_neighbour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stat = tmp_path / "stat"
+    _stat(stat, 1000)
+    clock = {"own": 10.0, "wall": 100.0}
+    monkeypatch.setattr(machine_load, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(machine_load, "perf_counter", lambda: clock["wall"])
+    meter = OtherLoad(stat, cpus=2)
     start = meter.snapshot()
-    assert not meter.available and meter.cores_since(start) == 0.0 and meter.details_since(start) == {}
+    # 30 ms of an idle machine whose counters moved a tick on each CPU: 0.67 "cores" of rounding
+    _stat(stat, 1002)
+    clock["wall"] += 0.03
+    assert meter.cores_since(start) == 0.0
+    # a real neighbour over the same window shows above the resolution
+    _stat(stat, 1002 + 3)
+    assert meter.cores_since(start) == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not OtherLoad().available, reason="needs /proc/stat (Linux)")
@@ -56,7 +72,7 @@ def test_efficiency_figures_record_a_busy_neighbour(tmp_path: Path) -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         res = measure_efficiency(
-            fake_candidate(tmp_path, FakeRunner()),
+            fake_candidate(tmp_path, FakeRunner(busy_s=1e-4)),  # 2000 calls: a 0.2 s latency window
             np.zeros((4, 3), np.float32),
             price_usd_per_hour=1.0,
             batch_sizes=(1, 8),

@@ -3,6 +3,7 @@ refuses batches over a size."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,12 @@ from modelyard.runtime.base import RunnerSpec, TensorSpec
 
 
 class FakeRunner:
-    """Records every call; refuses batches larger than ``max_batch``."""
+    """Records every call; refuses batches larger than ``max_batch``; keeps this process's CPU busy for
+    ``busy_s`` per call (a model's compute, so timed windows are not all overhead)."""
 
-    def __init__(self, name: str = "fake", max_batch: int = 1 << 30, log: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str = "fake", max_batch: int = 1 << 30, log: list[str] | None = None, busy_s: float = 0.0
+    ) -> None:
         self.spec = RunnerSpec(
             inputs=(TensorSpec("x", "float32", (None, 3)),),
             outputs=(TensorSpec("logits", "float32", (None, 2)),),
@@ -27,6 +31,7 @@ class FakeRunner:
         self.max_batch = max_batch
         self.log = log if log is not None else []
         self.dtypes: set[str] = set()
+        self.busy_s = busy_s
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feeds["x"]
@@ -34,6 +39,9 @@ class FakeRunner:
         if len(x) > self.max_batch:
             raise ValueError(f"batch {len(x)} exceeds the fixed batch size {self.max_batch}")
         self.log.append(self.name)
+        until = time.perf_counter() + self.busy_s
+        while time.perf_counter() < until:
+            pass
         return {"logits": np.zeros((len(x), 2), np.float32)}
 
 
