@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,46 +25,52 @@ def _stat(path: Path, busy_ticks: int) -> None:
     path.write_text(f"cpu  {busy_ticks} 0 0 5000 7 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
 
 
-def test_other_cores_are_the_machines_busy_time_less_this_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stat = tmp_path / "stat"
-    _stat(stat, 1000)
-    clock = {"own": 10.0, "wall": 100.0}
-    monkeypatch.setattr(machine_load, "process_time", lambda: clock["own"])
-    monkeypatch.setattr(machine_load, "perf_counter", lambda: clock["wall"])
-    meter = OtherLoad(stat, cpus=2)
+@dataclass
+class Machine:
+    """A fake /proc/stat (busy ticks) and fake clocks (this process's CPU seconds, wall seconds)."""
+
+    stat: Path
+    clock: dict[str, float]
+
+    def busy(self, ticks: int) -> None:
+        _stat(self.stat, ticks)
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
+    m = Machine(tmp_path / "stat", {"own": 10.0, "wall": 100.0})
+    m.busy(1000)
+    monkeypatch.setattr(machine_load, "process_time", lambda: m.clock["own"])
+    monkeypatch.setattr(machine_load, "perf_counter", lambda: m.clock["wall"])
+    return m
+
+
+def test_other_cores_are_the_machines_busy_time_less_this_process(machine: Machine) -> None:
+    meter = OtherLoad(machine.stat, cpus=2)
     tick = meter._tick
     start = meter.snapshot()
     # 2 s of wall time: the machine was busy 3 CPU-seconds, 1.2 of them this process's own; less the counters'
     # resolution, one tick per CPU over the 2 s
-    _stat(stat, 1000 + 3 * tick)
-    clock["own"] += 1.2
-    clock["wall"] += 2.0
+    machine.busy(1000 + 3 * tick)
+    machine.clock["own"] += 1.2
+    machine.clock["wall"] += 2.0
     resolution = 2 / tick / 2.0
     assert meter.resolution_cores(2.0) == pytest.approx(resolution)
     assert meter.cores_since(start) == pytest.approx(0.9 - resolution)
     assert meter.details_since(start) == {"other_cores": round(0.9 - resolution, 2)}
-    clock["own"] += 5.0  # this process alone: never negative
+    machine.clock["own"] += 5.0  # this process alone: never negative
     assert meter.cores_since(start) == 0.0
 
 
-def test_a_short_window_does_not_read_one_tick_per_cpu_as_a_neighbour(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stat = tmp_path / "stat"
-    _stat(stat, 1000)
-    clock = {"own": 10.0, "wall": 100.0}
-    monkeypatch.setattr(machine_load, "process_time", lambda: clock["own"])
-    monkeypatch.setattr(machine_load, "perf_counter", lambda: clock["wall"])
-    meter = OtherLoad(stat, cpus=2)
+def test_a_short_window_does_not_read_one_tick_per_cpu_as_a_neighbour(machine: Machine) -> None:
+    meter = OtherLoad(machine.stat, cpus=2)
     start = meter.snapshot()
     # 30 ms of an idle machine whose counters moved a tick on each CPU: 0.67 "cores" of rounding
-    _stat(stat, 1002)
-    clock["wall"] += 0.03
+    machine.busy(1002)
+    machine.clock["wall"] += 0.03
     assert meter.cores_since(start) == 0.0
     # a real neighbour over the same window shows above the resolution
-    _stat(stat, 1002 + 3)
+    machine.busy(1002 + 3)
     assert meter.cores_since(start) == pytest.approx(1.0)
 
 
