@@ -74,6 +74,12 @@ def test_a_short_window_does_not_read_one_tick_per_cpu_as_a_neighbour(machine: M
     assert meter.cores_since(start) == pytest.approx(1.0)
 
 
+def test_without_proc_stat_it_reports_nothing(tmp_path: Path) -> None:
+    meter = OtherLoad(tmp_path / "missing")
+    start = meter.snapshot()
+    assert not meter.available and meter.cores_since(start) == 0.0 and meter.details_since(start) == {}
+
+
 @pytest.mark.skipif(not OtherLoad().available, reason="needs /proc/stat (Linux)")
 def test_efficiency_figures_record_a_busy_neighbour(tmp_path: Path) -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
