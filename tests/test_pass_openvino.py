@@ -230,8 +230,9 @@ def test_int8_keeps_the_most_sensitive_ops_out_of_int8_until_the_floor_holds(
 
     q = cand.meta["quantization"]
     kept = q["kept_out_of_int8"]
-    assert 1 <= kept["count"] <= 3 and len(kept["ops"]) == kept["count"]
-    assert set(kept["ops"]) <= {"mmA", "mmB", "add0", "mm2"} and q["quantized_ops"] == 4 - kept["count"]
+    # kept out of int8: only ops that read the outlier feature (the damage), never the innocent add0 or mm2
+    assert kept["ops"] and set(kept["ops"]) <= {"mmA", "mmB"} and len(kept["ops"]) == kept["count"]
+    assert q["quantized_ops"] == 4 - kept["count"]
     assert q["fallback_precision"] == "f32" and "no BF16/AMX" in q["fallback_reason"]
     assert cand.meta["openvino"]["inference_precision"] == "f32" and cand.meta["precision"] == "int8"
     assert [t["node"] for t in q["sensitivity"]["top"]][: kept["count"]] == kept["ops"]
