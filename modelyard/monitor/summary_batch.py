@@ -61,9 +61,8 @@ def classifier_summaries(outputs: Sequence[Mapping[str, Any]]) -> list[OutputSum
             groups.setdefault((width, has_scores, has_flags), []).append((i, rows))
     for (width, has_scores, has_flags), members in groups.items():
         if len(members) > 1:
-            for i, summary in zip(
-                (i for i, _ in members), _group(outputs, members, width, has_scores, has_flags), strict=True
-            ):
+            summaries = _group(outputs, members, width, has_scores, has_flags)
+            for (i, _), summary in zip(members, summaries, strict=True):
                 result[i] = summary
     return result
 
